@@ -1,0 +1,1 @@
+//! Applies what `rulegen` renders to the node kernel (iptables-restore, later IPVS and conntrack).

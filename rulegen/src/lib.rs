@@ -1,0 +1,22 @@
+//! `rulegen` turns a plain model of Services and endpoints into the exact ruleset kube-proxy's
+//! iptables mode would hold on a node, as `iptables-save` prints it.
+//!
+//! It is pure: no I/O, no Kubernetes types, no async. The same model and config always give
+//! byte-identical output, whatever order the model lists its services and endpoints in.
+
+pub mod chains;
+pub mod config;
+pub mod endpoints;
+pub mod hash;
+pub mod iptables;
+pub mod model;
+pub mod probability;
+pub mod ruleset;
+
+pub use config::{LocalDetector, RenderConfig};
+pub use iptables::{RenderError, render, render_into};
+pub use model::{
+    Endpoint, IpFamily, Model, Protocol, ServicePort, ServicePortName, SessionAffinity,
+    TrafficPolicy,
+};
+pub use ruleset::{Ruleset, Table};

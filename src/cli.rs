@@ -1,0 +1,188 @@
+//! Command-line flags. Names and spellings follow upstream kube-proxy (pflag), so existing
+//! manifests keep working: `--flag value`, `--flag=value`, and Go-style booleans (`--flag=false`).
+//!
+//! Flags are kept raw here (`Option` = "not given") because `--config` decides which of them
+//! count; [`crate::settings::Settings`] resolves them into the values a render uses.
+
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+/// kube-proxy-rs command line.
+// Later issues add `explain` and `trace` as subcommands next to these flags
+// (`#[command(subcommand)] command: Option<Command>`); the flags stay top-level as upstream's do.
+#[derive(Parser, Debug, Clone, Default, PartialEq, Eq)]
+#[command(
+    name = "kube-proxy-rs",
+    version,
+    about = "A drop-in replacement for Kubernetes' kube-proxy (iptables mode)"
+)]
+pub struct Cli {
+    /// Render the ruleset for the objects in --objects and print it as iptables-save would; touch nothing.
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", value_parser = parse_go_bool)]
+    pub dry_run: bool,
+
+    /// A YAML/JSON file or directory of Services, EndpointSlices and Nodes (repeatable).
+    #[arg(long = "objects", value_name = "PATH")]
+    pub objects: Vec<PathBuf>,
+
+    /// The node's name; defaults to the machine's hostname, lower-cased.
+    #[arg(long, value_name = "NODE")]
+    pub hostname_override: Option<String>,
+
+    /// The cluster's pod CIDR(s), comma-separated, one per family; traffic from outside it is masqueraded.
+    #[arg(long, value_name = "CIDR[,CIDR]")]
+    pub cluster_cidr: Option<String>,
+
+    /// The addresses NodePorts are served on, as CIDRs; default: every local address.
+    #[arg(long, value_name = "CIDR,...", value_delimiter = ',')]
+    pub nodeport_addresses: Option<Vec<String>>,
+
+    /// SNAT all traffic sent to cluster IPs.
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = parse_go_bool)]
+    pub masquerade_all: Option<bool>,
+
+    /// The fwmark bit (0-31) that marks packets for masquerading [default: 14].
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub iptables_masquerade_bit: Option<i64>,
+
+    /// A KubeProxyConfiguration file; most of the flags above are then ignored, as upstream does.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// The address family to render (kube-proxy-rs only; upstream renders both).
+    #[arg(long, value_enum, default_value_t = IpFamilyArg::Ipv4)]
+    pub ip_family: IpFamilyArg,
+
+    /// How traffic from local pods is recognised: ClusterCIDR, NodeCIDR, BridgeInterface or InterfaceNamePrefix.
+    #[arg(long, value_name = "MODE")]
+    pub detect_local_mode: Option<String>,
+
+    /// The bridge local pods hang off (--detect-local-mode BridgeInterface).
+    #[arg(long, value_name = "NAME")]
+    pub pod_bridge_interface: Option<String>,
+
+    /// The interface-name prefix of local pods (--detect-local-mode InterfaceNamePrefix).
+    #[arg(long, value_name = "PREFIX")]
+    pub pod_interface_name_prefix: Option<String>,
+
+    /// Accept NodePort connections on 127.0.0.1 (IPv4 only) [default: true].
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = parse_go_bool)]
+    pub iptables_localhost_nodeports: Option<bool>,
+
+    /// The proxy mode; only iptables is supported so far.
+    #[arg(long, value_name = "MODE")]
+    pub proxy_mode: Option<String>,
+}
+
+/// `--ip-family`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum IpFamilyArg {
+    /// Render for iptables.
+    #[default]
+    Ipv4,
+    /// Render for ip6tables.
+    Ipv6,
+}
+
+impl From<IpFamilyArg> for rulegen::IpFamily {
+    fn from(f: IpFamilyArg) -> Self {
+        match f {
+            IpFamilyArg::Ipv4 => rulegen::IpFamily::V4,
+            IpFamilyArg::Ipv6 => rulegen::IpFamily::V6,
+        }
+    }
+}
+
+/// Go's `strconv.ParseBool`, which pflag uses for boolean flags.
+pub fn parse_go_bool(s: &str) -> Result<bool, String> {
+    match s {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
+        _ => Err(format!("invalid boolean {s:?} (use true or false)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("kube-proxy-rs").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn dry_run_contract_flags() {
+        let cli = parse(&[
+            "--dry-run",
+            "--objects",
+            "a.yaml",
+            "--objects=dir",
+            "--hostname-override",
+            "node-1",
+            "--cluster-cidr",
+            "10.244.0.0/16",
+            "--nodeport-addresses",
+            "10.0.0.0/8,192.168.0.0/16",
+            "--masquerade-all",
+            "--iptables-masquerade-bit",
+            "15",
+            "--config",
+            "c.yaml",
+        ]);
+        assert!(cli.dry_run);
+        assert_eq!(cli.objects, [PathBuf::from("a.yaml"), PathBuf::from("dir")]);
+        assert_eq!(cli.hostname_override.as_deref(), Some("node-1"));
+        assert_eq!(cli.cluster_cidr.as_deref(), Some("10.244.0.0/16"));
+        assert_eq!(cli.nodeport_addresses.as_deref(), Some(&["10.0.0.0/8".to_string(), "192.168.0.0/16".to_string()][..]));
+        assert_eq!(cli.masquerade_all, Some(true));
+        assert_eq!(cli.iptables_masquerade_bit, Some(15));
+        assert_eq!(cli.config, Some(PathBuf::from("c.yaml")));
+        assert_eq!(cli.ip_family, IpFamilyArg::Ipv4);
+    }
+
+    #[test]
+    fn go_style_booleans() {
+        let cli = parse(&["--iptables-localhost-nodeports=false", "--masquerade-all=true", "--dry-run=false"]);
+        assert_eq!(cli.iptables_localhost_nodeports, Some(false));
+        assert_eq!(cli.masquerade_all, Some(true));
+        assert!(!cli.dry_run);
+        assert_eq!(parse(&[]).iptables_localhost_nodeports, None);
+        assert!(Cli::try_parse_from(["kube-proxy-rs", "--masquerade-all=maybe"]).is_err());
+    }
+
+    #[test]
+    fn later_flags_are_accepted() {
+        let cli = parse(&[
+            "--ip-family",
+            "ipv6",
+            "--detect-local-mode",
+            "BridgeInterface",
+            "--pod-bridge-interface",
+            "cbr0",
+            "--pod-interface-name-prefix",
+            "veth",
+            "--proxy-mode",
+            "iptables",
+        ]);
+        assert_eq!(cli.ip_family, IpFamilyArg::Ipv6);
+        assert_eq!(cli.detect_local_mode.as_deref(), Some("BridgeInterface"));
+        assert_eq!(cli.pod_bridge_interface.as_deref(), Some("cbr0"));
+        assert_eq!(cli.pod_interface_name_prefix.as_deref(), Some("veth"));
+        assert_eq!(cli.proxy_mode.as_deref(), Some("iptables"));
+    }
+
+    #[test]
+    fn negative_masquerade_bit_parses_so_settings_can_reject_it_clearly() {
+        assert_eq!(parse(&["--iptables-masquerade-bit", "-1"]).iptables_masquerade_bit, Some(-1));
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,196 @@
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use super::*;
+
+fn cli(args: &[&str]) -> Cli {
+    Cli::try_parse_from(std::iter::once("kube-proxy-rs").chain(args.iter().copied())).unwrap()
+}
+
+fn resolve_args(args: &[&str]) -> anyhow::Result<(Settings, Vec<String>)> {
+    let (s, w) = Settings::from_cli(&cli(args))?;
+    Ok((s, w.iter().map(ToString::to_string).collect()))
+}
+
+fn err(args: &[&str]) -> String {
+    format!("{:#}", resolve_args(args).unwrap_err())
+}
+
+fn nets(list: &[&str]) -> Vec<IpNet> {
+    list.iter().map(|s| s.parse().unwrap()).collect()
+}
+
+/// A config file in the temp dir, removed on drop.
+struct ConfigFile(PathBuf);
+
+impl ConfigFile {
+    fn new(tag: &str, body: &str) -> ConfigFile {
+        let p = std::env::temp_dir().join(format!("kube-proxy-rs-settings-{tag}-{}.yaml", std::process::id()));
+        std::fs::write(&p, format!("apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n{body}")).unwrap();
+        ConfigFile(p)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn flags_resolve_with_upstream_defaults() {
+    let (s, w) = resolve_args(&["--hostname-override", "Node-1 "]).unwrap();
+    assert!(w.is_empty());
+    assert_eq!(
+        s,
+        Settings {
+            hostname: "node-1".into(),
+            ..Settings::default()
+        }
+    );
+}
+
+#[test]
+fn flags_are_parsed_and_masked() {
+    let (s, _) = resolve_args(&[
+        "--hostname-override=node-1",
+        "--cluster-cidr=10.244.0.1/16,fd00:10:244::/56",
+        "--nodeport-addresses=192.168.10.0/24,127.0.0.1/8",
+        "--masquerade-all",
+        "--iptables-masquerade-bit=0",
+        "--iptables-localhost-nodeports=false",
+        "--detect-local-mode=InterfaceNamePrefix",
+        "--pod-interface-name-prefix=veth",
+        "--proxy-mode=iptables",
+        "--ip-family=ipv6",
+    ])
+    .unwrap();
+    assert_eq!(s.cluster_cidrs, nets(&["10.244.0.0/16", "fd00:10:244::/56"]));
+    assert_eq!(s.nodeport_addresses, nets(&["192.168.10.0/24", "127.0.0.0/8"]));
+    assert!(s.masquerade_all && !s.localhost_nodeports);
+    assert_eq!(s.masquerade_bit, 0);
+    assert_eq!(s.detect_local_mode, DetectLocalMode::InterfaceNamePrefix);
+    assert_eq!(s.pod_interface_name_prefix, "veth");
+    assert_eq!(s.family, IpFamily::V6);
+}
+
+#[test]
+fn masquerade_bit_out_of_range_is_an_error() {
+    for bit in ["40", "32", "-1"] {
+        assert_eq!(
+            err(&["--hostname-override=n", "--iptables-masquerade-bit", bit]),
+            format!("--iptables-masquerade-bit {bit} is out of range: it must be between 0 and 31")
+        );
+    }
+}
+
+#[test]
+fn bad_cidrs_are_errors() {
+    assert_eq!(
+        err(&["--hostname-override=n", "--cluster-cidr=10.244.0.0/33"]),
+        "--cluster-cidr: invalid CIDR \"10.244.0.0/33\""
+    );
+    assert_eq!(
+        err(&["--hostname-override=n", "--cluster-cidr=10.244.0.0/16,10.245.0.0/16"]),
+        "--cluster-cidr: \"10.244.0.0/16,10.245.0.0/16\" must hold at most one CIDR per IP family"
+    );
+    assert_eq!(
+        err(&["--hostname-override=n", "--nodeport-addresses=192.168.10.0/24,192.168.1.1"]),
+        "--nodeport-addresses: invalid CIDR \"192.168.1.1\""
+    );
+    assert!(err(&["--hostname-override=n", "--nodeport-addresses=primary"]).contains("not supported yet"));
+}
+
+#[test]
+fn proxy_modes_other_than_iptables_are_refused() {
+    assert_eq!(
+        err(&["--hostname-override=n", "--proxy-mode=ipvs"]),
+        "--proxy-mode \"ipvs\" is not supported yet (only iptables is)"
+    );
+    assert_eq!(err(&["--hostname-override=n", "--proxy-mode=userspace"]), "--proxy-mode \"userspace\" is invalid (use iptables)");
+    assert!(resolve_args(&["--hostname-override=n", "--proxy-mode="]).is_ok());
+}
+
+#[test]
+fn detect_local_mode_needs_its_interface() {
+    assert_eq!(
+        err(&["--hostname-override=n", "--detect-local-mode=BridgeInterface"]),
+        "--pod-bridge-interface must be set when --detect-local-mode is BridgeInterface"
+    );
+    assert_eq!(
+        err(&["--hostname-override=n", "--detect-local-mode=InterfaceNamePrefix"]),
+        "--pod-interface-name-prefix must be set when --detect-local-mode is InterfaceNamePrefix"
+    );
+    assert!(err(&["--hostname-override=n", "--detect-local-mode=clustercidr"]).contains("invalid detect-local-mode"));
+    let (s, _) = resolve_args(&["--hostname-override=n", "--detect-local-mode=NodeCIDR"]).unwrap();
+    assert_eq!(s.detect_local_mode, DetectLocalMode::NodeCidr);
+}
+
+#[test]
+fn hostname_defaults_to_the_machine_lower_cased() {
+    let raw = Raw::default();
+    let s = resolve(raw, IpFamily::V4, || Ok("Worker-7.Example".into())).unwrap();
+    assert_eq!(s.hostname, "worker-7.example");
+    let e = resolve(Raw::default(), IpFamily::V4, || Ok("  ".into())).unwrap_err();
+    assert!(e.to_string().contains("--hostname-override"), "{e}");
+}
+
+#[test]
+fn config_file_wins_over_flags_except_hostname_override() {
+    let cfg = ConfigFile::new(
+        "precedence",
+        "hostnameOverride: Config-Node\nclusterCIDR: 10.244.0.0/16\nnodePortAddresses: [192.168.10.0/24]\ndetectLocalMode: BridgeInterface\ndetectLocal:\n  bridgeInterface: cbr0\nmode: iptables\niptables:\n  masqueradeAll: true\n  masqueradeBit: 12\n  localhostNodePorts: false\n",
+    );
+    let (s, w) = resolve_args(&["--config", cfg.path(), "--cluster-cidr=10.0.0.0/8", "--masquerade-all=false"]).unwrap();
+    assert_eq!(s.hostname, "config-node");
+    assert_eq!(s.cluster_cidrs, nets(&["10.244.0.0/16"]));
+    assert_eq!(s.nodeport_addresses, nets(&["192.168.10.0/24"]));
+    assert_eq!(s.detect_local_mode, DetectLocalMode::BridgeInterface);
+    assert_eq!(s.pod_bridge_interface, "cbr0");
+    assert!(s.masquerade_all && !s.localhost_nodeports);
+    assert_eq!(s.masquerade_bit, 12);
+    assert_eq!(
+        w,
+        [
+            "warning: --cluster-cidr is ignored because --config is given (as upstream kube-proxy does)",
+            "warning: --masquerade-all is ignored because --config is given (as upstream kube-proxy does)",
+        ]
+    );
+
+    let (s, _) = resolve_args(&["--config", cfg.path(), "--hostname-override", "Flag-Node"]).unwrap();
+    assert_eq!(s.hostname, "flag-node");
+}
+
+#[test]
+fn config_file_values_are_validated_and_named() {
+    let cfg = ConfigFile::new("bit", "iptables:\n  masqueradeBit: 33\n");
+    assert_eq!(
+        err(&["--config", cfg.path(), "--hostname-override=n"]),
+        format!("iptables.masqueradeBit (in {}) 33 is out of range: it must be between 0 and 31", cfg.path())
+    );
+    let cfg = ConfigFile::new("mode", "mode: nftables\n");
+    assert!(err(&["--config", cfg.path(), "--hostname-override=n"]).contains("not supported yet"));
+}
+
+#[test]
+fn config_file_type_errors_and_broken_yaml_are_fatal_with_line() {
+    let cfg = ConfigFile::new("type", "iptables:\n  masqueradeAll: sometimes\n");
+    let e = err(&["--config", cfg.path(), "--hostname-override=n"]);
+    assert!(e.starts_with(&format!("{}:4: iptables.masqueradeAll: ", cfg.path())), "{e}");
+    let cfg = ConfigFile::new("broken", "mode: iptables\n  clusterCIDR: 10.0.0.0/8\n");
+    let e = err(&["--config", cfg.path(), "--hostname-override=n"]);
+    assert!(e.starts_with(&format!("{}:4: ", cfg.path())), "{e}");
+}
+
+#[test]
+fn config_file_unknown_fields_warn() {
+    let cfg = ConfigFile::new("unknown", "clusterCidr: 10.244.0.0/16\n");
+    let (s, w) = resolve_args(&["--config", cfg.path(), "--hostname-override=n"]).unwrap();
+    assert!(s.cluster_cidrs.is_empty());
+    assert_eq!(w, [format!("warning: {}: unknown field \"clusterCidr\" ignored", cfg.path())]);
+}

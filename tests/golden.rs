@@ -1,0 +1,161 @@
+//! Golden files: every `golden/<case>/` holds Kubernetes objects (`objects.yaml`, or an
+//! `objects/` directory), an optional `flags` file (one CLI flag per line, `--flag value` or
+//! `--flag=value`; `#` starts a comment) and the expected dry-run output `expected.iptables`.
+//! When the run warns, its stderr is pinned in `expected.stderr`; without that file stderr must
+//! be empty.
+//!
+//! `UPDATE_GOLDEN=1 cargo test --test golden` rewrites the expected files; review the diff.
+
+mod support;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Cases are named relative to the repository root (the runs' working directory), so the
+/// `file:line` in pinned warnings does not depend on where the repository is checked out.
+fn golden_root() -> PathBuf {
+    PathBuf::from("golden")
+}
+
+/// Every case directory, sorted.
+fn cases() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(golden_root());
+    let mut out: Vec<PathBuf> = fs::read_dir(root)
+        .expect("golden/ exists")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .map(|p| golden_root().join(p.file_name().unwrap()))
+        .collect();
+    out.sort();
+    out
+}
+
+fn objects_path(case: &Path) -> PathBuf {
+    let dir = case.join("objects");
+    if dir.is_dir() { dir } else { case.join("objects.yaml") }
+}
+
+fn flags(case: &Path) -> Vec<String> {
+    let Ok(text) = fs::read_to_string(case.join("flags")) else {
+        return Vec::new();
+    };
+    let mut args = Vec::new();
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap().trim();
+        if line.is_empty() {
+            continue;
+        }
+        match line.split_once(char::is_whitespace) {
+            Some((flag, value)) => {
+                args.push(flag.to_string());
+                args.push(value.trim().to_string());
+            }
+            None => args.push(line.to_string()),
+        }
+    }
+    args
+}
+
+struct Run {
+    stdout: String,
+    stderr: String,
+    code: Option<i32>,
+}
+
+fn dry_run(objects: &Path, flags: &[String]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_kube-proxy-rs"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .arg("--dry-run")
+        .arg("--objects")
+        .arg(objects)
+        .args(flags)
+        .output()
+        .expect("run kube-proxy-rs");
+    Run {
+        stdout: String::from_utf8(out.stdout).expect("stdout is UTF-8"),
+        stderr: String::from_utf8(out.stderr).expect("stderr is UTF-8"),
+        code: out.status.code(),
+    }
+}
+
+/// Compares `actual` with the file (or rewrites it under UPDATE_GOLDEN); returns a failure text.
+fn check_file(path: &Path, actual: &str, update: bool) -> Option<String> {
+    let expected = fs::read_to_string(path).unwrap_or_default();
+    if expected == actual {
+        return None;
+    }
+    if update {
+        if actual.is_empty() {
+            let _ = fs::remove_file(path);
+        } else {
+            fs::write(path, actual).unwrap();
+        }
+        eprintln!("updated {}", path.display());
+        return None;
+    }
+    let name = path.display().to_string();
+    Some(format!(
+        "{name} differs (UPDATE_GOLDEN=1 rewrites it):\n{}",
+        support::unified_diff(&expected, actual, &name, "actual")
+    ))
+}
+
+#[test]
+fn golden_cases_match() {
+    let update = std::env::var("UPDATE_GOLDEN").as_deref() == Ok("1");
+    let cases = cases();
+    assert!(cases.len() >= 13, "expected at least 13 golden cases, found {}", cases.len());
+    let mut failures = Vec::new();
+    for case in &cases {
+        let name = case.file_name().unwrap().to_string_lossy().to_string();
+        let run = dry_run(&objects_path(case), &flags(case));
+        if run.code != Some(0) {
+            failures.push(format!("{name}: exit {:?}\n{}", run.code, run.stderr));
+            continue;
+        }
+        if run.stdout.is_empty() {
+            failures.push(format!("{name}: empty ruleset"));
+            continue;
+        }
+        failures.extend(check_file(&case.join("expected.iptables"), &run.stdout, update));
+        failures.extend(check_file(&case.join("expected.stderr"), &run.stderr, update));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The same objects in reverse document order render byte-identically.
+#[test]
+fn golden_output_does_not_depend_on_input_order() {
+    let tmp = support::TempDir::new("golden-order");
+    let mut checked = 0;
+    for case in cases() {
+        let objects = objects_path(&case);
+        if objects.is_dir() {
+            continue;
+        }
+        let text = fs::read_to_string(&objects).unwrap();
+        let mut docs: Vec<&str> = text.split("\n---\n").collect();
+        if docs.len() < 3 {
+            continue;
+        }
+        docs.reverse();
+        let reversed = tmp.path().join(format!(
+            "{}.yaml",
+            case.file_name().unwrap().to_string_lossy()
+        ));
+        fs::write(&reversed, docs.join("\n---\n") + "\n").unwrap();
+        let f = flags(&case);
+        let a = dry_run(&objects, &f);
+        let b = dry_run(&reversed, &f);
+        assert_eq!(a.code, Some(0), "{}: {}", case.display(), a.stderr);
+        assert!(
+            a.stdout == b.stdout,
+            "{}: output changes with document order:\n{}",
+            case.display(),
+            support::unified_diff(&a.stdout, &b.stdout, "in order", "reversed")
+        );
+        checked += 1;
+    }
+    assert!(checked >= 5, "only {checked} cases had enough documents to reorder");
+}

@@ -1,0 +1,93 @@
+//! Test harness shared by the kernel tests (`mod support;` in each test file).
+//!
+//! Everything here runs inside network namespaces the tests create themselves: no link, route,
+//! sysctl or iptables rule of the root namespace is ever touched. See
+//! `/work/shared/reference/kernel-lab.md` for the lab recipe this follows.
+//!
+//! - [`netns`]: the [`Netns`] guard (create, exec, spawn, cleanup on drop, also on panic).
+//! - [`iptables`]: [`Backend`] (legacy / nft), `restore` and `save_tables`.
+//! - [`lab`]: the [`Lab`] builder (node + bridge + pods + clients) and the [`connect`] probe.
+#![allow(dead_code, unused_imports)]
+
+pub mod iptables;
+pub mod lab;
+pub mod netns;
+
+pub use iptables::{
+    Backend, Family, payload_tables, restore, restore_with, save_tables, save_tables_with,
+};
+pub use lab::{ConnErr, Lab, LabBuilder, connect};
+pub use netns::Netns;
+
+/// Environment variable that turns the "not root" panic into a loud skip.
+pub const SKIP_ENV: &str = "KPRS_SKIP_ROOT_TESTS";
+
+/// Returns true when the tests may run (we are root). When not root: panics with a clear message,
+/// unless `KPRS_SKIP_ROOT_TESTS=1` is set, in which case it prints a loud `SKIPPED (not root)` line
+/// to stderr and returns false. Call it first in every kernel test:
+/// `if !support::require_root() { return; }`.
+#[track_caller]
+pub fn require_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    let caller = std::panic::Location::caller();
+    if std::env::var(SKIP_ENV).as_deref() == Ok("1") {
+        // Straight to the process's stderr: libtest captures `eprintln!` of passing tests.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n!!!!!!!! SKIPPED (not root): kernel test at {caller} needs root \
+             (network namespaces, iptables); {SKIP_ENV}=1 is set !!!!!!!!\n"
+        );
+        return false;
+    }
+    panic!(
+        "kernel test at {caller} must run as root (it creates network namespaces and loads \
+         iptables rules inside them). Run as root, or set {SKIP_ENV}=1 to skip it explicitly."
+    );
+}
+
+/// A unified diff of `expected` vs `actual`, with the given header names.
+pub fn unified_diff(
+    expected: &str,
+    actual: &str,
+    expected_name: &str,
+    actual_name: &str,
+) -> String {
+    similar::TextDiff::from_lines(expected, actual)
+        .unified_diff()
+        .context_radius(3)
+        .header(expected_name, actual_name)
+        .to_string()
+}
+
+/// A private temp dir (`$TMPDIR/kprs-<pid>-t<n>-<tag>`), removed on drop.
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!(
+            "{}{}-t{n}-{tag}",
+            netns::PREFIX,
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
