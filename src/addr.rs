@@ -53,7 +53,11 @@ fn parse_ipv4_sloppy(s: &str) -> Option<Ipv4Addr> {
         if digits.len() > 3 {
             return None;
         }
-        let value: u16 = if digits.is_empty() { 0 } else { digits.parse().ok()? };
+        let value: u16 = if digits.is_empty() {
+            0
+        } else {
+            digits.parse().ok()?
+        };
         *octet = u8::try_from(value).ok()?;
     }
     if parts.next().is_some() {
@@ -83,7 +87,18 @@ mod tests {
 
     #[test]
     fn invalid_ipv4_is_rejected() {
-        for bad in ["1.2.3", "1.2.3.4.5", "1.2.3.256", "1.2..4", "1.2.3.-4", " 1.2.3.4", "1.2.3.4 ", "", "a.b.c.d", "None"] {
+        for bad in [
+            "1.2.3",
+            "1.2.3.4.5",
+            "1.2.3.256",
+            "1.2..4",
+            "1.2.3.-4",
+            " 1.2.3.4",
+            "1.2.3.4 ",
+            "",
+            "a.b.c.d",
+            "None",
+        ] {
             assert_eq!(ip(bad), None, "{bad:?}");
         }
     }
@@ -102,13 +117,25 @@ mod tests {
         assert_eq!(cidr("172.30.0.041/24").as_deref(), Some("172.30.0.0/24"));
         assert_eq!(cidr("10.244.1.7/16").as_deref(), Some("10.244.0.0/16"));
         assert_eq!(cidr("0.0.0.0/0").as_deref(), Some("0.0.0.0/0"));
-        assert_eq!(cidr("fd00:10:244::5/64").as_deref(), Some("fd00:10:244::/64"));
+        assert_eq!(
+            cidr("fd00:10:244::5/64").as_deref(),
+            Some("fd00:10:244::/64")
+        );
         assert_eq!(cidr("10.0.0.0/08").as_deref(), Some("10.0.0.0/8"));
     }
 
     #[test]
     fn invalid_cidrs_are_rejected() {
-        for bad in ["10.0.0.0", "10.0.0.0/33", "10.0.0.0/", "10.0.0.0/+8", "fd00::/129", "10.0.0/8", "/8", "10.0.0.0/8/8"] {
+        for bad in [
+            "10.0.0.0",
+            "10.0.0.0/33",
+            "10.0.0.0/",
+            "10.0.0.0/+8",
+            "fd00::/129",
+            "10.0.0/8",
+            "/8",
+            "10.0.0.0/8/8",
+        ] {
             assert_eq!(cidr(bad), None, "{bad:?}");
         }
     }

@@ -137,7 +137,10 @@ mod tests {
         assert_eq!(cli.objects, [PathBuf::from("a.yaml"), PathBuf::from("dir")]);
         assert_eq!(cli.hostname_override.as_deref(), Some("node-1"));
         assert_eq!(cli.cluster_cidr.as_deref(), Some("10.244.0.0/16"));
-        assert_eq!(cli.nodeport_addresses.as_deref(), Some(&["10.0.0.0/8".to_string(), "192.168.0.0/16".to_string()][..]));
+        assert_eq!(
+            cli.nodeport_addresses.as_deref(),
+            Some(&["10.0.0.0/8".to_string(), "192.168.0.0/16".to_string()][..])
+        );
         assert_eq!(cli.masquerade_all, Some(true));
         assert_eq!(cli.iptables_masquerade_bit, Some(15));
         assert_eq!(cli.config, Some(PathBuf::from("c.yaml")));
@@ -146,7 +149,11 @@ mod tests {
 
     #[test]
     fn go_style_booleans() {
-        let cli = parse(&["--iptables-localhost-nodeports=false", "--masquerade-all=true", "--dry-run=false"]);
+        let cli = parse(&[
+            "--iptables-localhost-nodeports=false",
+            "--masquerade-all=true",
+            "--dry-run=false",
+        ]);
         assert_eq!(cli.iptables_localhost_nodeports, Some(false));
         assert_eq!(cli.masquerade_all, Some(true));
         assert!(!cli.dry_run);
@@ -177,7 +184,10 @@ mod tests {
 
     #[test]
     fn negative_masquerade_bit_parses_so_settings_can_reject_it_clearly() {
-        assert_eq!(parse(&["--iptables-masquerade-bit", "-1"]).iptables_masquerade_bit, Some(-1));
+        assert_eq!(
+            parse(&["--iptables-masquerade-bit", "-1"]).iptables_masquerade_bit,
+            Some(-1)
+        );
     }
 
     #[test]

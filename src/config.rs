@@ -95,18 +95,21 @@ pub struct IptablesConfiguration {
 
 /// Reads a config file; warnings name fields upstream would not know either.
 pub fn load(path: &Path) -> anyhow::Result<(KubeProxyConfiguration, Vec<Warning>)> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read config", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read config", path.display()))?;
     parse(&text, &path.display().to_string())
 }
 
 /// Parses config `text`; `file` names it in diagnostics.
 pub fn parse(text: &str, file: &str) -> anyhow::Result<(KubeProxyConfiguration, Vec<Warning>)> {
     let mut unknown = Vec::new();
-    let cfg: KubeProxyConfiguration = yaml::decode_reporting_unknown(text, |path| unknown.push(path))
-        .map_err(|e| match e.line {
-            Some(line) => anyhow::anyhow!("{file}:{line}: {e}"),
-            None => anyhow::anyhow!("{file}: {e}"),
-        })?;
+    let cfg: KubeProxyConfiguration = yaml::decode_reporting_unknown(text, |path| {
+        unknown.push(path)
+    })
+    .map_err(|e| match e.line {
+        Some(line) => anyhow::anyhow!("{file}:{line}: {e}"),
+        None => anyhow::anyhow!("{file}: {e}"),
+    })?;
     match (cfg.api_version.as_deref(), cfg.kind.as_deref()) {
         (Some(API_VERSION), Some(KIND)) => {}
         (Some(v), Some(KIND)) if v.starts_with("kubeproxy.config.k8s.io/") => {
@@ -120,7 +123,7 @@ pub fn parse(text: &str, file: &str) -> anyhow::Result<(KubeProxyConfiguration, 
     }
     let warnings = unknown
         .into_iter()
-        .map(|path| Warning::warning(format!("{file}: unknown field {path:?} ignored")))
+        .map(|path| Warning::warn(format!("{file}: unknown field {path:?} ignored")))
         .collect();
     Ok((cfg, warnings))
 }
@@ -190,12 +193,17 @@ winkernel:
         assert_eq!(ipt.masquerade_bit, None);
         assert_eq!(ipt.localhost_node_ports, None);
         assert_eq!(cfg.node_port_addresses, None);
-        assert_eq!(cfg.detect_local.unwrap().bridge_interface.as_deref(), Some(""));
+        assert_eq!(
+            cfg.detect_local.unwrap().bridge_interface.as_deref(),
+            Some("")
+        );
     }
 
     #[test]
     fn unknown_fields_warn() {
-        let text = format!("apiVersion: {API_VERSION}\nkind: {KIND}\nclusterCidr: x\niptables:\n  masqueradBit: 3\n");
+        let text = format!(
+            "apiVersion: {API_VERSION}\nkind: {KIND}\nclusterCidr: x\niptables:\n  masqueradBit: 3\n"
+        );
         let (_, warnings) = parse(&text, "c.yaml").unwrap();
         let lines: Vec<String> = warnings.iter().map(ToString::to_string).collect();
         assert_eq!(
@@ -209,7 +217,9 @@ winkernel:
 
     #[test]
     fn wrong_type_is_fatal_with_line() {
-        let text = format!("apiVersion: {API_VERSION}\nkind: {KIND}\niptables:\n  masqueradeBit: fourteen\n");
+        let text = format!(
+            "apiVersion: {API_VERSION}\nkind: {KIND}\niptables:\n  masqueradeBit: fourteen\n"
+        );
         let e = parse(&text, "c.yaml").unwrap_err().to_string();
         assert!(e.starts_with("c.yaml:4: iptables.masqueradeBit: "), "{e}");
     }
@@ -224,11 +234,16 @@ winkernel:
 
     #[test]
     fn wrong_kind_or_version_is_fatal() {
-        let e = parse("apiVersion: v1\nkind: ConfigMap\n", "c.yaml").unwrap_err().to_string();
-        assert!(e.contains("not a KubeProxyConfiguration"), "{e}");
-        let e = parse("apiVersion: kubeproxy.config.k8s.io/v1alpha2\nkind: KubeProxyConfiguration\n", "c.yaml")
+        let e = parse("apiVersion: v1\nkind: ConfigMap\n", "c.yaml")
             .unwrap_err()
             .to_string();
+        assert!(e.contains("not a KubeProxyConfiguration"), "{e}");
+        let e = parse(
+            "apiVersion: kubeproxy.config.k8s.io/v1alpha2\nkind: KubeProxyConfiguration\n",
+            "c.yaml",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("not supported yet"), "{e}");
     }
 }

@@ -41,7 +41,8 @@ pub fn render(cli: &Cli) -> anyhow::Result<DryRunOutput> {
     let (settings, mut warnings) = Settings::from_cli(cli)?;
     let translation = load_model(&cli.objects, &settings)?;
     warnings.extend(translation.warnings);
-    let ruleset = rulegen::render(&translation.model, &translation.config).context("cannot render the ruleset")?;
+    let ruleset = rulegen::render(&translation.model, &translation.config)
+        .context("cannot render the ruleset")?;
     Ok(DryRunOutput {
         save_text: ruleset.to_save_text(),
         warnings,
@@ -55,7 +56,10 @@ pub fn run(cli: &Cli) -> ExitCode {
         Ok(out) => {
             print_warnings(&out.warnings);
             let mut stdout = std::io::stdout().lock();
-            match stdout.write_all(out.save_text.as_bytes()).and_then(|()| stdout.flush()) {
+            match stdout
+                .write_all(out.save_text.as_bytes())
+                .and_then(|()| stdout.flush())
+            {
                 Ok(()) => ExitCode::SUCCESS,
                 // `kube-proxy-rs --dry-run … | head` is not a failure.
                 Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,

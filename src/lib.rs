@@ -4,6 +4,8 @@
 //! objects ([`objects`]) → model ([`translate`]) → rules (the `rulegen` crate), driven by the
 //! command line ([`cli`], [`settings`], [`config`]) and run by [`dryrun`].
 
+#![warn(missing_docs)]
+
 pub mod addr;
 pub mod cli;
 pub mod config;

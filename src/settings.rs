@@ -180,7 +180,9 @@ impl Settings {
                 let (cfg, config_warnings) = config::load(path)?;
                 warnings.extend(config_warnings);
                 warnings.extend(ignored_flags(cli).into_iter().map(|flag| {
-                    Warning::warning(format!("{flag} is ignored because --config is given (as upstream kube-proxy does)"))
+                    Warning::warn(format!(
+                        "{flag} is ignored because --config is given (as upstream kube-proxy does)"
+                    ))
                 }));
                 Raw::from_config(cfg, path.display().to_string())
             }
@@ -199,17 +201,34 @@ fn ignored_flags(cli: &Cli) -> Vec<&'static str> {
         (cli.cluster_cidr.is_some(), "--cluster-cidr"),
         (cli.nodeport_addresses.is_some(), "--nodeport-addresses"),
         (cli.masquerade_all.is_some(), "--masquerade-all"),
-        (cli.iptables_masquerade_bit.is_some(), "--iptables-masquerade-bit"),
+        (
+            cli.iptables_masquerade_bit.is_some(),
+            "--iptables-masquerade-bit",
+        ),
         (cli.detect_local_mode.is_some(), "--detect-local-mode"),
         (cli.pod_bridge_interface.is_some(), "--pod-bridge-interface"),
-        (cli.pod_interface_name_prefix.is_some(), "--pod-interface-name-prefix"),
-        (cli.iptables_localhost_nodeports.is_some(), "--iptables-localhost-nodeports"),
+        (
+            cli.pod_interface_name_prefix.is_some(),
+            "--pod-interface-name-prefix",
+        ),
+        (
+            cli.iptables_localhost_nodeports.is_some(),
+            "--iptables-localhost-nodeports",
+        ),
         (cli.proxy_mode.is_some(), "--proxy-mode"),
     ];
-    given.into_iter().filter(|(g, _)| *g).map(|(_, f)| f).collect()
+    given
+        .into_iter()
+        .filter(|(g, _)| *g)
+        .map(|(_, f)| f)
+        .collect()
 }
 
-fn resolve(raw: Raw, family: IpFamily, hostname: impl FnOnce() -> anyhow::Result<String>) -> anyhow::Result<Settings> {
+fn resolve(
+    raw: Raw,
+    family: IpFamily,
+    hostname: impl FnOnce() -> anyhow::Result<String>,
+) -> anyhow::Result<Settings> {
     check_mode(&raw)?;
 
     let masquerade_bit = match raw.masquerade_bit {
@@ -240,10 +259,15 @@ fn resolve(raw: Raw, family: IpFamily, hostname: impl FnOnce() -> anyhow::Result
             raw.name("detect-local-mode", "detectLocalMode")
         );
     }
-    if detect_local_mode == DetectLocalMode::InterfaceNamePrefix && pod_interface_name_prefix.is_empty() {
+    if detect_local_mode == DetectLocalMode::InterfaceNamePrefix
+        && pod_interface_name_prefix.is_empty()
+    {
         bail!(
             "{} must be set when {} is InterfaceNamePrefix",
-            raw.name("pod-interface-name-prefix", "detectLocal.interfaceNamePrefix"),
+            raw.name(
+                "pod-interface-name-prefix",
+                "detectLocal.interfaceNamePrefix"
+            ),
             raw.name("detect-local-mode", "detectLocalMode")
         );
     }
@@ -295,10 +319,14 @@ fn cluster_cidrs(raw: &Raw) -> anyhow::Result<Vec<IpNet>> {
     };
     let mut cidrs = Vec::new();
     for entry in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let cidr = parse_cidr_sloppy(entry).ok_or_else(|| anyhow!("{name}: invalid CIDR {entry:?}"))?;
+        let cidr =
+            parse_cidr_sloppy(entry).ok_or_else(|| anyhow!("{name}: invalid CIDR {entry:?}"))?;
         cidrs.push(cidr);
     }
-    let v4 = cidrs.iter().filter(|c| IpFamily::V4.contains_net(c)).count();
+    let v4 = cidrs
+        .iter()
+        .filter(|c| IpFamily::V4.contains_net(c))
+        .count();
     if cidrs.len() > 2 || v4 > 1 || cidrs.len() - v4 > 1 {
         bail!("{name}: {text:?} must hold at most one CIDR per IP family");
     }
@@ -308,11 +336,18 @@ fn cluster_cidrs(raw: &Raw) -> anyhow::Result<Vec<IpNet>> {
 fn nodeport_addresses(raw: &Raw) -> anyhow::Result<Vec<IpNet>> {
     let name = raw.name("nodeport-addresses", "nodePortAddresses");
     let mut nets = Vec::new();
-    for entry in raw.nodeport_addresses.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+    for entry in raw
+        .nodeport_addresses
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+    {
         if entry == "primary" {
             bail!("{name}: \"primary\" is not supported yet; list CIDRs");
         }
-        nets.push(parse_cidr_sloppy(entry).ok_or_else(|| anyhow!("{name}: invalid CIDR {entry:?}"))?);
+        nets.push(
+            parse_cidr_sloppy(entry).ok_or_else(|| anyhow!("{name}: invalid CIDR {entry:?}"))?,
+        );
     }
     Ok(nets)
 }

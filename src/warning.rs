@@ -22,7 +22,7 @@ pub struct Warning {
 
 impl Warning {
     /// A `warning:` line.
-    pub fn warning(message: impl Into<String>) -> Self {
+    pub fn warn(message: impl Into<String>) -> Self {
         Warning {
             level: Level::Warning,
             message: message.into(),

@@ -41,10 +41,9 @@ fn options() -> serde_saphyr::Options {
     }
 }
 
-/// Parses one YAML document into a generic value; `None` for an empty document.
-///
-/// Errors here are syntax errors: the text is not YAML at all.
-pub fn parse_value(text: &str) -> Result<Option<serde_json::Value>, YamlError> {
+/// Parses one YAML document into `T` without field paths: the fast path for a first pass,
+/// whose errors are the syntax errors of text that is not YAML at all.
+pub fn parse<T: DeserializeOwned>(text: &str) -> Result<T, YamlError> {
     serde_saphyr::from_str_with_options(text, options()).map_err(|e| from_saphyr(&e, None))
 }
 
@@ -62,7 +61,8 @@ pub fn decode_reporting_unknown<T: DeserializeOwned>(
     // and the closure must return saphyr's own error so saphyr stops reading there.
     let mut failed_path = None;
     let result = serde_saphyr::with_deserializer_from_str_with_options(text, options(), |de| {
-        let mut on_ignored = |path: serde_ignored::Path<'_>| unknown(clean_ignored_path(&path.to_string()));
+        let mut on_ignored =
+            |path: serde_ignored::Path<'_>| unknown(clean_ignored_path(&path.to_string()));
         let de = serde_ignored::Deserializer::new(de, &mut on_ignored);
         serde_path_to_error::deserialize(de).map_err(|e| {
             failed_path = Some(e.path().to_string());
@@ -98,7 +98,10 @@ fn non_empty_path(path: String) -> Option<String> {
 
 /// `serde_ignored` marks `Option` layers with `?`; users know the field as `iptables.masqueradeBit`.
 fn clean_ignored_path(path: &str) -> String {
-    path.split('.').filter(|s| *s != "?").collect::<Vec<_>>().join(".")
+    path.split('.')
+        .filter(|s| *s != "?")
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 /// Control characters from the input must not reach the terminal, and a diagnostic is one line.
@@ -129,7 +132,7 @@ mod tests {
 
     #[test]
     fn syntax_error_has_line() {
-        let e = parse_value("a: b\nc: [1, 2\nd: e\n").unwrap_err();
+        let e = parse::<serde_json::Value>("a: b\nc: [1, 2\nd: e\n").unwrap_err();
         assert_eq!(e.line, Some(3));
         assert!(!e.message.contains('\n'));
     }
@@ -145,7 +148,10 @@ mod tests {
     #[test]
     fn unknown_fields_are_reported_with_clean_paths() {
         let mut unknown = Vec::new();
-        let d: Doc = decode_reporting_unknown("ports: []\nextra: 1\nopt:\n  port: 1\n  typo: 2\n", |p| unknown.push(p))
+        let d: Doc =
+            decode_reporting_unknown("ports: []\nextra: 1\nopt:\n  port: 1\n  typo: 2\n", |p| {
+                unknown.push(p)
+            })
             .unwrap();
         assert!(d.ports.is_empty());
         assert_eq!(unknown, ["extra", "opt.typo"]);
@@ -161,7 +167,10 @@ mod tests {
 
     #[test]
     fn empty_document_is_none() {
-        assert_eq!(parse_value("# only a comment\n").unwrap(), None);
-        assert_eq!(parse_value("").unwrap(), None);
+        assert_eq!(
+            parse::<Option<serde_json::Value>>("# only a comment\n").unwrap(),
+            None
+        );
+        assert_eq!(parse::<Option<serde_json::Value>>("").unwrap(), None);
     }
 }

@@ -33,7 +33,11 @@ fn cases() -> Vec<PathBuf> {
 
 fn objects_path(case: &Path) -> PathBuf {
     let dir = case.join("objects");
-    if dir.is_dir() { dir } else { case.join("objects.yaml") }
+    if dir.is_dir() {
+        dir
+    } else {
+        case.join("objects.yaml")
+    }
 }
 
 fn flags(case: &Path) -> Vec<String> {
@@ -105,7 +109,11 @@ fn check_file(path: &Path, actual: &str, update: bool) -> Option<String> {
 fn golden_cases_match() {
     let update = std::env::var("UPDATE_GOLDEN").as_deref() == Ok("1");
     let cases = cases();
-    assert!(cases.len() >= 13, "expected at least 13 golden cases, found {}", cases.len());
+    assert!(
+        cases.len() >= 13,
+        "expected at least 13 golden cases, found {}",
+        cases.len()
+    );
     let mut failures = Vec::new();
     for case in &cases {
         let name = case.file_name().unwrap().to_string_lossy().to_string();
@@ -118,8 +126,16 @@ fn golden_cases_match() {
             failures.push(format!("{name}: empty ruleset"));
             continue;
         }
-        failures.extend(check_file(&case.join("expected.iptables"), &run.stdout, update));
-        failures.extend(check_file(&case.join("expected.stderr"), &run.stderr, update));
+        failures.extend(check_file(
+            &case.join("expected.iptables"),
+            &run.stdout,
+            update,
+        ));
+        failures.extend(check_file(
+            &case.join("expected.stderr"),
+            &run.stderr,
+            update,
+        ));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
@@ -157,5 +173,8 @@ fn golden_output_does_not_depend_on_input_order() {
         );
         checked += 1;
     }
-    assert!(checked >= 5, "only {checked} cases had enough documents to reorder");
+    assert!(
+        checked >= 5,
+        "only {checked} cases had enough documents to reorder"
+    );
 }

@@ -3,7 +3,7 @@
 use std::cmp::Ordering;
 use std::fmt;
 
-use crate::hash::{endpoint_hash, service_port_hash};
+use crate::hash::{EndpointHasher, endpoint_hash, service_port_hash};
 use crate::model::{Protocol, ServicePortName};
 
 /// The longest chain name the kernel accepts.
@@ -154,6 +154,11 @@ impl ServiceChains {
 /// `KUBE-SEP-*` of one endpoint (`IP:port` or `[IP]:port`) of a service port.
 pub fn endpoint_chain(name: &ServicePortName, protocol: Protocol, endpoint: &str) -> ChainName {
     ChainName::from_valid(&[b"KUBE-SEP-", &endpoint_hash(name, protocol, endpoint)])
+}
+
+/// `KUBE-SEP-*` of `endpoint` with a prepared [`EndpointHasher`] (the renderer's fast path).
+pub fn endpoint_chain_with(hasher: &EndpointHasher, endpoint: &str) -> ChainName {
+    ChainName::from_valid(&[b"KUBE-SEP-", &hasher.hash(endpoint)])
 }
 
 #[cfg(test)]

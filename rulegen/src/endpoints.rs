@@ -65,17 +65,35 @@ pub fn categorize(
     node_name: &str,
     node_zone: Option<&str>,
 ) -> Categorized {
+    let mut out = Categorized::default();
+    categorize_into(&mut out, sp, endpoints, node_name, node_zone);
+    out
+}
+
+/// [`categorize`] into `out`, reusing its allocations (the renderer calls this per service port).
+pub fn categorize_into(
+    out: &mut Categorized,
+    sp: &ServicePort,
+    endpoints: &[&Endpoint],
+    node_name: &str,
+    node_zone: Option<&str>,
+) {
     let is_local =
         |e: &Endpoint| !node_name.is_empty() && e.node_name.as_deref() == Some(node_name);
-    let select = |keep: &dyn Fn(&Endpoint) -> bool| -> Vec<usize> {
-        endpoints
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| keep(e))
-            .map(|(i, _)| i)
-            .collect()
+    let select = |into: &mut Vec<usize>, keep: &dyn Fn(&Endpoint) -> bool| {
+        into.clear();
+        into.extend(
+            endpoints
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| keep(e))
+                .map(|(i, _)| i),
+        );
     };
-    let mut out = Categorized::default();
+    out.cluster.clear();
+    out.local.clear();
+    out.all_reachable.clear();
+    out.has_any = false;
     let mut use_topology = false;
 
     if uses_cluster_endpoints(sp) {
@@ -85,17 +103,19 @@ pub fn categorize(
                 .as_ref()
                 .is_some_and(|h| node_zone.is_some_and(|z| h.iter().any(|x| x == z)))
         };
-        out.cluster = select(&|e| e.ready && (!use_topology || in_zone(e)));
+        select(&mut out.cluster, &|e| {
+            e.ready && (!use_topology || in_zone(e))
+        });
         // No ready endpoint anywhere: fall back to serving-and-terminating ones (KEP-1669).
         if out.cluster.is_empty() {
-            out.cluster = select(&|e| e.serving && e.terminating);
+            select(&mut out.cluster, &|e| e.serving && e.terminating);
         }
         out.has_any = !out.cluster.is_empty();
     }
 
     if !uses_local_endpoints(sp) {
-        out.all_reachable = out.cluster.clone();
-        return out;
+        out.all_reachable.extend_from_slice(&out.cluster);
+        return;
     }
 
     let mut local_ready = false;
@@ -111,29 +131,23 @@ pub fn categorize(
     }
     let mut use_terminating = false;
     if local_ready {
-        out.local = select(&|e| e.ready && is_local(e));
+        select(&mut out.local, &|e| e.ready && is_local(e));
     } else if local_serving_terminating {
         use_terminating = true;
-        out.local = select(&|e| is_local(e) && e.serving && e.terminating);
+        select(&mut out.local, &|e| {
+            is_local(e) && e.serving && e.terminating
+        });
     }
 
     if !uses_cluster_endpoints(sp) {
-        out.all_reachable = out.local.clone();
-        return out;
+        out.all_reachable.extend_from_slice(&out.local);
+        return;
     }
-    if !use_topology && !use_terminating {
-        // The cluster set then holds every ready endpoint, a superset of the local one.
-        out.all_reachable = out.cluster.clone();
-        return out;
+    out.all_reachable.extend_from_slice(&out.cluster);
+    if use_topology || use_terminating {
+        // The local set may then hold endpoints the cluster set lacks; merge the two.
+        out.all_reachable.extend_from_slice(&out.local);
+        out.all_reachable.sort_unstable();
+        out.all_reachable.dedup();
     }
-    let mut merged: Vec<usize> = out
-        .cluster
-        .iter()
-        .chain(out.local.iter())
-        .copied()
-        .collect();
-    merged.sort_unstable();
-    merged.dedup();
-    out.all_reachable = merged;
-    out
 }

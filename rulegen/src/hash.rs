@@ -44,9 +44,25 @@ pub fn service_port_hash(name: &ServicePortName, protocol: Protocol) -> [u8; 16]
 
 /// The 16-character hash of one endpoint's SEP chain; `endpoint` is `IP:port` or `[IP]:port`.
 pub fn endpoint_hash(name: &ServicePortName, protocol: Protocol, endpoint: &str) -> [u8; 16] {
-    let mut h = hasher(name, protocol);
-    h.update(endpoint.as_bytes());
-    base32_16(&h.finalize())
+    EndpointHasher::new(name, protocol).hash(endpoint)
+}
+
+/// Hashes many endpoints of one service port, feeding the shared prefix to SHA-256 only once.
+#[derive(Clone)]
+pub struct EndpointHasher(Sha256);
+
+impl EndpointHasher {
+    /// A hasher for the endpoints of `name`/`protocol`.
+    pub fn new(name: &ServicePortName, protocol: Protocol) -> Self {
+        EndpointHasher(hasher(name, protocol))
+    }
+
+    /// The 16-character SEP hash of `endpoint` (`IP:port` or `[IP]:port`).
+    pub fn hash(&self, endpoint: &str) -> [u8; 16] {
+        let mut h = self.0.clone();
+        h.update(endpoint.as_bytes());
+        base32_16(&h.finalize())
+    }
 }
 
 #[cfg(test)]

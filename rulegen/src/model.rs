@@ -132,7 +132,7 @@ pub struct Endpoint {
     pub port: u16,
     /// `conditions.ready` (nil means true).
     pub ready: bool,
-    /// `conditions.serving` (nil means the value of ready).
+    /// `conditions.serving` (nil means true, as upstream reads it).
     pub serving: bool,
     /// `conditions.terminating` (nil means false).
     pub terminating: bool,

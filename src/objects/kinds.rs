@@ -5,11 +5,12 @@ use k8s_openapi::Resource;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
+use serde_saphyr::Spanned;
 
 use super::documents::Document;
+use super::toplevel::TopLevel;
 use super::{LoadError, Objects, Origin, Sourced};
 use crate::warning::Warning;
 use crate::yaml::{self, YamlError};
@@ -48,10 +49,10 @@ impl Head {
     }
 }
 
-/// Where the object text is: a whole document (decoded from text, so errors get exact lines) or
-/// one item of a List (decoded from the parsed value; errors point at the item).
+/// Where an object's fields are: a whole document (its text is kept so a decoding error can
+/// be located exactly) or one item of a List (errors point at the item).
 enum Source<'a> {
-    Text(&'a Document<'a>),
+    Document(&'a Document<'a>, Value),
     Item(Value),
 }
 
@@ -62,7 +63,7 @@ pub(super) fn read_document(
     objects: &mut Objects,
     warnings: &mut Vec<Warning>,
 ) -> Result<(), LoadError> {
-    let value = yaml::parse_value(doc.text).map_err(|e| LoadError {
+    let top = yaml::parse::<Option<TopLevel>>(doc.text).map_err(|e| LoadError {
         file: file.to_string(),
         line: Some(e.line.map_or(doc.content_line(), |l| doc.file_line(l))),
         reason: e.to_string(),
@@ -71,55 +72,62 @@ pub(super) fn read_document(
         file: file.to_string(),
         line: doc.content_line(),
     };
-    let map = match value {
-        None | Some(Value::Null) => return Ok(()),
-        Some(Value::Object(map)) => map,
-        Some(_) => {
-            warnings.push(Warning::warning(format!(
+    let (mut fields, items) = match top {
+        None | Some(TopLevel::Null) => return Ok(()),
+        Some(TopLevel::Object { fields, items }) => (fields, items),
+        Some(TopLevel::Other) => {
+            warnings.push(Warning::warn(format!(
                 "skipping a document that is not a Kubernetes object ({origin})"
             )));
             return Ok(());
         }
     };
-    let head = Head::of(&map);
-    let is_list = head.kind.as_deref().is_some_and(|k| k.ends_with("List")) && map.get("items").is_some_and(Value::is_array);
-    if is_list {
-        read_list(doc, &head, file, objects, warnings);
-    } else {
-        route(head, Source::Text(doc), origin, objects, warnings);
+    let head = Head::of(&fields);
+    match items {
+        Some(items) if head.kind.as_deref().is_some_and(|k| k.ends_with("List")) => {
+            read_list(doc, &head, items, file, objects, warnings);
+        }
+        items => {
+            // A sequence called `items` in something that is not a List is just a field.
+            if let Some(items) = items {
+                fields.insert(
+                    "items".to_string(),
+                    Value::Array(items.into_iter().map(|i| i.value).collect()),
+                );
+            }
+            route(
+                head,
+                Source::Document(doc, Value::Object(fields)),
+                origin,
+                objects,
+                warnings,
+            );
+        }
     }
     Ok(())
 }
 
-/// Only the items of a List, each with the line it starts on.
-#[derive(Deserialize)]
-struct ListItems {
-    #[serde(default)]
-    items: Vec<serde_saphyr::Spanned<Value>>,
-}
-
-fn read_list(doc: &Document<'_>, list: &Head, file: &str, objects: &mut Objects, warnings: &mut Vec<Warning>) {
-    // The document parsed as a value already, so this second pass cannot fail on syntax.
-    let items = match yaml::decode::<ListItems>(doc.text) {
-        Ok(l) => l.items,
-        Err(e) => {
-            let origin = Origin {
-                file: file.to_string(),
-                line: e.line.map_or(doc.content_line(), |l| doc.file_line(l)),
-            };
-            warnings.push(Warning::warning(format!("skipping {}: {e} ({origin})", list.describe())));
-            return;
-        }
-    };
+fn read_list(
+    doc: &Document<'_>,
+    list: &Head,
+    items: Vec<Spanned<Value>>,
+    file: &str,
+    objects: &mut Objects,
+    warnings: &mut Vec<Warning>,
+) {
     // `ServiceList` items may leave out their kind and apiVersion; plain `List` items may not.
-    let item_kind = list.kind.as_deref().and_then(|k| k.strip_suffix("List")).filter(|k| !k.is_empty());
+    let item_kind = list
+        .kind
+        .as_deref()
+        .and_then(|k| k.strip_suffix("List"))
+        .filter(|k| !k.is_empty());
     for item in items {
         let origin = Origin {
             file: file.to_string(),
             line: doc.file_line(item.referenced.line()),
         };
         let Value::Object(mut map) = item.value else {
-            warnings.push(Warning::warning(format!(
+            warnings.push(Warning::warn(format!(
                 "skipping an item of {} that is not a Kubernetes object ({origin})",
                 list.describe()
             )));
@@ -128,20 +136,34 @@ fn read_list(doc: &Document<'_>, list: &Head, file: &str, objects: &mut Objects,
         if let Some(kind) = item_kind {
             map.entry("kind").or_insert_with(|| Value::from(kind));
             if let Some(api_version) = &list.api_version {
-                map.entry("apiVersion").or_insert_with(|| Value::from(api_version.as_str()));
+                map.entry("apiVersion")
+                    .or_insert_with(|| Value::from(api_version.as_str()));
             }
         }
         let head = Head::of(&map);
-        route(head, Source::Item(Value::Object(map)), origin, objects, warnings);
+        route(
+            head,
+            Source::Item(Value::Object(map)),
+            origin,
+            objects,
+            warnings,
+        );
     }
 }
 
-fn route(mut head: Head, source: Source<'_>, origin: Origin, objects: &mut Objects, warnings: &mut Vec<Warning>) {
-    if matches!(head.kind.as_deref(), Some("Service" | "EndpointSlice")) && head.namespace.is_none() {
+fn route(
+    mut head: Head,
+    source: Source<'_>,
+    origin: Origin,
+    objects: &mut Objects,
+    warnings: &mut Vec<Warning>,
+) {
+    if matches!(head.kind.as_deref(), Some("Service" | "EndpointSlice")) && head.namespace.is_none()
+    {
         head.namespace = Some(DEFAULT_NAMESPACE.to_string());
     }
     let Some(kind) = head.kind.as_deref() else {
-        warnings.push(Warning::warning(format!(
+        warnings.push(Warning::warn(format!(
             "skipping {}: it has no kind ({origin})",
             head.describe()
         )));
@@ -166,7 +188,7 @@ fn route(mut head: Head, source: Source<'_>, origin: Origin, objects: &mut Objec
         }
         "Service" | "EndpointSlice" | "Node" => {
             // e.g. discovery.k8s.io/v1beta1, which the apiserver no longer serves.
-            warnings.push(Warning::warning(format!(
+            warnings.push(Warning::warn(format!(
                 "skipping {}: apiVersion {api_version:?} is not supported ({origin})",
                 head.describe()
             )));
@@ -211,9 +233,14 @@ fn decode<T: DeserializeOwned + HasMetadata>(
     namespaced: bool,
 ) -> Option<Sourced<T>> {
     let result: Result<T, (YamlError, u64)> = match source {
-        Source::Text(doc) => yaml::decode(doc.text).map_err(|e| {
-            let line = e.line.map_or(origin.line, |l| doc.file_line(l));
-            (e, line)
+        // The parsed value decodes fast; only when it fails is the text decoded again, which
+        // gives the error's exact line (and accepts what saphyr's typed decoding is lenient
+        // about, such as a quoted number for an integer field).
+        Source::Document(doc, value) => yaml::from_value(value).or_else(|_| {
+            yaml::decode(doc.text).map_err(|e| {
+                let line = e.line.map_or(origin.line, |l| doc.file_line(l));
+                (e, line)
+            })
         }),
         Source::Item(value) => yaml::from_value(value).map_err(|e| (e, origin.line)),
     };
@@ -224,13 +251,16 @@ fn decode<T: DeserializeOwned + HasMetadata>(
                 file: origin.file.clone(),
                 line,
             };
-            warnings.push(Warning::warning(format!("skipping {}: {e} ({at})", head.describe())));
+            warnings.push(Warning::warn(format!(
+                "skipping {}: {e} ({at})",
+                head.describe()
+            )));
             return None;
         }
     };
     let meta = object.meta_mut();
     if meta.name.as_deref().unwrap_or("").is_empty() {
-        warnings.push(Warning::warning(format!(
+        warnings.push(Warning::warn(format!(
             "skipping {}: metadata.name is missing ({origin})",
             head.describe()
         )));

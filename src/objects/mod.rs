@@ -7,6 +7,7 @@
 
 pub mod documents;
 mod kinds;
+pub mod toplevel;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -77,7 +78,11 @@ pub struct Objects {
 
 impl Objects {
     /// Objects built in code (tests, benches), with no file origin.
-    pub fn from_parts(services: Vec<Service>, endpoint_slices: Vec<EndpointSlice>, nodes: Vec<Node>) -> Self {
+    pub fn from_parts(
+        services: Vec<Service>,
+        endpoint_slices: Vec<EndpointSlice>,
+        nodes: Vec<Node>,
+    ) -> Self {
         Objects {
             services: services.into_iter().map(Sourced::memory).collect(),
             endpoint_slices: endpoint_slices.into_iter().map(Sourced::memory).collect(),
@@ -109,7 +114,10 @@ impl fmt::Display for LoadError {
 impl std::error::Error for LoadError {}
 
 /// Reads every path (a file, or a directory's `*.yaml`/`*.yml`/`*.json` files in name order).
-pub fn load_paths<P: AsRef<Path>>(paths: &[P], warnings: &mut Vec<Warning>) -> Result<Objects, LoadError> {
+pub fn load_paths<P: AsRef<Path>>(
+    paths: &[P],
+    warnings: &mut Vec<Warning>,
+) -> Result<Objects, LoadError> {
     let mut objects = Objects::default();
     for path in paths {
         load_path(path.as_ref(), &mut objects, warnings)?;
@@ -118,7 +126,11 @@ pub fn load_paths<P: AsRef<Path>>(paths: &[P], warnings: &mut Vec<Warning>) -> R
 }
 
 /// Reads one path into `objects`.
-pub fn load_path(path: &Path, objects: &mut Objects, warnings: &mut Vec<Warning>) -> Result<(), LoadError> {
+pub fn load_path(
+    path: &Path,
+    objects: &mut Objects,
+    warnings: &mut Vec<Warning>,
+) -> Result<(), LoadError> {
     let io_error = |e: std::io::Error| LoadError {
         file: path.display().to_string(),
         line: None,
@@ -127,7 +139,7 @@ pub fn load_path(path: &Path, objects: &mut Objects, warnings: &mut Vec<Warning>
     if path.is_dir() {
         let files = directory_files(path).map_err(io_error)?;
         if files.is_empty() {
-            warnings.push(Warning::warning(format!(
+            warnings.push(Warning::warn(format!(
                 "{}: directory has no *.yaml, *.yml or *.json files",
                 path.display()
             )));
@@ -148,7 +160,10 @@ fn directory_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        let wanted = path.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e, "yaml" | "yml" | "json"));
+        let wanted = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"));
         if wanted && !name.starts_with('.') && path.is_file() {
             files.push(path);
         }
@@ -157,7 +172,11 @@ fn directory_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-fn load_file(path: &Path, objects: &mut Objects, warnings: &mut Vec<Warning>) -> Result<(), LoadError> {
+fn load_file(
+    path: &Path,
+    objects: &mut Objects,
+    warnings: &mut Vec<Warning>,
+) -> Result<(), LoadError> {
     let file = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|e| LoadError {
         file: file.clone(),
@@ -165,7 +184,11 @@ fn load_file(path: &Path, objects: &mut Objects, warnings: &mut Vec<Warning>) ->
         reason: e.to_string(),
     })?;
     let text = std::str::from_utf8(&bytes).map_err(|e| {
-        let line = bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count() as u64 + 1;
+        let line = bytes[..e.valid_up_to()]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count() as u64
+            + 1;
         LoadError {
             file: file.clone(),
             line: Some(line),
@@ -177,7 +200,12 @@ fn load_file(path: &Path, objects: &mut Objects, warnings: &mut Vec<Warning>) ->
 
 /// Reads the objects in YAML/JSON `text` (one or many documents) into `objects`; `file` names
 /// the source in diagnostics.
-pub fn parse_str(text: &str, file: &str, objects: &mut Objects, warnings: &mut Vec<Warning>) -> Result<(), LoadError> {
+pub fn parse_str(
+    text: &str,
+    file: &str,
+    objects: &mut Objects,
+    warnings: &mut Vec<Warning>,
+) -> Result<(), LoadError> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for doc in documents::split(text) {
         if doc.is_empty() {

@@ -9,13 +9,20 @@ fn parse(text: &str) -> Result<(Objects, Vec<String>), LoadError> {
     Ok((objects, warnings.iter().map(ToString::to_string).collect()))
 }
 
-fn names<T: k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>>(
+fn names<
+    T: k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
+>(
     list: &[Sourced<T>],
 ) -> Vec<String> {
     list.iter()
         .map(|s| {
             let m = s.object.metadata();
-            format!("{}/{}@{}", m.namespace.as_deref().unwrap_or(""), m.name.as_deref().unwrap_or(""), s.origin.line)
+            format!(
+                "{}/{}@{}",
+                m.namespace.as_deref().unwrap_or(""),
+                m.name.as_deref().unwrap_or(""),
+                s.origin.line
+            )
         })
         .collect()
 }
@@ -73,11 +80,17 @@ fn multi_document_file_reads_each_kind_with_its_line() {
 #[test]
 fn syntax_error_is_fatal_with_the_file_line() {
     // The bad line is in the second document: line numbers count from the top of the file.
-    let text = format!("{SERVICE}---\napiVersion: v1\nkind: Service\nmetadata:\n  name: [web\n  namespace: shop\n");
+    let text = format!(
+        "{SERVICE}---\napiVersion: v1\nkind: Service\nmetadata:\n  name: [web\n  namespace: shop\n"
+    );
     let e = parse(&text).unwrap_err();
     assert_eq!(e.file, "objs.yaml");
     assert!(matches!(e.line, Some(15..=16)), "{e}");
-    assert!(e.to_string().starts_with(&format!("objs.yaml:{}: ", e.line.unwrap())), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with(&format!("objs.yaml:{}: ", e.line.unwrap())),
+        "{e}"
+    );
 
     let e = parse("apiVersion: v1\nkind: Service\n metadata: {}\n").unwrap_err();
     assert!(e.to_string().starts_with("objs.yaml:3: "), "{e}");
@@ -85,11 +98,16 @@ fn syntax_error_is_fatal_with_the_file_line() {
 
 #[test]
 fn typed_error_skips_the_object_with_a_warning() {
-    let bad = SERVICE.replace("port: 80", "port: \"abc\"").replace("name: web\n", "name: bad\n");
+    let bad = SERVICE
+        .replace("port: 80", "port: \"abc\"")
+        .replace("name: web\n", "name: bad\n");
     let text = format!("{bad}---\n{SERVICE}");
     let (o, w) = parse(&text).unwrap();
     assert_eq!(names(&o.services), ["shop/web@12"]);
-    assert_eq!(w, ["warning: skipping Service shop/bad: spec.ports[0].port: invalid i32 (objs.yaml:10)"]);
+    assert_eq!(
+        w,
+        ["warning: skipping Service shop/bad: spec.ports[0].port: invalid i32 (objs.yaml:10)"]
+    );
 }
 
 #[test]
@@ -136,7 +154,13 @@ fn kubectl_list_is_opened() {
     let indent = |s: &str| {
         s.lines()
             .enumerate()
-            .map(|(i, l)| if i == 0 { format!("- {l}\n") } else { format!("  {l}\n") })
+            .map(|(i, l)| {
+                if i == 0 {
+                    format!("- {l}\n")
+                } else {
+                    format!("  {l}\n")
+                }
+            })
             .collect::<String>()
     };
     let text = format!(
@@ -148,7 +172,10 @@ fn kubectl_list_is_opened() {
     let (o, w) = parse(&text).unwrap();
     assert_eq!(names(&o.services), ["shop/web@3"]);
     assert_eq!(names(&o.endpoint_slices), ["shop/web-abc12@13"]);
-    assert_eq!(w, ["note: skipping ConfigMap shop/cfg: kube-proxy does not read this kind (objs.yaml:26)"]);
+    assert_eq!(
+        w,
+        ["note: skipping ConfigMap shop/cfg: kube-proxy does not read this kind (objs.yaml:26)"]
+    );
 }
 
 #[test]
@@ -169,7 +196,9 @@ items:
     assert_eq!(names(&o.services), ["shop/a@4"]);
     assert_eq!(w.len(), 1);
     assert!(
-        w[0].starts_with("warning: skipping Service shop/b: spec.ports[0].port: invalid type: string \"eighty\""),
+        w[0].starts_with(
+            "warning: skipping Service shop/b: spec.ports[0].port: invalid type: string \"eighty\""
+        ),
         "{w:?}"
     );
     assert!(w[0].ends_with("(objs.yaml:8)"), "{w:?}");
@@ -216,7 +245,10 @@ struct Scratch(PathBuf);
 
 impl Scratch {
     fn new(tag: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("kube-proxy-rs-objects-{tag}-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!(
+            "kube-proxy-rs-objects-{tag}-{}",
+            std::process::id()
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         Scratch(dir)
@@ -264,16 +296,32 @@ fn missing_broken_and_non_utf8_files_are_errors_naming_the_file() {
     let missing = dir.0.join("missing.yaml");
     let e = load(&[&missing]).unwrap_err();
     assert_eq!(e.line, None);
-    assert!(e.to_string().starts_with(&format!("{}: ", missing.display())), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with(&format!("{}: ", missing.display())),
+        "{e}"
+    );
 
-    let broken = dir.write("broken.yaml", b"apiVersion: v1\nkind: Service\nmetadata: {name: web\n");
+    let broken = dir.write(
+        "broken.yaml",
+        b"apiVersion: v1\nkind: Service\nmetadata: {name: web\n",
+    );
     let e = load(&[&broken]).unwrap_err();
-    assert!(e.to_string().starts_with(&format!("{}:", broken.display())), "{e}");
+    assert!(
+        e.to_string().starts_with(&format!("{}:", broken.display())),
+        "{e}"
+    );
     assert!(e.line.is_some(), "{e}");
 
-    let latin1 = dir.write("latin1.yaml", b"apiVersion: v1\nkind: Service\nmetadata:\n  name: caf\xe9\n");
+    let latin1 = dir.write(
+        "latin1.yaml",
+        b"apiVersion: v1\nkind: Service\nmetadata:\n  name: caf\xe9\n",
+    );
     let e = load(&[&latin1]).unwrap_err();
-    assert_eq!(e.to_string(), format!("{}:4: not valid UTF-8", latin1.display()));
+    assert_eq!(
+        e.to_string(),
+        format!("{}:4: not valid UTF-8", latin1.display())
+    );
 }
 
 #[test]

@@ -26,8 +26,17 @@ struct ConfigFile(PathBuf);
 
 impl ConfigFile {
     fn new(tag: &str, body: &str) -> ConfigFile {
-        let p = std::env::temp_dir().join(format!("kube-proxy-rs-settings-{tag}-{}.yaml", std::process::id()));
-        std::fs::write(&p, format!("apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n{body}")).unwrap();
+        let p = std::env::temp_dir().join(format!(
+            "kube-proxy-rs-settings-{tag}-{}.yaml",
+            std::process::id()
+        ));
+        std::fs::write(
+            &p,
+            format!(
+                "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n{body}"
+            ),
+        )
+        .unwrap();
         ConfigFile(p)
     }
 
@@ -70,8 +79,14 @@ fn flags_are_parsed_and_masked() {
         "--ip-family=ipv6",
     ])
     .unwrap();
-    assert_eq!(s.cluster_cidrs, nets(&["10.244.0.0/16", "fd00:10:244::/56"]));
-    assert_eq!(s.nodeport_addresses, nets(&["192.168.10.0/24", "127.0.0.0/8"]));
+    assert_eq!(
+        s.cluster_cidrs,
+        nets(&["10.244.0.0/16", "fd00:10:244::/56"])
+    );
+    assert_eq!(
+        s.nodeport_addresses,
+        nets(&["192.168.10.0/24", "127.0.0.0/8"])
+    );
     assert!(s.masquerade_all && !s.localhost_nodeports);
     assert_eq!(s.masquerade_bit, 0);
     assert_eq!(s.detect_local_mode, DetectLocalMode::InterfaceNamePrefix);
@@ -96,14 +111,23 @@ fn bad_cidrs_are_errors() {
         "--cluster-cidr: invalid CIDR \"10.244.0.0/33\""
     );
     assert_eq!(
-        err(&["--hostname-override=n", "--cluster-cidr=10.244.0.0/16,10.245.0.0/16"]),
+        err(&[
+            "--hostname-override=n",
+            "--cluster-cidr=10.244.0.0/16,10.245.0.0/16"
+        ]),
         "--cluster-cidr: \"10.244.0.0/16,10.245.0.0/16\" must hold at most one CIDR per IP family"
     );
     assert_eq!(
-        err(&["--hostname-override=n", "--nodeport-addresses=192.168.10.0/24,192.168.1.1"]),
+        err(&[
+            "--hostname-override=n",
+            "--nodeport-addresses=192.168.10.0/24,192.168.1.1"
+        ]),
         "--nodeport-addresses: invalid CIDR \"192.168.1.1\""
     );
-    assert!(err(&["--hostname-override=n", "--nodeport-addresses=primary"]).contains("not supported yet"));
+    assert!(
+        err(&["--hostname-override=n", "--nodeport-addresses=primary"])
+            .contains("not supported yet")
+    );
 }
 
 #[test]
@@ -112,21 +136,33 @@ fn proxy_modes_other_than_iptables_are_refused() {
         err(&["--hostname-override=n", "--proxy-mode=ipvs"]),
         "--proxy-mode \"ipvs\" is not supported yet (only iptables is)"
     );
-    assert_eq!(err(&["--hostname-override=n", "--proxy-mode=userspace"]), "--proxy-mode \"userspace\" is invalid (use iptables)");
+    assert_eq!(
+        err(&["--hostname-override=n", "--proxy-mode=userspace"]),
+        "--proxy-mode \"userspace\" is invalid (use iptables)"
+    );
     assert!(resolve_args(&["--hostname-override=n", "--proxy-mode="]).is_ok());
 }
 
 #[test]
 fn detect_local_mode_needs_its_interface() {
     assert_eq!(
-        err(&["--hostname-override=n", "--detect-local-mode=BridgeInterface"]),
+        err(&[
+            "--hostname-override=n",
+            "--detect-local-mode=BridgeInterface"
+        ]),
         "--pod-bridge-interface must be set when --detect-local-mode is BridgeInterface"
     );
     assert_eq!(
-        err(&["--hostname-override=n", "--detect-local-mode=InterfaceNamePrefix"]),
+        err(&[
+            "--hostname-override=n",
+            "--detect-local-mode=InterfaceNamePrefix"
+        ]),
         "--pod-interface-name-prefix must be set when --detect-local-mode is InterfaceNamePrefix"
     );
-    assert!(err(&["--hostname-override=n", "--detect-local-mode=clustercidr"]).contains("invalid detect-local-mode"));
+    assert!(
+        err(&["--hostname-override=n", "--detect-local-mode=clustercidr"])
+            .contains("invalid detect-local-mode")
+    );
     let (s, _) = resolve_args(&["--hostname-override=n", "--detect-local-mode=NodeCIDR"]).unwrap();
     assert_eq!(s.detect_local_mode, DetectLocalMode::NodeCidr);
 }
@@ -146,7 +182,13 @@ fn config_file_wins_over_flags_except_hostname_override() {
         "precedence",
         "hostnameOverride: Config-Node\nclusterCIDR: 10.244.0.0/16\nnodePortAddresses: [192.168.10.0/24]\ndetectLocalMode: BridgeInterface\ndetectLocal:\n  bridgeInterface: cbr0\nmode: iptables\niptables:\n  masqueradeAll: true\n  masqueradeBit: 12\n  localhostNodePorts: false\n",
     );
-    let (s, w) = resolve_args(&["--config", cfg.path(), "--cluster-cidr=10.0.0.0/8", "--masquerade-all=false"]).unwrap();
+    let (s, w) = resolve_args(&[
+        "--config",
+        cfg.path(),
+        "--cluster-cidr=10.0.0.0/8",
+        "--masquerade-all=false",
+    ])
+    .unwrap();
     assert_eq!(s.hostname, "config-node");
     assert_eq!(s.cluster_cidrs, nets(&["10.244.0.0/16"]));
     assert_eq!(s.nodeport_addresses, nets(&["192.168.10.0/24"]));
@@ -162,7 +204,8 @@ fn config_file_wins_over_flags_except_hostname_override() {
         ]
     );
 
-    let (s, _) = resolve_args(&["--config", cfg.path(), "--hostname-override", "Flag-Node"]).unwrap();
+    let (s, _) =
+        resolve_args(&["--config", cfg.path(), "--hostname-override", "Flag-Node"]).unwrap();
     assert_eq!(s.hostname, "flag-node");
 }
 
@@ -171,7 +214,10 @@ fn config_file_values_are_validated_and_named() {
     let cfg = ConfigFile::new("bit", "iptables:\n  masqueradeBit: 33\n");
     assert_eq!(
         err(&["--config", cfg.path(), "--hostname-override=n"]),
-        format!("iptables.masqueradeBit (in {}) 33 is out of range: it must be between 0 and 31", cfg.path())
+        format!(
+            "iptables.masqueradeBit (in {}) 33 is out of range: it must be between 0 and 31",
+            cfg.path()
+        )
     );
     let cfg = ConfigFile::new("mode", "mode: nftables\n");
     assert!(err(&["--config", cfg.path(), "--hostname-override=n"]).contains("not supported yet"));
@@ -181,7 +227,10 @@ fn config_file_values_are_validated_and_named() {
 fn config_file_type_errors_and_broken_yaml_are_fatal_with_line() {
     let cfg = ConfigFile::new("type", "iptables:\n  masqueradeAll: sometimes\n");
     let e = err(&["--config", cfg.path(), "--hostname-override=n"]);
-    assert!(e.starts_with(&format!("{}:4: iptables.masqueradeAll: ", cfg.path())), "{e}");
+    assert!(
+        e.starts_with(&format!("{}:4: iptables.masqueradeAll: ", cfg.path())),
+        "{e}"
+    );
     let cfg = ConfigFile::new("broken", "mode: iptables\n  clusterCIDR: 10.0.0.0/8\n");
     let e = err(&["--config", cfg.path(), "--hostname-override=n"]);
     assert!(e.starts_with(&format!("{}:4: ", cfg.path())), "{e}");
@@ -192,5 +241,11 @@ fn config_file_unknown_fields_warn() {
     let cfg = ConfigFile::new("unknown", "clusterCidr: 10.244.0.0/16\n");
     let (s, w) = resolve_args(&["--config", cfg.path(), "--hostname-override=n"]).unwrap();
     assert!(s.cluster_cidrs.is_empty());
-    assert_eq!(w, [format!("warning: {}: unknown field \"clusterCidr\" ignored", cfg.path())]);
+    assert_eq!(
+        w,
+        [format!(
+            "warning: {}: unknown field \"clusterCidr\" ignored",
+            cfg.path()
+        )]
+    );
 }

@@ -7,7 +7,9 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use rulegen::{Endpoint, Protocol, ServicePort};
 
 use super::services::{port_number, protocol, service_key};
-use super::{LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME, ServiceKey, label, ns_name};
+use super::{
+    LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME, ServiceKey, label, ns_name,
+};
 use crate::addr::parse_ip_sloppy;
 use crate::objects::{Objects, Sourced};
 use crate::warning::Warning;
@@ -22,14 +24,18 @@ struct SlicePort {
 /// Fills in the endpoints of `services` from every EndpointSlice in `objects`.
 ///
 /// Slices join their Service by the `kubernetes.io/service-name` label in the same namespace
-/// and are read in name order; the same `IP:port` in two slices counts once.
+/// and are read in name order; the same `IP:port` in two slices counts once (see [`rank`]).
 pub fn attach(
     services: &mut BTreeMap<ServiceKey, Vec<ServicePort>>,
     objects: &Objects,
     node_name: &str,
     warnings: &mut Vec<Warning>,
 ) {
-    let all_services: BTreeSet<ServiceKey> = objects.services.iter().map(|s| service_key(&s.object)).collect();
+    let all_services: BTreeSet<ServiceKey> = objects
+        .services
+        .iter()
+        .map(|s| service_key(&s.object))
+        .collect();
     for (key, slices) in group(objects, warnings) {
         let Some(ports) = services.get_mut(&key) else {
             // A Service that was skipped keeps its slices unused; one that is missing is worth a note.
@@ -51,8 +57,12 @@ pub fn attach(
 }
 
 /// Usable slices grouped by Service, each group sorted by slice name.
-fn group<'a>(objects: &'a Objects, warnings: &mut Vec<Warning>) -> BTreeMap<ServiceKey, Vec<&'a Sourced<EndpointSlice>>> {
-    let mut groups: BTreeMap<ServiceKey, BTreeMap<String, &Sourced<EndpointSlice>>> = BTreeMap::new();
+fn group<'a>(
+    objects: &'a Objects,
+    warnings: &mut Vec<Warning>,
+) -> BTreeMap<ServiceKey, Vec<&'a Sourced<EndpointSlice>>> {
+    let mut groups: BTreeMap<ServiceKey, BTreeMap<String, &Sourced<EndpointSlice>>> =
+        BTreeMap::new();
     for sourced in &objects.endpoint_slices {
         let slice = &sourced.object;
         let meta = &slice.metadata;
@@ -73,7 +83,7 @@ fn group<'a>(objects: &'a Objects, warnings: &mut Vec<Warning>) -> BTreeMap<Serv
             continue;
         }
         let Some(service) = label(meta, LABEL_SERVICE_NAME).filter(|s| !s.is_empty()) else {
-            warnings.push(Warning::warning(format!(
+            warnings.push(Warning::warn(format!(
                 "skipping {}: it has no {LABEL_SERVICE_NAME} label ({origin})",
                 what()
             )));
@@ -83,22 +93,28 @@ fn group<'a>(objects: &'a Objects, warnings: &mut Vec<Warning>) -> BTreeMap<Serv
             "IPv4" | "IPv6" => {}
             // Upstream ignores FQDN slices: there is no address to DNAT to.
             "FQDN" => {
-                warnings.push(Warning::note(format!("skipping {}: addressType FQDN ({origin})", what())));
+                warnings.push(Warning::note(format!(
+                    "skipping {}: addressType FQDN ({origin})",
+                    what()
+                )));
                 continue;
             }
             other => {
-                warnings.push(Warning::warning(format!(
+                warnings.push(Warning::warn(format!(
                     "skipping {}: invalid addressType {other:?} ({origin})",
                     what()
                 )));
                 continue;
             }
         }
-        let key = (meta.namespace.clone().unwrap_or_default(), service.to_string());
+        let key = (
+            meta.namespace.clone().unwrap_or_default(),
+            service.to_string(),
+        );
         let name = meta.name.clone().unwrap_or_default();
         let group = groups.entry(key).or_default();
         if group.contains_key(&name) {
-            warnings.push(Warning::warning(format!(
+            warnings.push(Warning::warn(format!(
                 "skipping {}: it appears more than once; the first one is used ({origin})",
                 what()
             )));
@@ -106,18 +122,29 @@ fn group<'a>(objects: &'a Objects, warnings: &mut Vec<Warning>) -> BTreeMap<Serv
         }
         group.insert(name, sourced);
     }
-    groups.into_iter().map(|(k, g)| (k, g.into_values().collect())).collect()
+    groups
+        .into_iter()
+        .map(|(k, g)| (k, g.into_values().collect()))
+        .collect()
 }
 
 /// Adds the endpoints of `slices` (one Service's, in name order) to its `ports`.
-fn merge(ports: &mut [ServicePort], slices: &[&Sourced<EndpointSlice>], node_name: &str, warnings: &mut Vec<Warning>) {
+fn merge(
+    ports: &mut [ServicePort],
+    slices: &[&Sourced<EndpointSlice>],
+    node_name: &str,
+    warnings: &mut Vec<Warning>,
+) {
     // Index of each endpoint in its port's list, by `IP:port`, for de-duplication.
     let mut index: Vec<HashMap<String, usize>> = vec![HashMap::new(); ports.len()];
     for sourced in slices {
         let slice_ports = slice_ports(sourced, warnings);
         let endpoints = slice_endpoints(sourced, warnings);
         for sp in &slice_ports {
-            let Some(target) = ports.iter().position(|p| p.name.port == sp.name && p.protocol == sp.protocol) else {
+            let Some(target) = ports
+                .iter()
+                .position(|p| p.name.port == sp.name && p.protocol == sp.protocol)
+            else {
                 continue;
             };
             for template in &endpoints {
@@ -146,11 +173,12 @@ fn merge(ports: &mut [ServicePort], slices: &[&Sourced<EndpointSlice>], node_nam
     }
 }
 
-/// Which of two copies of one `IP:port` wins: a ready one, then a local one (upstream keeps
-/// the local copy; the first copy otherwise).
-fn rank(ep: &Endpoint, node_name: &str) -> (bool, bool) {
+/// Which of two copies of one `IP:port` wins: a non-terminating one (upstream: a pod reusing
+/// a terminating pod's IP), then a ready one, then a local one (older upstream); on a tie the
+/// copy from the slice first by name. Upstream leaves ties to Go's map order; we must not.
+fn rank(ep: &Endpoint, node_name: &str) -> (bool, bool, bool) {
     let local = !node_name.is_empty() && ep.node_name.as_deref() == Some(node_name);
-    (ep.ready, local)
+    (!ep.terminating, ep.ready, local)
 }
 
 /// The slice's ports that can carry traffic; the rest are skipped with a warning.
@@ -159,7 +187,7 @@ fn slice_ports(sourced: &Sourced<EndpointSlice>, warnings: &mut Vec<Warning>) ->
     let mut out = Vec::new();
     for (i, p) in slice.ports.iter().flatten().enumerate() {
         let skip = |why: String| {
-            Warning::warning(format!(
+            Warning::warn(format!(
                 "EndpointSlice {}: skipping ports[{i}]: {why} ({})",
                 ns_name(&slice.metadata),
                 sourced.origin
@@ -190,7 +218,11 @@ fn slice_ports(sourced: &Sourced<EndpointSlice>, warnings: &mut Vec<Warning>) ->
                 continue;
             }
         };
-        out.push(SlicePort { name, protocol, port });
+        out.push(SlicePort {
+            name,
+            protocol,
+            port,
+        });
     }
     out
 }
@@ -201,7 +233,7 @@ fn slice_endpoints(sourced: &Sourced<EndpointSlice>, warnings: &mut Vec<Warning>
     let mut out = Vec::new();
     for (i, ep) in slice.endpoints.iter().enumerate() {
         let skip = |why: String| {
-            Warning::warning(format!(
+            Warning::warn(format!(
                 "EndpointSlice {}: skipping endpoints[{i}]: {why} ({})",
                 ns_name(&slice.metadata),
                 sourced.origin
@@ -213,7 +245,9 @@ fn slice_endpoints(sourced: &Sourced<EndpointSlice>, warnings: &mut Vec<Warning>
             continue;
         };
         let Some(ip) = parse_ip_sloppy(address) else {
-            warnings.push(skip(format!("invalid address {address:?}: not an IP address")));
+            warnings.push(skip(format!(
+                "invalid address {address:?}: not an IP address"
+            )));
             continue;
         };
         if let Some(why) = unroutable(&ip) {
@@ -222,8 +256,9 @@ fn slice_endpoints(sourced: &Sourced<EndpointSlice>, warnings: &mut Vec<Warning>
         }
         let conditions = ep.conditions.as_ref();
         let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
-        // The API: "If nil, consumers should defer to the ready condition."
-        let serving = conditions.and_then(|c| c.serving).unwrap_or(ready);
+        // Upstream's endpointslicecache reads a nil serving as true (not as "same as ready",
+        // which the API docs suggest); we follow kube-proxy, not the docs.
+        let serving = conditions.and_then(|c| c.serving).unwrap_or(true);
         let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
         let zone_hints = ep
             .hints

@@ -45,7 +45,8 @@ pub struct Translation {
 pub fn translate(objects: &Objects, settings: &Settings) -> Translation {
     let mut warnings = Vec::new();
     let node = node::find(objects, &settings.hostname, &mut warnings);
-    let mut services: BTreeMap<ServiceKey, Vec<rulegen::ServicePort>> = services::translate_all(objects, &mut warnings);
+    let mut services: BTreeMap<ServiceKey, Vec<rulegen::ServicePort>> =
+        services::translate_all(objects, &mut warnings);
     endpointslices::attach(&mut services, objects, &settings.hostname, &mut warnings);
 
     let mut ports: Vec<rulegen::ServicePort> = services.into_values().flatten().collect();
@@ -59,7 +60,10 @@ pub fn translate(objects: &Objects, settings: &Settings) -> Translation {
 }
 
 /// The label `key` of an object, if present (an empty value still counts as present).
-fn label<'a>(meta: &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, key: &str) -> Option<&'a str> {
+fn label<'a>(
+    meta: &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    key: &str,
+) -> Option<&'a str> {
     meta.labels.as_ref()?.get(key).map(String::as_str)
 }
 

@@ -30,7 +30,7 @@ pub fn find(objects: &Objects, node_name: &str, warnings: &mut Vec<Warning>) -> 
         .filter(|n| n.object.metadata.name.as_deref() == Some(node_name));
     let first = matching.next()?;
     for extra in matching {
-        warnings.push(Warning::warning(format!(
+        warnings.push(Warning::warn(format!(
             "skipping Node {node_name}: it appears more than once; the first one is used ({})",
             extra.origin
         )));
@@ -59,7 +59,7 @@ pub fn info(sourced: &Sourced<Node>, warnings: &mut Vec<Warning>) -> NodeInfo {
         match parse_ip_sloppy(&a.address) {
             Some(ip) if !ips.contains(&ip) => ips.push(ip),
             Some(_) => {}
-            None => warnings.push(Warning::warning(format!(
+            None => warnings.push(Warning::warn(format!(
                 "Node {name}: ignoring invalid {} {:?} ({})",
                 a.type_, a.address, sourced.origin
             ))),
@@ -75,13 +75,17 @@ pub fn info(sourced: &Sourced<Node>, warnings: &mut Vec<Warning>) -> NodeInfo {
     for c in listed {
         match parse_cidr_sloppy(c) {
             Some(net) => pod_cidrs.push(net),
-            None => warnings.push(Warning::warning(format!(
+            None => warnings.push(Warning::warn(format!(
                 "Node {name}: ignoring invalid podCIDR {c:?} ({})",
                 sourced.origin
             ))),
         }
     }
-    NodeInfo { zone, ips, pod_cidrs }
+    NodeInfo {
+        zone,
+        ips,
+        pod_cidrs,
+    }
 }
 
 #[cfg(test)]

@@ -8,11 +8,20 @@ use crate::warning::Warning;
 
 /// Builds the render settings for `settings.family`. CIDR lists are cut to that family, as
 /// each of upstream's per-family proxiers does.
-pub fn build(settings: &Settings, node: Option<&NodeInfo>, warnings: &mut Vec<Warning>) -> RenderConfig {
+pub fn build(
+    settings: &Settings,
+    node: Option<&NodeInfo>,
+    warnings: &mut Vec<Warning>,
+) -> RenderConfig {
     let family = settings.family;
     let local_detector = match settings.detect_local_mode {
         DetectLocalMode::ClusterCidr => {
-            let cidrs: Vec<_> = settings.cluster_cidrs.iter().filter(|c| family.contains_net(c)).copied().collect();
+            let cidrs: Vec<_> = settings
+                .cluster_cidrs
+                .iter()
+                .filter(|c| family.contains_net(c))
+                .copied()
+                .collect();
             if cidrs.is_empty() && !settings.cluster_cidrs.is_empty() {
                 warnings.push(Warning::note(format!(
                     "no cluster CIDR of the rendered family ({}); local traffic is not detected",
@@ -23,11 +32,17 @@ pub fn build(settings: &Settings, node: Option<&NodeInfo>, warnings: &mut Vec<Wa
         }
         DetectLocalMode::NodeCidr => {
             let cidrs: Vec<_> = node
-                .map(|n| n.pod_cidrs.iter().filter(|c| family.contains_net(c)).copied().collect())
+                .map(|n| {
+                    n.pod_cidrs
+                        .iter()
+                        .filter(|c| family.contains_net(c))
+                        .copied()
+                        .collect()
+                })
                 .unwrap_or_default();
             if cidrs.is_empty() {
                 // Upstream waits for the Node's podCIDRs; a dry run can only say they are missing.
-                warnings.push(Warning::warning(format!(
+                warnings.push(Warning::warn(format!(
                     "detect-local-mode NodeCIDR: Node {} has no podCIDR of the rendered family ({}); local traffic is not detected",
                     settings.hostname,
                     family_name(family)
@@ -35,7 +50,9 @@ pub fn build(settings: &Settings, node: Option<&NodeInfo>, warnings: &mut Vec<Wa
             }
             cidrs_or_none(cidrs)
         }
-        DetectLocalMode::BridgeInterface => LocalDetector::BridgeInterface(settings.pod_bridge_interface.clone()),
+        DetectLocalMode::BridgeInterface => {
+            LocalDetector::BridgeInterface(settings.pod_bridge_interface.clone())
+        }
         DetectLocalMode::InterfaceNamePrefix => {
             LocalDetector::InterfaceNamePrefix(settings.pod_interface_name_prefix.clone())
         }
@@ -45,7 +62,13 @@ pub fn build(settings: &Settings, node: Option<&NodeInfo>, warnings: &mut Vec<Wa
         node_name: settings.hostname.clone(),
         node_zone: node.and_then(|n| n.zone.clone()),
         node_ips: node
-            .map(|n| n.ips.iter().filter(|ip| family.contains(ip)).copied().collect())
+            .map(|n| {
+                n.ips
+                    .iter()
+                    .filter(|ip| family.contains(ip))
+                    .copied()
+                    .collect()
+            })
             .unwrap_or_default(),
         nodeport_addresses: settings
             .nodeport_addresses

@@ -28,7 +28,10 @@ pub enum Skip {
 
 /// Translates every Service, keyed by namespace/name. The first of two Services with the same
 /// key wins (as a later apply would have replaced it, the input is inconsistent; we say so).
-pub fn translate_all(objects: &Objects, warnings: &mut Vec<Warning>) -> BTreeMap<ServiceKey, Vec<ServicePort>> {
+pub fn translate_all(
+    objects: &Objects,
+    warnings: &mut Vec<Warning>,
+) -> BTreeMap<ServiceKey, Vec<ServicePort>> {
     let mut out = BTreeMap::new();
     let mut seen = BTreeSet::new();
     for sourced in &objects.services {
@@ -36,7 +39,7 @@ pub fn translate_all(objects: &Objects, warnings: &mut Vec<Warning>) -> BTreeMap
         let origin = &sourced.origin;
         let key = service_key(svc);
         if !seen.insert(key.clone()) {
-            warnings.push(Warning::warning(format!(
+            warnings.push(Warning::warn(format!(
                 "skipping Service {}: it appears more than once; the first one is used ({origin})",
                 ns_name(&svc.metadata)
             )));
@@ -50,7 +53,7 @@ pub fn translate_all(objects: &Objects, warnings: &mut Vec<Warning>) -> BTreeMap
                 "skipping Service {}: {why} ({origin})",
                 ns_name(&svc.metadata)
             ))),
-            Err(Skip::Invalid(why)) => warnings.push(Warning::warning(format!(
+            Err(Skip::Invalid(why)) => warnings.push(Warning::warn(format!(
                 "skipping Service {}: {why} ({origin})",
                 ns_name(&svc.metadata)
             ))),
@@ -83,7 +86,9 @@ pub fn translate(svc: &Service) -> Result<Vec<ServicePort>, Skip> {
         .ok_or_else(|| Skip::Invalid("it has no spec".to_string()))?;
     let svc_type = spec.type_.as_deref().unwrap_or("ClusterIP");
     if svc_type == "ExternalName" {
-        return Err(Skip::Expected("type ExternalName has no proxy rules".to_string()));
+        return Err(Skip::Expected(
+            "type ExternalName has no proxy rules".to_string(),
+        ));
     }
 
     let cluster_ips = cluster_ips(spec)?;
@@ -92,7 +97,11 @@ pub fn translate(svc: &Service) -> Result<Vec<ServicePort>, Skip> {
         .external_ips
         .iter()
         .flatten()
-        .map(|s| parse_ip_sloppy(s).ok_or_else(|| Skip::Invalid(format!("invalid externalIP {s:?}: not an IP address"))))
+        .map(|s| {
+            parse_ip_sloppy(s).ok_or_else(|| {
+                Skip::Invalid(format!("invalid externalIP {s:?}: not an IP address"))
+            })
+        })
         .collect::<Result<Vec<IpAddr>, Skip>>()?;
     let load_balancer_ips = load_balancer_ips(svc)?;
     let load_balancer_source_ranges = spec
@@ -101,27 +110,36 @@ pub fn translate(svc: &Service) -> Result<Vec<ServicePort>, Skip> {
         .flatten()
         .map(|s| {
             // Upstream trims before parsing (TestBadIPs has " 203.0.113.0/25").
-            parse_cidr_sloppy(s.trim())
-                .ok_or_else(|| Skip::Invalid(format!("invalid loadBalancerSourceRange {s:?}: not a CIDR")))
+            parse_cidr_sloppy(s.trim()).ok_or_else(|| {
+                Skip::Invalid(format!("invalid loadBalancerSourceRange {s:?}: not a CIDR"))
+            })
         })
         .collect::<Result<Vec<IpNet>, Skip>>()?;
 
-    let external_traffic_policy = policy(spec.external_traffic_policy.as_deref());
+    // Upstream's ExternalPolicyLocal: eTP only counts for Services reachable from outside.
+    let externally_accessible = matches!(svc_type, "LoadBalancer" | "NodePort")
+        || (svc_type == "ClusterIP" && !external_ips.is_empty());
+    let external_traffic_policy = if externally_accessible {
+        policy(spec.external_traffic_policy.as_deref())
+    } else {
+        TrafficPolicy::Cluster
+    };
     let internal_traffic_policy = policy(spec.internal_traffic_policy.as_deref());
     let session_affinity = session_affinity(spec)?;
 
     // Upstream serves a health check only for LoadBalancer Services with eTP=Local
     // (`NeedsHealthCheck`); 0 means "not allocated".
-    let health_check_node_port = if svc_type == "LoadBalancer" && external_traffic_policy == TrafficPolicy::Local {
-        match spec.health_check_node_port {
-            None | Some(0) => None,
-            Some(p) => Some(
-                port_number(p).ok_or_else(|| Skip::Invalid(format!("healthCheckNodePort {p} is out of range (1-65535)")))?,
-            ),
-        }
-    } else {
-        None
-    };
+    let health_check_node_port =
+        if svc_type == "LoadBalancer" && external_traffic_policy == TrafficPolicy::Local {
+            match spec.health_check_node_port {
+                None | Some(0) => None,
+                Some(p) => Some(port_number(p).ok_or_else(|| {
+                    Skip::Invalid(format!("healthCheckNodePort {p} is out of range (1-65535)"))
+                })?),
+            }
+        } else {
+            None
+        };
 
     let namespace = svc.metadata.namespace.clone().unwrap_or_default();
     let name = svc.metadata.name.clone().unwrap_or_default();
@@ -134,18 +152,22 @@ pub fn translate(svc: &Service) -> Result<Vec<ServicePort>, Skip> {
         } else {
             format!("port {port_name:?}")
         };
-        let protocol = protocol(p.protocol.as_deref()).map_err(|e| Skip::Invalid(format!("{what}: {e}")))?;
-        let port = port_number(p.port)
-            .ok_or_else(|| Skip::Invalid(format!("{what}: port {} is out of range (1-65535)", p.port)))?;
+        let protocol =
+            protocol(p.protocol.as_deref()).map_err(|e| Skip::Invalid(format!("{what}: {e}")))?;
+        let port = port_number(p.port).ok_or_else(|| {
+            Skip::Invalid(format!("{what}: port {} is out of range (1-65535)", p.port))
+        })?;
         let node_port = match p.node_port {
             None | Some(0) => None,
-            Some(n) => Some(
-                port_number(n).ok_or_else(|| Skip::Invalid(format!("{what}: nodePort {n} is out of range (1-65535)")))?,
-            ),
+            Some(n) => Some(port_number(n).ok_or_else(|| {
+                Skip::Invalid(format!("{what}: nodePort {n} is out of range (1-65535)"))
+            })?),
         };
         // Two ports with one name and protocol would share chain names; the API forbids it.
         if !seen.insert((port_name.clone(), protocol)) {
-            return Err(Skip::Invalid(format!("{what}: a second {protocol} port with the same name")));
+            return Err(Skip::Invalid(format!(
+                "{what}: a second {protocol} port with the same name"
+            )));
         }
         ports.push(ServicePort {
             name: ServicePortName::new(namespace.clone(), name.clone(), port_name),
@@ -180,13 +202,20 @@ fn cluster_ips(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Result<Vec<IpA
         .or(listed.first().copied())
         .unwrap_or("");
     match primary {
-        "None" => return Err(Skip::Expected("it is headless (clusterIP None)".to_string())),
+        "None" => {
+            return Err(Skip::Expected(
+                "it is headless (clusterIP None)".to_string(),
+            ));
+        }
         "" => return Err(Skip::Expected("it has no clusterIP (headless)".to_string())),
         _ => {}
     }
     listed
         .into_iter()
-        .map(|s| parse_ip_sloppy(s).ok_or_else(|| Skip::Invalid(format!("invalid clusterIP {s:?}: not an IP address"))))
+        .map(|s| {
+            parse_ip_sloppy(s)
+                .ok_or_else(|| Skip::Invalid(format!("invalid clusterIP {s:?}: not an IP address")))
+        })
         .collect()
 }
 
@@ -206,15 +235,18 @@ fn load_balancer_ips(svc: &Service) -> Result<Vec<IpAddr>, Skip> {
         if ing.ip_mode.as_deref().is_some_and(|m| m != "VIP") {
             continue;
         }
-        ips.push(
-            parse_ip_sloppy(ip)
-                .ok_or_else(|| Skip::Invalid(format!("invalid loadBalancer ingress IP {ip:?}: not an IP address")))?,
-        );
+        ips.push(parse_ip_sloppy(ip).ok_or_else(|| {
+            Skip::Invalid(format!(
+                "invalid loadBalancer ingress IP {ip:?}: not an IP address"
+            ))
+        })?);
     }
     Ok(ips)
 }
 
-fn session_affinity(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Result<SessionAffinity, Skip> {
+fn session_affinity(
+    spec: &k8s_openapi::api::core::v1::ServiceSpec,
+) -> Result<SessionAffinity, Skip> {
     if spec.session_affinity.as_deref() != Some("ClientIP") {
         return Ok(SessionAffinity::None);
     }

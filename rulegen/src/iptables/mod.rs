@@ -4,6 +4,7 @@
 pub mod rule;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::ops::Range;
 
 use ipnet::IpNet;
 
@@ -13,7 +14,9 @@ use crate::chains::{
 };
 use crate::config::{LocalDetector, RenderConfig};
 use crate::endpoints::{self, Categorized};
-use crate::model::{Endpoint, IpFamily, Model, Protocol, ServicePort, SessionAffinity};
+use crate::model::{
+    Endpoint, IpFamily, Model, Protocol, ServicePort, ServicePortName, SessionAffinity,
+};
 use crate::probability::ProbabilityCache;
 use crate::ruleset::{Ruleset, Table};
 
@@ -76,7 +79,13 @@ pub fn render_into(
                 .map(|ip| (sp, *ip))
         })
         .collect();
-    ports.sort_by(|a, b| (&a.0.name, a.0.protocol).cmp(&(&b.0.name, b.0.protocol)));
+    fn key<'a>(p: &(&'a ServicePort, IpAddr)) -> (&'a ServicePortName, Protocol) {
+        (&p.0.name, p.0.protocol)
+    }
+    // A model kept in order (as the translator keeps it) skips the string sort.
+    if !ports.is_sorted_by(|a, b| key(a) <= key(b)) {
+        ports.sort_by(|a, b| key(a).cmp(&key(b)));
+    }
 
     let total_endpoints: usize = ports
         .iter()
@@ -111,14 +120,26 @@ fn mark_text(bit: u8) -> String {
 type FilterVerdict = (&'static str, &'static str);
 
 /// One endpoint as the renderer needs it, with its strings computed once.
-struct EndpointInfo<'m> {
-    ep: &'m Endpoint,
-    addr: String,
+struct EndpointInfo {
+    /// Index into the service port's `endpoints`.
+    index: usize,
+    /// `IP:port` in the scratch address buffer.
+    addr: Range<usize>,
     sep: ChainName,
+}
+
+/// Per-service-port working memory, kept across service ports so the hot loop does not allocate.
+#[derive(Default)]
+struct Scratch<'a> {
+    infos: Vec<EndpointInfo>,
+    addrs: String,
+    eps: Vec<&'a Endpoint>,
+    cat: Categorized,
 }
 
 struct Renderer<'c> {
     cfg: &'c RenderConfig,
+    scratch: Scratch<'c>,
     mark: String,
     large_cluster: bool,
     localhost_nodeports: bool,
@@ -148,6 +169,7 @@ impl<'c> Renderer<'c> {
         let mut r = Renderer {
             cfg,
             mark: mark_text(cfg.masquerade_bit),
+            scratch: Scratch::default(),
             large_cluster: false,
             localhost_nodeports,
             has_detector: false,
@@ -202,35 +224,60 @@ impl<'c> Renderer<'c> {
         }
     }
 
-    fn service_port(&mut self, sp: &ServicePort, cluster_ip: IpAddr) {
+    fn service_port(&mut self, sp: &'c ServicePort, cluster_ip: IpAddr) {
         let fam = self.cfg.family;
         let name = sp.name.to_string();
         let proto = sp.protocol;
 
-        let mut infos: Vec<EndpointInfo> = sp
-            .endpoints
-            .iter()
-            .filter(|e| fam.contains(&e.ip))
-            .map(|ep| {
-                let mut addr = String::with_capacity(24);
-                rule::endpoint_addr(&mut addr, &ep.ip, ep.port);
-                EndpointInfo {
-                    ep,
-                    addr,
+        let mut sc = std::mem::take(&mut self.scratch);
+        sc.infos.clear();
+        sc.addrs.clear();
+        for (index, ep) in sp.endpoints.iter().enumerate() {
+            if fam.contains(&ep.ip) {
+                let start = sc.addrs.len();
+                rule::endpoint_addr(&mut sc.addrs, &ep.ip, ep.port);
+                sc.infos.push(EndpointInfo {
+                    index,
+                    addr: start..sc.addrs.len(),
                     sep: ChainName::new("-"),
-                }
-            })
-            .collect();
-        // Upstream orders endpoints by their "IP:port" string.
-        infos.sort_by(|a, b| a.addr.cmp(&b.addr));
-        infos.dedup_by(|a, b| a.addr == b.addr);
-        let eps: Vec<&Endpoint> = infos.iter().map(|i| i.ep).collect();
-        let cat: Categorized =
-            endpoints::categorize(sp, &eps, &self.cfg.node_name, self.cfg.node_zone.as_deref());
-        for &i in &cat.all_reachable {
-            infos[i].sep = chains::endpoint_chain(&sp.name, proto, &infos[i].addr);
+                });
+            }
         }
+        // Upstream orders endpoints by their "IP:port" string.
+        let addrs = &sc.addrs;
+        sc.infos
+            .sort_by(|a, b| addrs[a.addr.clone()].cmp(&addrs[b.addr.clone()]));
+        sc.infos
+            .dedup_by(|a, b| addrs[a.addr.clone()] == addrs[b.addr.clone()]);
+        sc.eps.clear();
+        sc.eps
+            .extend(sc.infos.iter().map(|i| &sp.endpoints[i.index]));
+        endpoints::categorize_into(
+            &mut sc.cat,
+            sp,
+            &sc.eps,
+            &self.cfg.node_name,
+            self.cfg.node_zone.as_deref(),
+        );
+        let hasher = crate::hash::EndpointHasher::new(&sp.name, proto);
+        for &i in &sc.cat.all_reachable {
+            let info = &mut sc.infos[i];
+            info.sep = chains::endpoint_chain_with(&hasher, &sc.addrs[info.addr.clone()]);
+        }
+        self.service_port_rules(sp, cluster_ip, &name, &sc);
+        self.scratch = sc;
+    }
 
+    fn service_port_rules(
+        &mut self,
+        sp: &ServicePort,
+        cluster_ip: IpAddr,
+        name: &str,
+        sc: &Scratch,
+    ) {
+        let fam = self.cfg.family;
+        let proto = sp.protocol;
+        let cat = &sc.cat;
         let external_ips: Vec<&IpAddr> = sp
             .external_ips
             .iter()
@@ -288,12 +335,12 @@ impl<'c> Renderer<'c> {
         // Capture the cluster IP.
         if has_internal {
             let out = &mut self.nat_services;
-            capture(out, KUBE_SERVICES, &cluster_ip, sp, &[&name, " cluster IP"]);
+            capture(out, KUBE_SERVICES, &cluster_ip, sp, &[name, " cluster IP"]);
             rule::jump(out, internal_chain.as_str());
             rule::end(out);
         } else if let Some((why, target)) = internal_filter {
             let out = &mut self.filter_services;
-            capture(out, KUBE_SERVICES, &cluster_ip, sp, &[&name, why]);
+            capture(out, KUBE_SERVICES, &cluster_ip, sp, &[name, why]);
             rule::raw(out, target);
             rule::end(out);
         }
@@ -302,13 +349,13 @@ impl<'c> Renderer<'c> {
         for ip in &external_ips {
             if has_endpoints {
                 let out = &mut self.nat_services;
-                capture(out, KUBE_SERVICES, ip, sp, &[&name, " external IP"]);
+                capture(out, KUBE_SERVICES, ip, sp, &[name, " external IP"]);
                 rule::jump(out, chains.ext.as_str());
                 rule::end(out);
             }
             if let Some((why, target)) = external_filter {
                 let out = &mut self.filter_external;
-                capture(out, KUBE_EXTERNAL_SERVICES, ip, sp, &[&name, why]);
+                capture(out, KUBE_EXTERNAL_SERVICES, ip, sp, &[name, why]);
                 rule::raw(out, target);
                 rule::end(out);
             }
@@ -318,7 +365,7 @@ impl<'c> Renderer<'c> {
         for ip in &lb_ips {
             if has_endpoints {
                 let out = &mut self.nat_services;
-                capture(out, KUBE_SERVICES, ip, sp, &[&name, " loadbalancer IP"]);
+                capture(out, KUBE_SERVICES, ip, sp, &[name, " loadbalancer IP"]);
                 rule::jump(out, lb_chain.as_str());
                 rule::end(out);
             }
@@ -329,7 +376,7 @@ impl<'c> Renderer<'c> {
                     KUBE_PROXY_FIREWALL,
                     ip,
                     sp,
-                    &[&name, " traffic not accepted by ", chains.fw.as_str()],
+                    &[name, " traffic not accepted by ", chains.fw.as_str()],
                 );
                 rule::jump(out, "DROP");
                 rule::end(out);
@@ -338,7 +385,7 @@ impl<'c> Renderer<'c> {
         if let Some((why, target)) = external_filter {
             for ip in &lb_ips {
                 let out = &mut self.filter_external;
-                capture(out, KUBE_EXTERNAL_SERVICES, ip, sp, &[&name, why]);
+                capture(out, KUBE_EXTERNAL_SERVICES, ip, sp, &[name, why]);
                 rule::raw(out, target);
                 rule::end(out);
             }
@@ -350,7 +397,7 @@ impl<'c> Renderer<'c> {
                 let out = &mut self.nat_nodeports;
                 rule::start(out, KUBE_NODEPORTS);
                 rule::proto(out, proto);
-                rule::comment(out, &name);
+                rule::comment(out, name);
                 rule::dport(out, proto, node_port);
                 rule::jump(out, chains.ext.as_str());
                 rule::end(out);
@@ -359,7 +406,7 @@ impl<'c> Renderer<'c> {
                 let out = &mut self.filter_external;
                 rule::start(out, KUBE_EXTERNAL_SERVICES);
                 rule::proto(out, proto);
-                rule::comment_parts(out, &[&name, why]);
+                rule::comment_parts(out, &[name, why]);
                 rule::raw(out, " -m addrtype --dst-type LOCAL");
                 rule::dport(out, proto, node_port);
                 rule::raw(out, target);
@@ -372,7 +419,7 @@ impl<'c> Renderer<'c> {
             let out = &mut self.filter_nodeports;
             rule::start(out, KUBE_NODEPORTS);
             rule::proto(out, Protocol::Tcp);
-            rule::comment_parts(out, &[&name, " health check node port"]);
+            rule::comment_parts(out, &[name, " health check node port"]);
             rule::dport(out, Protocol::Tcp, hc);
             rule::jump(out, "ACCEPT");
             rule::end(out);
@@ -394,7 +441,7 @@ impl<'c> Renderer<'c> {
                 rule::start(out, ext);
                 rule::comment_parts(
                     out,
-                    &["masquerade traffic for ", &name, " external destinations"],
+                    &["masquerade traffic for ", name, " external destinations"],
                 );
                 rule::jump(out, KUBE_MARK_MASQ);
                 rule::end(out);
@@ -402,10 +449,7 @@ impl<'c> Renderer<'c> {
                 if let Some(m) = detector {
                     rule::start(out, ext);
                     rule::raw(out, &m);
-                    rule::comment_parts(
-                        out,
-                        &["pod traffic for ", &name, " external destinations"],
-                    );
+                    rule::comment_parts(out, &["pod traffic for ", name, " external destinations"]);
                     rule::jump(out, chains.svc.as_str());
                     rule::end(out);
                 }
@@ -414,7 +458,7 @@ impl<'c> Renderer<'c> {
                     out,
                     &[
                         "masquerade LOCAL traffic for ",
-                        &name,
+                        name,
                         " external destinations",
                     ],
                 );
@@ -424,7 +468,7 @@ impl<'c> Renderer<'c> {
                 rule::start(out, ext);
                 rule::comment_parts(
                     out,
-                    &["route LOCAL traffic for ", &name, " external destinations"],
+                    &["route LOCAL traffic for ", name, " external destinations"],
                 );
                 rule::raw(out, " -m addrtype --src-type LOCAL");
                 rule::jump(out, chains.svc.as_str());
@@ -444,7 +488,7 @@ impl<'c> Renderer<'c> {
             let node_ips = &self.cfg.node_ips;
             self.nat.begin_chain(chains.fw);
             let out = self.nat.text_mut();
-            let comment: [&str; 2] = [&name, " loadbalancer IP"];
+            let comment: [&str; 2] = [name, " loadbalancer IP"];
             let mut allow_from_node = false;
             for net in &source_ranges {
                 rule::start(out, fw);
@@ -469,7 +513,7 @@ impl<'c> Renderer<'c> {
                 out,
                 &[
                     "other traffic to ",
-                    &name,
+                    name,
                     " will be dropped by KUBE-PROXY-FIREWALL",
                 ],
             );
@@ -480,23 +524,23 @@ impl<'c> Renderer<'c> {
         // Endpoint selection chains; the internal chain starts with its masquerade rule.
         if uses_cluster_chain {
             self.endpoint_selection(
-                &name,
+                name,
                 sp,
                 cluster_ip,
                 chains.svc,
                 internal_chain == chains.svc && has_internal,
-                &infos,
+                sc,
                 &cat.cluster,
             );
         }
         if uses_local_chain {
             self.endpoint_selection(
-                &name,
+                name,
                 sp,
                 cluster_ip,
                 chains.svl,
                 internal_chain == chains.svl && has_internal,
-                &infos,
+                sc,
                 &cat.local,
             );
         }
@@ -504,21 +548,21 @@ impl<'c> Renderer<'c> {
         // One KUBE-SEP chain per reachable endpoint: hairpin masquerade, then DNAT.
         let large = self.large_cluster;
         for &i in &cat.all_reachable {
-            let info = &infos[i];
+            let info = &sc.infos[i];
             let sep = info.sep.as_str();
             self.nat.begin_chain(info.sep);
             let out = self.nat.text_mut();
             rule::start(out, sep);
-            rule::src_ip(out, false, &info.ep.ip);
+            rule::src_ip(out, false, &sp.endpoints[info.index].ip);
             if !large {
-                rule::comment(out, &name);
+                rule::comment(out, name);
             }
             rule::jump(out, KUBE_MARK_MASQ);
             rule::end(out);
             rule::start(out, sep);
             rule::proto(out, proto);
             if !large {
-                rule::comment(out, &name);
+                rule::comment(out, name);
             }
             if let SessionAffinity::ClientIp { .. } = sp.session_affinity {
                 rule::raw(out, " -m recent --set --name ");
@@ -528,7 +572,7 @@ impl<'c> Renderer<'c> {
             rule::raw(out, " -m ");
             rule::raw(out, proto.as_str());
             rule::raw(out, " -j DNAT --to-destination ");
-            rule::raw(out, &info.addr);
+            rule::raw(out, &sc.addrs[info.addr.clone()]);
             rule::end(out);
             self.nat.end_chain();
         }
@@ -544,7 +588,7 @@ impl<'c> Renderer<'c> {
         cluster_ip: IpAddr,
         chain: ChainName,
         is_internal_entry: bool,
-        infos: &[EndpointInfo],
+        sc: &Scratch,
         selected: &[usize],
     ) {
         let large = self.large_cluster;
@@ -577,10 +621,10 @@ impl<'c> Renderer<'c> {
         }
         if let SessionAffinity::ClientIp { timeout_seconds } = sp.session_affinity {
             for &i in selected {
-                let info = &infos[i];
+                let info = &sc.infos[i];
                 rule::start(out, chain_str);
                 if !large {
-                    rule::comment_parts(out, &[name, " -> ", &info.addr]);
+                    rule::comment_parts(out, &[name, " -> ", &sc.addrs[info.addr.clone()]]);
                 }
                 rule::raw(out, " -m recent --rcheck --seconds ");
                 rule::push_u32(out, timeout_seconds);
@@ -593,10 +637,10 @@ impl<'c> Renderer<'c> {
         }
         let n = selected.len();
         for (k, &i) in selected.iter().enumerate() {
-            let info = &infos[i];
+            let info = &sc.infos[i];
             rule::start(out, chain_str);
             if !large {
-                rule::comment_parts(out, &[name, " -> ", &info.addr]);
+                rule::comment_parts(out, &[name, " -> ", &sc.addrs[info.addr.clone()]]);
             }
             if k + 1 < n {
                 rule::raw(out, " -m statistic --mode random --probability ");

@@ -45,17 +45,30 @@ fn addrs(sp: &ServicePort) -> Vec<String> {
 fn slices_join_by_label_and_endpoints_are_sorted() {
     let yaml = format!(
         "{WEB}{}{}",
-        slice("web-b", &format!("{HTTP_PORT}endpoints:\n{}", endpoint("10.244.2.7", "node-2"))),
+        slice(
+            "web-b",
+            &format!(
+                "{HTTP_PORT}endpoints:\n{}",
+                endpoint("10.244.2.7", "node-2")
+            )
+        ),
         slice(
             "web-a",
-            &format!("{HTTP_PORT}endpoints:\n{}{}", endpoint("10.244.10.3", "node-1"), endpoint("10.244.1.5", "node-1"))
+            &format!(
+                "{HTTP_PORT}endpoints:\n{}{}",
+                endpoint("10.244.10.3", "node-1"),
+                endpoint("10.244.1.5", "node-1")
+            )
         ),
     );
     let t = run(&yaml);
     assert!(t.warnings.is_empty(), "{:?}", lines(&t));
     let http = port(&t.model.services, "http");
     // Sorted as strings, as upstream sorts them ("10.244.10.3" < "10.244.2.7").
-    assert_eq!(addrs(http), ["10.244.1.5:8080", "10.244.10.3:8080", "10.244.2.7:8080"]);
+    assert_eq!(
+        addrs(http),
+        ["10.244.1.5:8080", "10.244.10.3:8080", "10.244.2.7:8080"]
+    );
     assert_eq!(http.endpoints[0].node_name.as_deref(), Some("node-1"));
     // The UDP port has no slice port, so no endpoints.
     assert!(port(&t.model.services, "dns").endpoints.is_empty());
@@ -76,7 +89,10 @@ fn ports_match_by_name_and_protocol() {
 
 #[test]
 fn protocol_defaults_to_tcp() {
-    let body = format!("ports:\n- name: http\n  port: 8080\nendpoints:\n{}", endpoint("10.244.1.5", "node-1"));
+    let body = format!(
+        "ports:\n- name: http\n  port: 8080\nendpoints:\n{}",
+        endpoint("10.244.1.5", "node-1")
+    );
     let t = run(&format!("{WEB}{}", slice("web-a", &body)));
     assert_eq!(addrs(port(&t.model.services, "http")), ["10.244.1.5:8080"]);
 }
@@ -87,7 +103,13 @@ fn duplicates_across_slices_count_once_and_ready_wins() {
     let yaml = format!(
         "{WEB}{}{}",
         slice("web-a", &format!("{HTTP_PORT}{not_ready}")),
-        slice("web-b", &format!("{HTTP_PORT}endpoints:\n{}", endpoint("10.244.1.5", "node-1"))),
+        slice(
+            "web-b",
+            &format!(
+                "{HTTP_PORT}endpoints:\n{}",
+                endpoint("10.244.1.5", "node-1")
+            )
+        ),
     );
     let t = run(&yaml);
     let http = port(&t.model.services, "http");
@@ -97,7 +119,13 @@ fn duplicates_across_slices_count_once_and_ready_wins() {
     // The same the other way round: the ready copy in the first slice is kept.
     let yaml = format!(
         "{WEB}{}{}",
-        slice("web-a", &format!("{HTTP_PORT}endpoints:\n{}", endpoint("10.244.1.5", "node-1"))),
+        slice(
+            "web-a",
+            &format!(
+                "{HTTP_PORT}endpoints:\n{}",
+                endpoint("10.244.1.5", "node-1")
+            )
+        ),
         slice("web-b", &format!("{HTTP_PORT}{not_ready}")),
     );
     let http = port(&run(&yaml).model.services, "http").clone();
@@ -106,11 +134,43 @@ fn duplicates_across_slices_count_once_and_ready_wins() {
 }
 
 #[test]
+fn duplicates_prefer_a_non_terminating_copy() {
+    // A new pod reusing the IP of a terminating one: the running pod wins, in either order.
+    let terminating = "endpoints:\n- addresses: [\"10.244.1.5\"]\n  conditions: {ready: true, serving: true, terminating: true}\n  nodeName: node-1\n";
+    let running = format!(
+        "{HTTP_PORT}endpoints:\n{}",
+        endpoint("10.244.1.5", "node-2")
+    );
+    for (first, second) in [
+        (format!("{HTTP_PORT}{terminating}"), running.clone()),
+        (running.clone(), format!("{HTTP_PORT}{terminating}")),
+    ] {
+        let yaml = format!("{WEB}{}{}", slice("web-a", &first), slice("web-b", &second));
+        let http = port(&run(&yaml).model.services, "http").clone();
+        assert_eq!(http.endpoints.len(), 1);
+        assert!(!http.endpoints[0].terminating);
+        assert_eq!(http.endpoints[0].node_name.as_deref(), Some("node-2"));
+    }
+}
+
+#[test]
 fn duplicates_prefer_the_local_copy() {
     let yaml = format!(
         "{WEB}{}{}",
-        slice("web-a", &format!("{HTTP_PORT}endpoints:\n{}", endpoint("10.244.1.5", "node-2"))),
-        slice("web-b", &format!("{HTTP_PORT}endpoints:\n{}", endpoint("10.244.1.5", "node-1"))),
+        slice(
+            "web-a",
+            &format!(
+                "{HTTP_PORT}endpoints:\n{}",
+                endpoint("10.244.1.5", "node-2")
+            )
+        ),
+        slice(
+            "web-b",
+            &format!(
+                "{HTTP_PORT}endpoints:\n{}",
+                endpoint("10.244.1.5", "node-1")
+            )
+        ),
     );
     let http = port(&run(&yaml).model.services, "http").clone();
     assert_eq!(http.endpoints.len(), 1);
@@ -119,7 +179,13 @@ fn duplicates_prefer_the_local_copy() {
 
 #[test]
 fn slice_order_in_input_does_not_matter() {
-    let a = slice("web-a", &format!("{HTTP_PORT}endpoints:\n{}", endpoint("10.244.1.5", "node-2")));
+    let a = slice(
+        "web-a",
+        &format!(
+            "{HTTP_PORT}endpoints:\n{}",
+            endpoint("10.244.1.5", "node-2")
+        ),
+    );
     let b = slice(
         "web-b",
         &format!(
@@ -130,11 +196,16 @@ fn slice_order_in_input_does_not_matter() {
     let backward = run(&format!("{b}{WEB}{a}")).model;
     assert_eq!(forward, backward);
     // Equal rank: the copy from the slice first by name wins.
-    assert_eq!(port(&forward.services, "http").endpoints[0].node_name.as_deref(), Some("node-2"));
+    assert_eq!(
+        port(&forward.services, "http").endpoints[0]
+            .node_name
+            .as_deref(),
+        Some("node-2")
+    );
 }
 
 #[test]
-fn conditions_default_like_the_api_says() {
+fn conditions_default_like_upstream() {
     let body = "endpoints:
 - addresses: [\"10.244.1.1\"]
 - addresses: [\"10.244.1.2\"]
@@ -144,11 +215,29 @@ fn conditions_default_like_the_api_says() {
 - addresses: [\"10.244.1.4\"]
   conditions: {}
 ";
-    let t = run(&format!("{WEB}{}", slice("web-a", &format!("{HTTP_PORT}{body}"))));
+    let t = run(&format!(
+        "{WEB}{}",
+        slice("web-a", &format!("{HTTP_PORT}{body}"))
+    ));
     let eps = &port(&t.model.services, "http").endpoints;
-    let conds: Vec<(bool, bool, bool)> = eps.iter().map(|e| (e.ready, e.serving, e.terminating)).collect();
-    assert_eq!(conds, [(true, true, false), (false, false, false), (false, true, true), (true, true, false)]);
-    assert!(eps.iter().all(|e| e.node_name.is_none() && e.zone_hints.is_none()));
+    let conds: Vec<(bool, bool, bool)> = eps
+        .iter()
+        .map(|e| (e.ready, e.serving, e.terminating))
+        .collect();
+    assert_eq!(
+        conds,
+        // A nil serving is true even when ready is false: upstream's reading, not the API docs'.
+        [
+            (true, true, false),
+            (false, true, false),
+            (false, true, true),
+            (true, true, false)
+        ]
+    );
+    assert!(
+        eps.iter()
+            .all(|e| e.node_name.is_none() && e.zone_hints.is_none())
+    );
 }
 
 #[test]
@@ -165,9 +254,15 @@ fn zone_hints_are_kept() {
   hints:
     forZones: []
 ";
-    let t = run(&format!("{WEB}{}", slice("web-a", &format!("{HTTP_PORT}{body}"))));
+    let t = run(&format!(
+        "{WEB}{}",
+        slice("web-a", &format!("{HTTP_PORT}{body}"))
+    ));
     let eps = &port(&t.model.services, "http").endpoints;
-    assert_eq!(eps[0].zone_hints, Some(vec!["zone-a".to_string(), "zone-b".to_string()]));
+    assert_eq!(
+        eps[0].zone_hints,
+        Some(vec!["zone-a".to_string(), "zone-b".to_string()])
+    );
     assert_eq!(eps[1].zone_hints, None);
 }
 
@@ -202,17 +297,32 @@ fn bad_endpoint_addresses_are_skipped_with_warnings() {
 - addresses: [\"fe80::1\"]
 - addresses: [\"010.244.001.007\", \"10.244.1.8\"]
 ";
-    let t = run(&format!("{WEB}{}", slice("web-a", &format!("{HTTP_PORT}{body}"))));
+    let t = run(&format!(
+        "{WEB}{}",
+        slice("web-a", &format!("{HTTP_PORT}{body}"))
+    ));
     let at = "(test.yaml:17)";
     assert_eq!(
         lines(&t),
         [
-            format!("warning: EndpointSlice shop/web-a: skipping endpoints[0]: it has no addresses {at}"),
-            format!("warning: EndpointSlice shop/web-a: skipping endpoints[1]: invalid address \"10.244.1\": not an IP address {at}"),
-            format!("warning: EndpointSlice shop/web-a: skipping endpoints[2]: address \"127.0.0.1\" is loopback {at}"),
-            format!("warning: EndpointSlice shop/web-a: skipping endpoints[3]: address \"169.254.169.254\" is link-local {at}"),
-            format!("warning: EndpointSlice shop/web-a: skipping endpoints[4]: address \"0.0.0.0\" is unspecified {at}"),
-            format!("warning: EndpointSlice shop/web-a: skipping endpoints[5]: address \"fe80::1\" is link-local {at}"),
+            format!(
+                "warning: EndpointSlice shop/web-a: skipping endpoints[0]: it has no addresses {at}"
+            ),
+            format!(
+                "warning: EndpointSlice shop/web-a: skipping endpoints[1]: invalid address \"10.244.1\": not an IP address {at}"
+            ),
+            format!(
+                "warning: EndpointSlice shop/web-a: skipping endpoints[2]: address \"127.0.0.1\" is loopback {at}"
+            ),
+            format!(
+                "warning: EndpointSlice shop/web-a: skipping endpoints[3]: address \"169.254.169.254\" is link-local {at}"
+            ),
+            format!(
+                "warning: EndpointSlice shop/web-a: skipping endpoints[4]: address \"0.0.0.0\" is unspecified {at}"
+            ),
+            format!(
+                "warning: EndpointSlice shop/web-a: skipping endpoints[5]: address \"fe80::1\" is link-local {at}"
+            ),
         ]
     );
     // Only the first address counts, parsed sloppily.
@@ -221,7 +331,10 @@ fn bad_endpoint_addresses_are_skipped_with_warnings() {
 
 #[test]
 fn slices_without_service_label_or_with_skip_labels_are_skipped() {
-    let ep = format!("{HTTP_PORT}endpoints:\n{}", endpoint("10.244.1.5", "node-1"));
+    let ep = format!(
+        "{HTTP_PORT}endpoints:\n{}",
+        endpoint("10.244.1.5", "node-1")
+    );
     let unlabelled = format!(
         "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: orphan\n  namespace: shop\naddressType: IPv4\n{ep}"
     );
@@ -265,28 +378,57 @@ fn fqdn_and_bad_address_types_are_ignored() {
 
 #[test]
 fn slices_join_only_within_their_namespace() {
-    let other_ns = slice("web-a", &format!("{HTTP_PORT}endpoints:\n{}", endpoint("10.244.1.5", "node-1")))
-        .replace("namespace: shop", "namespace: other");
+    let other_ns = slice(
+        "web-a",
+        &format!(
+            "{HTTP_PORT}endpoints:\n{}",
+            endpoint("10.244.1.5", "node-1")
+        ),
+    )
+    .replace("namespace: shop", "namespace: other");
     let t = run(&format!("{WEB}{other_ns}"));
     assert!(port(&t.model.services, "http").endpoints.is_empty());
     assert_eq!(
         lines(&t),
-        ["note: EndpointSlice other/web-a belongs to Service other/web, which is not among the objects (test.yaml:17)"]
+        [
+            "note: EndpointSlice other/web-a belongs to Service other/web, which is not among the objects (test.yaml:17)"
+        ]
     );
 }
 
 #[test]
 fn slices_of_skipped_services_are_dropped_quietly() {
     let headless = WEB.replace("clusterIP: 10.96.12.34", "clusterIP: None");
-    let t = run(&format!("{headless}{}", slice("web-a", &format!("{HTTP_PORT}endpoints:\n{}", endpoint("10.244.1.5", "node-1")))));
+    let t = run(&format!(
+        "{headless}{}",
+        slice(
+            "web-a",
+            &format!(
+                "{HTTP_PORT}endpoints:\n{}",
+                endpoint("10.244.1.5", "node-1")
+            )
+        )
+    ));
     assert!(t.model.services.is_empty());
-    assert_eq!(lines(&t), ["note: skipping Service shop/web: it is headless (clusterIP None) (test.yaml:2)"]);
+    assert_eq!(
+        lines(&t),
+        ["note: skipping Service shop/web: it is headless (clusterIP None) (test.yaml:2)"]
+    );
 }
 
 #[test]
 fn broken_slice_object_is_skipped_and_the_rest_kept() {
-    let broken = slice("web-a", "ports:\n- name: http\n  port: eighty\nendpoints: []\n");
-    let good = slice("web-b", &format!("{HTTP_PORT}endpoints:\n{}", endpoint("10.244.1.5", "node-1")));
+    let broken = slice(
+        "web-a",
+        "ports:\n- name: http\n  port: eighty\nendpoints: []\n",
+    );
+    let good = slice(
+        "web-b",
+        &format!(
+            "{HTTP_PORT}endpoints:\n{}",
+            endpoint("10.244.1.5", "node-1")
+        ),
+    );
     let t = run(&format!("{WEB}{broken}{good}"));
     assert_eq!(
         lines(&t),
@@ -297,8 +439,12 @@ fn broken_slice_object_is_skipped_and_the_rest_kept() {
 
 #[test]
 fn ipv6_endpoints_keep_brackets_in_their_key() {
-    let body = "ports:\n- name: http\n  port: 8080\nendpoints:\n- addresses: [\"fd00:10:244:1::5\"]\n";
+    let body =
+        "ports:\n- name: http\n  port: 8080\nendpoints:\n- addresses: [\"fd00:10:244:1::5\"]\n";
     let six = slice("web-6", body).replace("addressType: IPv4", "addressType: IPv6");
     let t = run(&format!("{WEB}{six}"));
-    assert_eq!(addrs(port(&t.model.services, "http")), ["[fd00:10:244:1::5]:8080"]);
+    assert_eq!(
+        addrs(port(&t.model.services, "http")),
+        ["[fd00:10:244:1::5]:8080"]
+    );
 }

@@ -56,7 +56,10 @@ fn this_node_gives_zone_and_addresses_of_the_family() {
         family: rulegen::IpFamily::V6,
         ..settings()
     };
-    assert_eq!(run_with(NODES, &v6).config.node_ips, [ip("fd00:192:168:10::11")]);
+    assert_eq!(
+        run_with(NODES, &v6).config.node_ips,
+        [ip("fd00:192:168:10::11")]
+    );
 }
 
 #[test]
@@ -78,7 +81,10 @@ fn node_cidr_mode_uses_pod_cidrs_of_the_family() {
         ..settings()
     };
     let t = run_with(NODES, &s);
-    assert_eq!(t.config.local_detector, LocalDetector::Cidrs(vec!["10.244.1.0/24".parse().unwrap()]));
+    assert_eq!(
+        t.config.local_detector,
+        LocalDetector::Cidrs(vec!["10.244.1.0/24".parse().unwrap()])
+    );
     let s6 = Settings {
         family: rulegen::IpFamily::V6,
         ..s.clone()
@@ -96,7 +102,9 @@ fn node_cidr_mode_uses_pod_cidrs_of_the_family() {
     assert_eq!(t.config.local_detector, LocalDetector::None);
     assert_eq!(
         lines(&t),
-        ["warning: detect-local-mode NodeCIDR: Node node-9 has no podCIDR of the rendered family (IPv4); local traffic is not detected"]
+        [
+            "warning: detect-local-mode NodeCIDR: Node node-9 has no podCIDR of the rendered family (IPv4); local traffic is not detected"
+        ]
     );
 }
 
@@ -133,8 +141,18 @@ status:
 
 #[test]
 fn duplicate_node_keeps_the_first() {
-    let yaml = format!("{NODES}{}", &NODES[NODES.find("---\napiVersion: v1\nkind: Node\nmetadata:\n  name: node-1").unwrap()..]);
+    let yaml = format!(
+        "{NODES}{}",
+        &NODES[NODES
+            .find("---\napiVersion: v1\nkind: Node\nmetadata:\n  name: node-1")
+            .unwrap()..]
+    );
     let t = run(&yaml);
-    assert_eq!(lines(&t), ["warning: skipping Node node-1: it appears more than once; the first one is used (test.yaml:34)"]);
+    assert_eq!(
+        lines(&t),
+        [
+            "warning: skipping Node node-1: it appears more than once; the first one is used (test.yaml:34)"
+        ]
+    );
     assert_eq!(t.config.node_zone.as_deref(), Some("zone-a"));
 }

@@ -38,14 +38,23 @@ fn cidr_lists_are_cut_to_the_family() {
         ..settings()
     };
     let (c, _) = config(&s);
-    assert_eq!(c.local_detector, LocalDetector::Cidrs(nets(&["10.244.0.0/16"])));
-    assert_eq!(c.nodeport_addresses, nets(&["192.168.10.0/24", "127.0.0.0/8"]));
+    assert_eq!(
+        c.local_detector,
+        LocalDetector::Cidrs(nets(&["10.244.0.0/16"]))
+    );
+    assert_eq!(
+        c.nodeport_addresses,
+        nets(&["192.168.10.0/24", "127.0.0.0/8"])
+    );
     let (c6, _) = config(&Settings {
         family: IpFamily::V6,
         ..s
     });
     assert_eq!(c6.family, IpFamily::V6);
-    assert_eq!(c6.local_detector, LocalDetector::Cidrs(nets(&["fd00:10:244::/56"])));
+    assert_eq!(
+        c6.local_detector,
+        LocalDetector::Cidrs(nets(&["fd00:10:244::/56"]))
+    );
     assert_eq!(c6.nodeport_addresses, nets(&["fd00:192:168:10::/64"]));
 }
 
@@ -56,7 +65,10 @@ fn cluster_cidr_of_the_other_family_only_gives_no_detector_and_a_note() {
         ..settings()
     });
     assert_eq!(c.local_detector, LocalDetector::None);
-    assert_eq!(w, ["note: no cluster CIDR of the rendered family (IPv4); local traffic is not detected"]);
+    assert_eq!(
+        w,
+        ["note: no cluster CIDR of the rendered family (IPv4); local traffic is not detected"]
+    );
 }
 
 #[test]
@@ -69,7 +81,10 @@ fn interface_detectors_and_flags() {
         localhost_nodeports: false,
         ..settings()
     });
-    assert_eq!(c.local_detector, LocalDetector::BridgeInterface("cbr0".into()));
+    assert_eq!(
+        c.local_detector,
+        LocalDetector::BridgeInterface("cbr0".into())
+    );
     assert!(c.masquerade_all && !c.localhost_nodeports);
     assert_eq!(c.masquerade_bit, 3);
     let (c, _) = config(&Settings {
@@ -77,5 +92,8 @@ fn interface_detectors_and_flags() {
         pod_interface_name_prefix: "veth".into(),
         ..settings()
     });
-    assert_eq!(c.local_detector, LocalDetector::InterfaceNamePrefix("veth".into()));
+    assert_eq!(
+        c.local_detector,
+        LocalDetector::InterfaceNamePrefix("veth".into())
+    );
 }
