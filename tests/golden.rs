@@ -2,7 +2,8 @@
 //! `objects/` directory), an optional `flags` file (one CLI flag per line, `--flag value` or
 //! `--flag=value`; `#` starts a comment) and the expected dry-run output `expected.iptables`.
 //! When the run warns, its stderr is pinned in `expected.stderr`; without that file stderr must
-//! be empty.
+//! be empty. A case that also has `expected.ip6tables` is rendered a second time with
+//! `--ip-family ipv6` and compared with it (its warnings in `expected.ip6tables.stderr`).
 //!
 //! `UPDATE_GOLDEN=1 cargo test --test golden` rewrites the expected files; review the diff.
 
@@ -136,6 +137,25 @@ fn golden_cases_match() {
             &run.stderr,
             update,
         ));
+        let v6 = case.join("expected.ip6tables");
+        if v6.exists() {
+            let mut f = flags(case);
+            f.extend(["--ip-family".to_string(), "ipv6".to_string()]);
+            let run6 = dry_run(&objects_path(case), &f);
+            if run6.code != Some(0) {
+                failures.push(format!(
+                    "{name} (ipv6): exit {:?}\n{}",
+                    run6.code, run6.stderr
+                ));
+                continue;
+            }
+            failures.extend(check_file(&v6, &run6.stdout, update));
+            failures.extend(check_file(
+                &case.join("expected.ip6tables.stderr"),
+                &run6.stderr,
+                update,
+            ));
+        }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -85,7 +85,11 @@ const ENDPOINT_IPS: &[&str] = &[
     "10.244.3.8",
     "10.244.3.9",
     "fd00:10:244::7",
+    "fd00:10:244:1::8",
+    "fd00:10:244:2::9",
     BAD,
+    "::1",
+    "fe80::1",
     "127.0.0.1",
     "169.254.3.3",
     "0.0.0.0",
@@ -93,6 +97,9 @@ const ENDPOINT_IPS: &[&str] = &[
     "nope",
 ];
 const NODES: &[&str] = &["node-a", "node-b", "node-c", BAD];
+const V6_CLUSTER_IPS: &[&str] = &["fd00:10:96::1", "fd00:10:96::2", BAD, "fd00::zz"];
+const ZONES: &[&str] = &["z1", "z2", BAD];
+const ADDRESS_TYPES: &[&str] = &["IPv4", "IPv4", "IPv6", BAD, "FQDN"];
 const BOOLS: &[&str] = &["true", "true", "false", "null", BAD];
 const PORT_NAMES: &[&str] = &["p0", "p0", "p0", "p1", "p2", BAD, "\"\"", "other"];
 
@@ -106,6 +113,7 @@ struct Port {
 #[derive(Debug, Clone)]
 struct Svc {
     cluster_ip: &'static str,
+    cluster_ip6: Option<&'static str>,
     kind: &'static str,
     ports: Vec<Port>,
     external_ips: Vec<&'static str>,
@@ -124,10 +132,13 @@ struct Ep {
     serving: &'static str,
     terminating: &'static str,
     node: &'static str,
+    zone_hint: Option<&'static str>,
+    node_hint: Option<&'static str>,
 }
 
 #[derive(Debug, Clone)]
 struct Slice {
+    address_type: &'static str,
     service: usize,
     port_name: &'static str,
     proto: &'static str,
@@ -154,6 +165,7 @@ fn svc() -> impl Strategy<Value = Svc> {
             pick(CLUSTER_IPS),
             pick(TYPES),
             proptest::collection::vec(port(), 1..4),
+            proptest::option::of(pick(V6_CLUSTER_IPS)),
         ),
         (
             proptest::collection::vec(pick(EXTERNAL_IPS), 0..3),
@@ -169,11 +181,12 @@ fn svc() -> impl Strategy<Value = Svc> {
     )
         .prop_map(
             |(
-                (cluster_ip, kind, ports),
+                (cluster_ip, kind, ports, cluster_ip6),
                 (external_ips, lb_ips, ranges),
                 (etp, itp, affinity, health_check),
             )| Svc {
                 cluster_ip,
+                cluster_ip6,
                 kind,
                 ports,
                 external_ips,
@@ -194,36 +207,46 @@ fn ep() -> impl Strategy<Value = Ep> {
         pick(BOOLS),
         pick(BOOLS),
         pick(NODES),
+        proptest::option::of(pick(ZONES)),
+        proptest::option::of(pick(NODES)),
     )
-        .prop_map(|(ip, ready, serving, terminating, node)| Ep {
-            ip,
-            ready,
-            serving,
-            terminating,
-            node,
-        })
+        .prop_map(
+            |(ip, ready, serving, terminating, node, zone_hint, node_hint)| Ep {
+                ip,
+                ready,
+                serving,
+                terminating,
+                node,
+                zone_hint,
+                node_hint,
+            },
+        )
 }
 
 fn slice() -> impl Strategy<Value = Slice> {
     (
+        pick(ADDRESS_TYPES),
         0usize..6,
         pick(PORT_NAMES),
         pick(PROTOCOLS),
         pick(PORTS),
         proptest::collection::vec(ep(), 0..6),
     )
-        .prop_map(|(service, port_name, proto, port, endpoints)| Slice {
-            service,
-            port_name,
-            proto,
-            port,
-            endpoints,
-        })
+        .prop_map(
+            |(address_type, service, port_name, proto, port, endpoints)| Slice {
+                address_type,
+                service,
+                port_name,
+                proto,
+                port,
+                endpoints,
+            },
+        )
 }
 
 fn yaml(services: &[Svc], slices: &[Slice]) -> String {
     let mut y = String::from(
-        "apiVersion: v1\nkind: Node\nmetadata: {name: node-a, labels: {topology.kubernetes.io/zone: z1}}\nstatus:\n  addresses: [{type: InternalIP, address: 192.168.0.10}]\n",
+        "apiVersion: v1\nkind: Node\nmetadata: {name: node-a, labels: {topology.kubernetes.io/zone: z1}}\nspec: {podCIDRs: [10.244.1.0/24, \"fd00:10:244:1::/64\"]}\nstatus:\n  addresses: [{type: InternalIP, address: 192.168.0.10}, {type: InternalIP, address: \"2001:db8::10\"}]\n",
     );
     for (i, s) in services.iter().enumerate() {
         let _ = write!(
@@ -231,6 +254,9 @@ fn yaml(services: &[Svc], slices: &[Slice]) -> String {
             "---\napiVersion: v1\nkind: Service\nmetadata: {{name: s{i}, namespace: ns}}\nspec:\n  type: {}\n  clusterIP: {}\n  externalTrafficPolicy: {}\n  internalTrafficPolicy: {}\n",
             s.kind, s.cluster_ip, s.etp, s.itp
         );
+        if let Some(v6) = s.cluster_ip6 {
+            let _ = writeln!(y, "  clusterIPs: [{}, \"{v6}\"]", s.cluster_ip);
+        }
         if !s.external_ips.is_empty() {
             let _ = writeln!(y, "  externalIPs: [{}]", s.external_ips.join(", "));
         }
@@ -269,8 +295,8 @@ fn yaml(services: &[Svc], slices: &[Slice]) -> String {
     for (i, sl) in slices.iter().enumerate() {
         let _ = write!(
             y,
-            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: s{}-{i}, namespace: ns, labels: {{kubernetes.io/service-name: s{}}}}}\naddressType: IPv4\nports: [{{name: {}, protocol: {}, port: {}}}]\nendpoints:\n",
-            sl.service, sl.service, sl.port_name, sl.proto, sl.port
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: s{}-{i}, namespace: ns, labels: {{kubernetes.io/service-name: s{}}}}}\naddressType: {}\nports: [{{name: {}, protocol: {}, port: {}}}]\nendpoints:\n",
+            sl.service, sl.service, sl.address_type, sl.port_name, sl.proto, sl.port
         );
         if sl.endpoints.is_empty() {
             y.push_str("  []\n");
@@ -278,8 +304,18 @@ fn yaml(services: &[Svc], slices: &[Slice]) -> String {
         for e in &sl.endpoints {
             let _ = writeln!(
                 y,
-                "- {{addresses: [\"{}\"], nodeName: {}, conditions: {{ready: {}, serving: {}, terminating: {}}}}}",
-                e.ip, e.node, e.ready, e.serving, e.terminating
+                "- {{addresses: [\"{}\"], nodeName: {}, conditions: {{ready: {}, serving: {}, terminating: {}}}, hints: {{forZones: [{}], forNodes: [{}]}}}}",
+                e.ip,
+                e.node,
+                e.ready,
+                e.serving,
+                e.terminating,
+                e.zone_hint
+                    .map(|z| format!("{{name: {z}}}"))
+                    .unwrap_or_default(),
+                e.node_hint
+                    .map(|n| format!("{{name: {n}}}"))
+                    .unwrap_or_default(),
             );
         }
     }
@@ -307,10 +343,31 @@ fn random_objects_render_and_load() {
         proptest::collection::vec(svc(), 0..6),
         proptest::collection::vec(slice(), 0..8),
     );
-    let flag_sets: [&[&str]; 3] = [
+    // Each case runs with one of these; the IPv6 ones are checked with ip6tables-restore.
+    let flag_sets: [&[&str]; 7] = [
         &["--cluster-cidr", "10.244.0.0/16"],
         &["--masquerade-all", "--nodeport-addresses", "192.168.0.0/24"],
         &[],
+        &["--ip-family", "ipv6", "--cluster-cidr", "fd00:10:244::/56"],
+        &[
+            "--detect-local-mode",
+            "BridgeInterface",
+            "--pod-bridge-interface",
+            "cbr0",
+        ],
+        &[
+            "--detect-local-mode",
+            "NodeCIDR",
+            "--iptables-localhost-nodeports=false",
+        ],
+        &[
+            "--detect-local-mode",
+            "InterfaceNamePrefix",
+            "--pod-interface-name-prefix",
+            "veth",
+            "--iptables-masquerade-bit",
+            "3",
+        ],
     ];
     let n = std::cell::Cell::new(0usize);
     // Guards against a generator that only ever produces rejected objects.
@@ -319,11 +376,17 @@ fn random_objects_render_and_load() {
         .run(&strategy, |(services, slices)| {
             n.set(n.get() + 1);
             let text = yaml(&services, &slices);
+            let flags = flag_sets[n.get() % flag_sets.len()];
+            let family = if flags.contains(&"ipv6") {
+                support::Family::V6
+            } else {
+                support::Family::V4
+            };
             std::fs::write(&file, &text).unwrap();
             let out = Command::new(env!("CARGO_BIN_EXE_kube-proxy-rs"))
                 .args(["--dry-run", "--hostname-override", "node-a", "--objects"])
                 .arg(&file)
-                .args(flag_sets[n.get() % flag_sets.len()])
+                .args(flags)
                 .output()
                 .unwrap();
             let stderr = String::from_utf8_lossy(&out.stderr);
@@ -342,11 +405,7 @@ fn random_objects_render_and_load() {
             }
             for backend in Backend::ALL {
                 let check = ns.exec_input(
-                    [
-                        backend.restore_bin(support::Family::V4).as_str(),
-                        "-w",
-                        "--test",
-                    ],
+                    [backend.restore_bin(family).as_str(), "-w", "--test"],
                     payload.as_bytes(),
                 );
                 if !check.status.success() {

@@ -41,21 +41,47 @@ pub fn uses_local_endpoints(sp: &ServicePort) -> bool {
     internal_policy_local(sp) || external_policy_local(sp)
 }
 
-/// Topology hints are honoured only when every ready endpoint has one and one names our zone.
-fn can_use_topology(endpoints: &[&Endpoint], zone: Option<&str>) -> bool {
-    let Some(zone) = zone else { return false };
-    let mut has_for_zone = false;
+/// Which topology filter applies to a service port's Cluster endpoint set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TopologyMode {
+    /// No filtering.
+    None,
+    /// Only endpoints hinted for this node (`trafficDistribution: PreferSameNode`).
+    SameNode,
+    /// Only endpoints hinted for this node's zone (`PreferSameZone`/`PreferClose`, topology hints).
+    SameZone,
+}
+
+fn hinted(hints: &Option<Vec<String>>, want: Option<&str>) -> bool {
+    match (hints, want) {
+        (Some(h), Some(w)) => h.iter().any(|x| x == w),
+        _ => false,
+    }
+}
+
+/// Upstream's `topologyModeFromHints`: hints are honoured only when every ready endpoint carries
+/// one of that kind and at least one names this node (or its zone); otherwise they are ignored.
+fn topology_mode(endpoints: &[&Endpoint], node_name: &str, zone: Option<&str>) -> TopologyMode {
+    let node = (!node_name.is_empty()).then_some(node_name);
+    let (mut all_node, mut for_node) = (true, false);
+    let (mut all_zone, mut for_zone) = (true, false);
     for ep in endpoints.iter().filter(|e| e.ready) {
+        match &ep.node_hints {
+            Some(h) if !h.is_empty() => for_node |= hinted(&ep.node_hints, node),
+            _ => all_node = false,
+        }
         match &ep.zone_hints {
-            Some(hints) if !hints.is_empty() => {
-                if hints.iter().any(|h| h == zone) {
-                    has_for_zone = true;
-                }
-            }
-            _ => return false,
+            Some(h) if !h.is_empty() => for_zone |= hinted(&ep.zone_hints, zone),
+            _ => all_zone = false,
         }
     }
-    has_for_zone
+    if all_node && for_node {
+        TopologyMode::SameNode
+    } else if all_zone && for_zone {
+        TopologyMode::SameZone
+    } else {
+        TopologyMode::None
+    }
 }
 
 /// Splits `endpoints` (already of the rendered family and sorted) into the sets upstream uses.
@@ -97,15 +123,15 @@ pub fn categorize_into(
     let mut use_topology = false;
 
     if uses_cluster_endpoints(sp) {
-        use_topology = can_use_topology(endpoints, node_zone);
-        let in_zone = |e: &Endpoint| {
-            e.zone_hints
-                .as_ref()
-                .is_some_and(|h| node_zone.is_some_and(|z| h.iter().any(|x| x == z)))
+        let mode = topology_mode(endpoints, node_name, node_zone);
+        use_topology = mode != TopologyMode::None;
+        let node = (!node_name.is_empty()).then_some(node_name);
+        let available = |e: &Endpoint| match mode {
+            TopologyMode::None => true,
+            TopologyMode::SameNode => hinted(&e.node_hints, node),
+            TopologyMode::SameZone => hinted(&e.zone_hints, node_zone),
         };
-        select(&mut out.cluster, &|e| {
-            e.ready && (!use_topology || in_zone(e))
-        });
+        select(&mut out.cluster, &|e| e.ready && available(e));
         // No ready endpoint anywhere: fall back to serving-and-terminating ones (KEP-1669).
         if out.cluster.is_empty() {
             select(&mut out.cluster, &|e| e.serving && e.terminating);
@@ -149,5 +175,100 @@ pub fn categorize_into(
         out.all_reachable.extend_from_slice(&out.local);
         out.all_reachable.sort_unstable();
         out.all_reachable.dedup();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Protocol, ServicePortName};
+
+    fn sp() -> ServicePort {
+        ServicePort::cluster_ip(
+            ServicePortName::new("ns", "svc", "p"),
+            Protocol::Tcp,
+            "10.96.0.1".parse().unwrap(),
+            80,
+        )
+    }
+
+    fn ep(last: u8, zones: &[&str], nodes: &[&str]) -> Endpoint {
+        let list = |v: &[&str]| (!v.is_empty()).then(|| v.iter().map(|s| s.to_string()).collect());
+        Endpoint {
+            zone_hints: list(zones),
+            node_hints: list(nodes),
+            node_name: Some("node-b".into()),
+            ..Endpoint::ready(format!("10.244.0.{last}").parse().unwrap(), 80)
+        }
+    }
+
+    fn cluster(eps: &[Endpoint]) -> Vec<usize> {
+        let refs: Vec<&Endpoint> = eps.iter().collect();
+        categorize(&sp(), &refs, "node-a", Some("zone-a")).cluster
+    }
+
+    #[test]
+    fn zone_hints_filter_when_complete() {
+        let eps = [ep(1, &["zone-a"], &[]), ep(2, &["zone-b"], &[])];
+        assert_eq!(cluster(&eps), vec![0]);
+    }
+
+    #[test]
+    fn a_missing_hint_disables_topology() {
+        let eps = [ep(1, &["zone-a"], &[]), ep(2, &[], &[])];
+        assert_eq!(cluster(&eps), vec![0, 1]);
+    }
+
+    #[test]
+    fn hints_for_other_zones_only_are_ignored() {
+        let eps = [ep(1, &["zone-b"], &[]), ep(2, &["zone-c"], &[])];
+        assert_eq!(cluster(&eps), vec![0, 1]);
+    }
+
+    #[test]
+    fn node_hints_win_over_zone_hints() {
+        let eps = [
+            ep(1, &["zone-a"], &["node-b"]),
+            ep(2, &["zone-a"], &["node-a"]),
+        ];
+        assert_eq!(cluster(&eps), vec![1]);
+    }
+
+    #[test]
+    fn unready_endpoints_do_not_count_for_hints() {
+        let mut unhinted = ep(3, &[], &[]);
+        unhinted.ready = false;
+        let eps = [ep(1, &["zone-a"], &[]), ep(2, &["zone-b"], &[]), unhinted];
+        assert_eq!(cluster(&eps), vec![0]);
+    }
+
+    #[test]
+    fn terminating_fallback_only_without_ready_endpoints() {
+        let mut a = ep(1, &[], &[]);
+        a.ready = false;
+        a.terminating = true;
+        let mut b = ep(2, &[], &[]);
+        b.ready = false;
+        b.terminating = true;
+        b.serving = false;
+        assert_eq!(cluster(&[a.clone(), b.clone()]), vec![0]);
+        assert_eq!(cluster(&[a, b, ep(3, &[], &[])]), vec![2]);
+    }
+
+    #[test]
+    fn local_set_falls_back_independently() {
+        let mut s = sp();
+        s.internal_traffic_policy = TrafficPolicy::Local;
+        let mut local_term = ep(1, &[], &[]);
+        local_term.node_name = Some("node-a".into());
+        local_term.ready = false;
+        local_term.terminating = true;
+        let remote_ready = ep(2, &[], &[]);
+        let refs = [&local_term, &remote_ready];
+        let c = categorize(&s, &refs, "node-a", None);
+        assert_eq!(c.local, vec![0]);
+        assert!(c.cluster.is_empty());
+        assert_eq!(c.all_reachable, vec![0]);
+        assert!(c.has_any);
     }
 }

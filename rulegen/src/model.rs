@@ -140,6 +140,8 @@ pub struct Endpoint {
     pub node_name: Option<String>,
     /// `hints.forZones`, when the slice carries hints for this endpoint.
     pub zone_hints: Option<Vec<String>>,
+    /// `hints.forNodes` (PreferSameNode), when the slice carries them.
+    pub node_hints: Option<Vec<String>>,
 }
 
 impl Endpoint {
@@ -153,6 +155,7 @@ impl Endpoint {
             terminating: false,
             node_name: None,
             zone_hints: None,
+            node_hints: None,
         }
     }
 

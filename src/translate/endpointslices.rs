@@ -266,6 +266,12 @@ fn slice_endpoints(sourced: &Sourced<EndpointSlice>, warnings: &mut Vec<Warning>
             .and_then(|h| h.for_zones.as_ref())
             .filter(|z| !z.is_empty())
             .map(|z| z.iter().map(|z| z.name.clone()).collect());
+        let node_hints = ep
+            .hints
+            .as_ref()
+            .and_then(|h| h.for_nodes.as_ref())
+            .filter(|n| !n.is_empty())
+            .map(|n| n.iter().map(|n| n.name.clone()).collect());
         out.push(Endpoint {
             ip,
             port: 0,
@@ -274,6 +280,7 @@ fn slice_endpoints(sourced: &Sourced<EndpointSlice>, warnings: &mut Vec<Warning>
             terminating,
             node_name: ep.node_name.clone(),
             zone_hints,
+            node_hints,
         });
     }
     out

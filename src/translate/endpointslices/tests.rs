@@ -250,6 +250,8 @@ fn zone_hints_are_kept() {
     forZones:
     - name: zone-a
     - name: zone-b
+    forNodes:
+    - name: node-1
 - addresses: [\"10.244.1.2\"]
   hints:
     forZones: []
@@ -264,6 +266,8 @@ fn zone_hints_are_kept() {
         Some(vec!["zone-a".to_string(), "zone-b".to_string()])
     );
     assert_eq!(eps[1].zone_hints, None);
+    assert_eq!(eps[0].node_hints, Some(vec!["node-1".to_string()]));
+    assert_eq!(eps[1].node_hints, None);
 }
 
 #[test]
