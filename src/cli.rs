@@ -76,6 +76,34 @@ pub struct Cli {
     /// The proxy mode; only iptables is supported so far.
     #[arg(long, value_name = "MODE")]
     pub proxy_mode: Option<String>,
+
+    /// Path to a kubeconfig file (default: in-cluster config, then $KUBECONFIG, then ~/.kube/config).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// The API server's address; overrides the kubeconfig's.
+    #[arg(long, value_name = "URL")]
+    pub master: Option<String>,
+
+    /// Queries per second to the API server [default: 5].
+    #[arg(long, value_name = "QPS")]
+    pub kube_api_qps: Option<String>,
+
+    /// Burst of queries to the API server [default: 10].
+    #[arg(long, value_name = "N")]
+    pub kube_api_burst: Option<u32>,
+
+    /// The longest time between two syncs (a Go duration, e.g. 30s) [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    pub iptables_sync_period: Option<String>,
+
+    /// The shortest time between two syncs (e.g. 1s) [default: 1s].
+    #[arg(long, value_name = "DURATION")]
+    pub iptables_min_sync_period: Option<String>,
+
+    /// Log verbosity (0-10), as upstream's -v.
+    #[arg(short = 'v', long = "v", value_name = "N")]
+    pub verbosity: Option<u8>,
 }
 
 /// `--ip-family`.

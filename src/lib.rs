@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod addr;
+pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod dryrun;

@@ -1,5 +1,6 @@
 //! Every golden ruleset must be exactly what the kernel holds after loading it: for each
-//! `golden/<case>/expected.iptables` and each back end (legacy, nft), restore it into a fresh
+//! `golden/<case>/expected.iptables` (with `iptables`) and `expected.ip6tables` (with
+//! `ip6tables`), and each back end (legacy, nft), restore it into a fresh
 //! namespace, save it back table by table (in the file's table order, `#` lines dropped) and
 //! require byte equality. So `--dry-run` output, which the golden files pin, is canonical
 //! `iptables-save` text that the kernel accepts.
@@ -9,20 +10,28 @@ mod support;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use support::{Backend, Netns, payload_tables, restore, save_tables, unified_diff};
+use support::{
+    Backend, Family, Netns, payload_tables, restore_with, save_tables_with, unified_diff,
+};
 
-fn golden_cases() -> Vec<(String, PathBuf)> {
+/// Every golden payload: (case, file, family it is for).
+fn golden_cases() -> Vec<(String, PathBuf, Family)> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("golden");
     let mut cases = Vec::new();
     if let Ok(entries) = std::fs::read_dir(&root) {
         for e in entries.flatten() {
-            let file = e.path().join("expected.iptables");
-            if file.is_file() {
-                cases.push((e.file_name().to_string_lossy().into_owned(), file));
+            for (name, family) in [
+                ("expected.iptables", Family::V4),
+                ("expected.ip6tables", Family::V6),
+            ] {
+                let file = e.path().join(name);
+                if file.is_file() {
+                    cases.push((e.file_name().to_string_lossy().into_owned(), file, family));
+                }
             }
         }
     }
-    cases.sort();
+    cases.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
     cases
 }
 
@@ -40,7 +49,12 @@ fn golden_rulesets_survive_the_kernel_round_trip() {
 
     let start = Instant::now();
     let mut failures = Vec::new();
-    for (case, file) in &cases {
+    assert!(
+        cases.iter().any(|c| c.2 == Family::V6),
+        "no golden/<case>/expected.ip6tables found: the IPv6 round trip would not run"
+    );
+    for (case, file, family) in &cases {
+        let family = *family;
         let expected = std::fs::read_to_string(file)
             .unwrap_or_else(|e| panic!("read {}: {e}", file.display()));
         let tables = payload_tables(&expected);
@@ -50,25 +64,27 @@ fn golden_rulesets_survive_the_kernel_round_trip() {
         }
         for backend in Backend::ALL {
             let ns = Netns::new(&format!("rt-{backend}"));
-            if let Err(e) = restore(&ns, backend, &expected) {
+            if let Err(e) = restore_with(&ns, backend, family, &[], &expected) {
                 failures.push(format!(
-                    "{case} [{backend}]: iptables-{backend}-restore rejected {}:\n{e}",
+                    "{case} [{backend}]: {} rejected {}:\n{e}",
+                    backend.restore_bin(family),
                     file.display()
                 ));
                 continue;
             }
-            let saved = save_tables(&ns, backend, &tables);
+            let saved = save_tables_with(&ns, backend, family, &tables);
             if saved != expected {
                 failures.push(format!(
                     "{case} [{backend}]: the kernel holds something else than {} \
-                     (- golden, + iptables-{backend}-save -t {}):\n{}",
+                     (- golden, + {} -t {}):\n{}",
                     file.display(),
+                    backend.save_bin(family),
                     tables.join(" / -t "),
                     unified_diff(
                         &expected,
                         &saved,
-                        &format!("golden/{case}/expected.iptables"),
-                        &format!("iptables-{backend}-save ({case})"),
+                        &file.display().to_string(),
+                        &format!("{} ({case})", backend.save_bin(family)),
                     )
                 ));
             }

@@ -11,6 +11,7 @@ pub mod hash;
 pub mod iptables;
 pub mod model;
 pub mod probability;
+pub mod restore;
 pub mod ruleset;
 
 pub use config::{LocalDetector, RenderConfig};
