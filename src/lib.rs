@@ -33,8 +33,5 @@ pub fn run(cli: &Cli) -> ExitCode {
     if cli.dry_run {
         return dryrun::run(cli);
     }
-    eprintln!(
-        "error: the node agent is not implemented yet; use --dry-run --objects PATH to print the rules it would write"
-    );
-    ExitCode::from(EXIT_NOT_IMPLEMENTED)
+    agent::run(cli)
 }

@@ -331,12 +331,34 @@ fn directory_of_files_and_repeated_objects_flags_load() {
     assert_eq!(r.stderr, "");
 }
 
+// Without --dry-run the agent starts; these inputs make it stop before it touches any iptables
+// table (the agent's real runs are in tests/agent_*.rs, inside lab namespaces).
 #[test]
-fn without_dry_run_the_agent_is_not_implemented() {
-    let r = run(["--hostname-override", "node-1"]);
-    assert_eq!(r.code, Some(2));
-    assert!(r.stderr.contains("not implemented yet"), "{}", r.stderr);
+fn agent_with_an_unreadable_kubeconfig_stops_before_touching_the_kernel() {
+    let r = run([
+        "--hostname-override",
+        "node-1",
+        "--kubeconfig",
+        "/nonexistent/kube-proxy-rs/kubeconfig",
+    ]);
+    assert_eq!(r.code, Some(1));
+    assert!(r.stderr.contains("cannot read kubeconfig"), "{}", r.stderr);
+    assert!(!r.stderr.contains("back end chosen"), "{}", r.stderr);
     assert_eq!(r.stdout, "");
+}
+
+#[test]
+fn agent_rejects_a_bad_sync_period() {
+    let r = run([
+        "--hostname-override",
+        "node-1",
+        "--kubeconfig",
+        "/nonexistent/kube-proxy-rs/kubeconfig",
+        "--iptables-sync-period",
+        "30",
+    ]);
+    assert_eq!(r.code, Some(1));
+    assert!(r.stderr.contains("--iptables-sync-period"), "{}", r.stderr);
 }
 
 #[test]

@@ -1,1 +1,25 @@
-//! Applies what `rulegen` renders to the node kernel (iptables-restore, later IPVS and conntrack).
+//! Applies what `rulegen` renders to the node's kernel: picks the iptables back end, restores a
+//! full ruleset with `iptables-restore --noflush`, ensures the hook rules, and paces syncs.
+//!
+//! Nothing here knows about Kubernetes: it takes a [`rulegen::Ruleset`] and drives the iptables
+//! tools, each started from an argument vector through a [`Launcher`].
+
+#![warn(missing_docs)]
+
+pub mod applier;
+pub mod backend;
+pub mod command;
+pub mod detect;
+pub mod hooks;
+pub mod iptables;
+pub mod restore;
+pub mod runner;
+
+pub use applier::{ApplyError, IptablesApplier, SyncReport};
+pub use backend::{Backend, Family};
+pub use command::{CommandError, Finished, Launcher};
+pub use detect::{Detection, detect_backend};
+pub use hooks::{BuiltinRules, HookError, HookReport};
+pub use iptables::{DEFAULT_TIMEOUT, Iptables};
+pub use restore::{FailedLine, Rejected, RestoreError};
+pub use runner::{Runner, Trigger};

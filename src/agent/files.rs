@@ -53,7 +53,11 @@ pub struct FileSnapshot {
 /// Watches `paths` by polling (every `interval`) and publishes each successful re-read. A file
 /// that fails to parse keeps the previous snapshot in place: a half-written file must never
 /// empty the node's rules.
-pub async fn watch_files(paths: Vec<PathBuf>, interval: Duration, tx: watch::Sender<Option<FileSnapshot>>) {
+pub async fn watch_files(
+    paths: Vec<PathBuf>,
+    interval: Duration,
+    tx: watch::Sender<Option<FileSnapshot>>,
+) {
     let mut last = Fingerprint::default();
     let mut last_failed = Fingerprint::default();
     loop {

@@ -4,3 +4,7 @@
 pub mod api;
 pub mod duration;
 pub mod files;
+pub mod logging;
+pub mod run;
+
+pub use run::run;

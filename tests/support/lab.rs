@@ -3,16 +3,24 @@
 //! the node by a veth pair. Nothing is connected to the root namespace.
 //!
 //! ```text
-//!  client c (192.168.50.2/24) ──veth── node (192.168.50.1/24)   [first client: the node's IP]
-//!  client d (192.168.51.2/24) ──veth── node (192.168.51.1/24)
-//!                                      node br0 10.244.1.1/24, route 10.96.0.0/12 dev br0
-//!  pod pa (10.244.1.11/24) ──veth (port of br0)──┘
+//!  client c (192.168.50.2/24) ──veth c-c── node (192.168.50.1/24)   [first client: the node's IP]
+//!  client d (192.168.51.2/24) ──veth c-d── node (192.168.51.1/24)
+//!                                          node br0 10.244.1.1/24, route 10.96.0.0/12 dev br0
+//!  pod pa (10.244.1.11/24) ──veth v-pa (port of br0)──┘
+//!  routed pod pr (10.244.1.21/32) ──veth vppr── node (route 10.244.1.21/32 dev vppr)
 //! ```
+//!
+//! Options: [`LabBuilder::echo_peer`] makes every server answer `<name> <peer address>` (so a test
+//! sees whether the source was masqueraded, see [`Reply`]); [`LabBuilder::dual_stack`] adds IPv6
+//! on every link ([`POD_CIDR6`], clients `fd00:192:168:<50+i>::2/64`); [`LabBuilder::routed_pod`]
+//! adds a pod that is not on the bridge but routed through its own veth (`vp<name>`), as
+//! Calico-style CNIs do. A "node-originated" client is just [`Lab::node`] passed to the probes.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io::{ErrorKind, Read};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -26,6 +34,32 @@ pub const BRIDGE_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 1);
 pub const SERVICE_CIDR: &str = "10.96.0.0/12";
 /// The port pod servers listen on unless told otherwise.
 pub const DEFAULT_POD_PORT: u16 = 8080;
+/// IPv6 pod CIDR of the cluster (`--cluster-cidr` for `--ip-family ipv6`).
+pub const POD_CIDR6: &str = "fd00:10:244::/56";
+/// The node's IPv6 pod bridge address in a [`LabBuilder::dual_stack`] lab.
+pub const BRIDGE_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 0x1, 0, 0, 0, 1);
+/// The IPv6 service range, routed to `br0` in a dual-stack node.
+pub const SERVICE_CIDR6: &str = "fd00:10:96::/112";
+/// Prefix of the node-side interface of a [`LabBuilder::routed_pod`] (`vp<name>`), for
+/// `--detect-local-mode InterfaceNamePrefix`.
+pub const ROUTED_POD_IF_PREFIX: &str = "vp";
+/// Name and address of the [`LabBuilder::service_trap`] pod.
+pub const TRAP_POD: &str = "trap";
+pub const TRAP_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 254);
+/// The port the trap answers on (every Service of the tests uses it).
+pub const TRAP_PORT: u16 = 80;
+/// Time-out of a connection that is expected to be dropped: the probe reports
+/// [`ConnErr::Timeout`] after this long.
+pub const DROP_TIMEOUT: Duration = Duration::from_secs(1);
+/// Time-out of a connection that is expected to succeed.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The IPv6 address a dual-stack lab gives the pod at `v4` (10.244.1.11 → fd00:10:244:1::11).
+pub fn pod_ip6(v4: Ipv4Addr) -> Ipv6Addr {
+    format!("fd00:10:244:1::{}", v4.octets()[3])
+        .parse()
+        .expect("pod IPv6 address")
+}
 
 /// Why a [`connect`] failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,6 +120,212 @@ pub fn connect(ns: &Netns, ip: &str, port: u16, timeout: Duration) -> Result<Str
     .unwrap_or_else(|_| Err(ConnErr::Other("connect thread panicked".into())))
 }
 
+/// [`connect`] with the socket bound to source address `src` first (port chosen by the kernel),
+/// so one client namespace can act as many clients. `src: None` is exactly [`connect`].
+pub fn connect_from(
+    ns: &Netns,
+    src: Option<IpAddr>,
+    ip: &str,
+    port: u16,
+    timeout: Duration,
+) -> Result<String, ConnErr> {
+    let Some(src) = src else {
+        return connect(ns, ip, port, timeout);
+    };
+    let ip: IpAddr = ip
+        .parse()
+        .map_err(|e| ConnErr::Other(format!("bad IP {ip:?}: {e}")))?;
+    if src.is_ipv4() != ip.is_ipv4() {
+        return Err(ConnErr::Other(format!(
+            "source {src} and destination {ip} differ in family"
+        )));
+    }
+    let dst = SocketAddr::new(ip, port);
+    let path = ns.path();
+    thread::spawn(move || {
+        let file = std::fs::File::open(&path)
+            .map_err(|e| ConnErr::Other(format!("open {}: {e}", path.display())))?;
+        // SAFETY: as in `connect`: only this new thread enters the namespace.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(ConnErr::Other(format!(
+                "setns {}: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            )));
+        }
+        drop(file);
+        let mut stream = bound_connect(SocketAddr::new(src, 0), dst, timeout)?;
+        stream
+            .set_read_timeout(Some(timeout))
+            .map_err(|e| ConnErr::Other(e.to_string()))?;
+        let mut buf = String::new();
+        stream.read_to_string(&mut buf).map_err(classify)?;
+        Ok(buf.trim_end().to_string())
+    })
+    .join()
+    .unwrap_or_else(|_| Err(ConnErr::Other("connect thread panicked".into())))
+}
+
+/// A `sockaddr_in`/`sockaddr_in6` for `addr`, in a `sockaddr_storage`.
+fn raw_sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+            unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in, sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: 0,
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+            unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in6, sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+/// socket + bind(`src`) + non-blocking connect(`dst`) bounded by `timeout` (in the calling
+/// thread's namespace). Returns a blocking stream.
+fn bound_connect(
+    src: SocketAddr,
+    dst: SocketAddr,
+    timeout: Duration,
+) -> Result<TcpStream, ConnErr> {
+    let last = || classify(std::io::Error::last_os_error());
+    let domain = if dst.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain socket(2); the fd is owned by `sock` from here on.
+    let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(last());
+    }
+    // SAFETY: fd is a fresh, valid socket nobody else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let (sa, len) = raw_sockaddr(src);
+    // SAFETY: sa/len describe a valid sockaddr of the socket's family.
+    if unsafe { libc::bind(fd, &sa as *const _ as *const libc::sockaddr, len) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(ConnErr::Other(format!("bind {src}: {e}")));
+    }
+    // SAFETY: fcntl on our own fd.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: fcntl on our own fd.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } != 0 {
+        return Err(last());
+    }
+    let (sa, len) = raw_sockaddr(dst);
+    // SAFETY: sa/len describe a valid sockaddr of the socket's family.
+    if unsafe { libc::connect(fd, &sa as *const _ as *const libc::sockaddr, len) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(classify(e));
+        }
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if n < 0 {
+            return Err(last());
+        }
+        if n == 0 {
+            return Err(ConnErr::Timeout);
+        }
+        let mut err: libc::c_int = 0;
+        let mut errlen = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: SO_ERROR writes one c_int into `err`.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_ERROR,
+                &mut err as *mut _ as *mut libc::c_void,
+                &mut errlen,
+            )
+        };
+        if rc != 0 {
+            return Err(last());
+        }
+        if err != 0 {
+            return Err(classify(std::io::Error::from_raw_os_error(err)));
+        }
+    }
+    // SAFETY: fcntl on our own fd: back to blocking for the read.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags) } != 0 {
+        return Err(last());
+    }
+    Ok(TcpStream::from(sock))
+}
+
+/// What an [`LabBuilder::echo_peer`] server answered: its pod name and the source address it saw.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    pub backend: String,
+    pub peer: IpAddr,
+}
+
+impl Reply {
+    /// Parses `<name> <peer>`; socat prints an IPv6 peer as `[0000:…:0001]`.
+    pub fn parse(text: &str) -> Result<Reply, String> {
+        let mut parts = text.split_whitespace();
+        let (Some(backend), Some(peer), None) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(format!("expected `<name> <peer address>`, got {text:?}"));
+        };
+        let peer = peer
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .map_err(|e| format!("bad peer address in {text:?}: {e}"))?;
+        Ok(Reply {
+            backend: backend.to_string(),
+            peer,
+        })
+    }
+}
+
+/// Where a series of connections went: backend name → count, and every source address the
+/// backends saw.
+#[derive(Clone, Debug, Default)]
+pub struct Tally {
+    pub backends: BTreeMap<String, u32>,
+    pub peers: BTreeSet<IpAddr>,
+}
+
+impl Tally {
+    /// The set of backends reached.
+    pub fn reached(&self) -> BTreeSet<&str> {
+        self.backends.keys().map(String::as_str).collect()
+    }
+
+    pub fn total(&self) -> u32 {
+        self.backends.values().sum()
+    }
+}
+
 fn classify(e: std::io::Error) -> ConnErr {
     match e.kind() {
         ErrorKind::ConnectionRefused => ConnErr::Refused,
@@ -102,7 +342,11 @@ fn classify(e: std::io::Error) -> ConnErr {
 pub struct Pod {
     pub name: String,
     pub ip: Ipv4Addr,
+    /// Its IPv6 address ([`pod_ip6`]) in a dual-stack lab.
+    pub ip6: Option<Ipv6Addr>,
     pub ports: Vec<u16>,
+    /// Routed through its own veth `vp<name>` rather than bridged into `br0`.
+    pub routed: bool,
     pub ns: Netns,
 }
 
@@ -112,6 +356,10 @@ pub struct Client {
     pub ip: Ipv4Addr,
     /// The node's address on this client's link.
     pub node_ip: Ipv4Addr,
+    /// The client's IPv6 address (`fd00:192:168:<50+i>::2`) in a dual-stack lab.
+    pub ip6: Option<Ipv6Addr>,
+    /// The node's IPv6 address on this link (`fd00:192:168:<50+i>::1`) in a dual-stack lab.
+    pub node_ip6: Option<Ipv6Addr>,
     pub ns: Netns,
 }
 
@@ -120,13 +368,24 @@ pub struct Lab {
     pub node: Netns,
     pub pods: Vec<Pod>,
     pub clients: Vec<Client>,
+    pub dual_stack: bool,
 }
 
 /// Builder: `Lab::builder("cip").pod("pa", "10.244.1.11").client("c").build()`.
 pub struct LabBuilder {
     tag: String,
-    pods: Vec<(String, Ipv4Addr, Vec<u16>)>,
+    pods: Vec<PodSpec>,
     clients: Vec<String>,
+    echo_peer: bool,
+    dual_stack: bool,
+    service_trap: bool,
+}
+
+struct PodSpec {
+    name: String,
+    ip: Ipv4Addr,
+    ports: Vec<u16>,
+    routed: bool,
 }
 
 impl Lab {
@@ -135,6 +394,9 @@ impl Lab {
             tag: tag.to_string(),
             pods: Vec::new(),
             clients: Vec::new(),
+            echo_peer: false,
+            dual_stack: false,
+            service_trap: false,
         }
     }
 
@@ -174,6 +436,122 @@ impl Lab {
         connect(&self.client(client).ns, ip, port, timeout)
     }
 
+    /// The node's IPv6 address: its side of the first client's link (fd00:192:168:50::1).
+    #[track_caller]
+    pub fn node_ip6(&self) -> Ipv6Addr {
+        self.clients
+            .first()
+            .and_then(|c| c.node_ip6)
+            .expect("the node IPv6 is the first client's link in a dual-stack lab")
+    }
+
+    /// Adds source addresses to client `client`'s `eth0` for [`Lab::probe_from`]. Addresses in
+    /// the client's /24 are added as /24 (secondary); any other address as /32, plus a /32 route
+    /// in the node via the client, so replies to it find their way back.
+    pub fn add_client_addrs(&self, client: &str, addrs: &[&str]) {
+        let c = self.client(client);
+        for a in addrs {
+            let ip: Ipv4Addr = a.parse().expect("client IPv4 address");
+            let same_subnet = ip.octets()[..3] == c.ip.octets()[..3];
+            let plen = if same_subnet { 24 } else { 32 };
+            c.ns.exec_ok(["ip", "addr", "add", &format!("{ip}/{plen}"), "dev", "eth0"]);
+            if !same_subnet {
+                self.node.exec_ok([
+                    "ip",
+                    "route",
+                    "add",
+                    &format!("{ip}/32"),
+                    "via",
+                    &c.ip.to_string(),
+                ]);
+            }
+        }
+    }
+
+    /// Every address the node holds (`ip -o addr`), any family, any scope.
+    pub fn node_addrs(&self) -> BTreeSet<IpAddr> {
+        let out = self.node.exec_ok(["ip", "-o", "addr", "show"]);
+        out.lines()
+            .filter_map(|l| {
+                let mut w = l
+                    .split_whitespace()
+                    .skip_while(|w| *w != "inet" && *w != "inet6");
+                w.next()?;
+                w.next()?.split('/').next()?.parse().ok()
+            })
+            .collect()
+    }
+
+    /// One connection from `from` (a client's, a pod's or the node's namespace), optionally bound
+    /// to source `src`, to `ip:port` of an [`LabBuilder::echo_peer`] server.
+    pub fn probe_from(
+        &self,
+        from: &Netns,
+        src: Option<&str>,
+        ip: &str,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<Reply, ConnErr> {
+        let src = src.map(|s| s.parse::<IpAddr>().expect("source address"));
+        let text = connect_from(from, src, ip, port, timeout)?;
+        Reply::parse(&text).map_err(ConnErr::Other)
+    }
+
+    /// [`Lab::probe_from`] that must succeed (panics with the diagnostics otherwise).
+    #[track_caller]
+    pub fn expect_reply(&self, from: &Netns, src: Option<&str>, ip: &str, port: u16) -> Reply {
+        match self.probe_from(from, src, ip, port, PROBE_TIMEOUT) {
+            Ok(r) => r,
+            Err(e) => panic!(
+                "connection from {from:?} (source {src:?}) to {ip}:{port} failed: {e}\n{}",
+                self.diagnostics()
+            ),
+        }
+    }
+
+    /// `n` connections that must all succeed; where they went.
+    #[track_caller]
+    pub fn tally(&self, from: &Netns, src: Option<&str>, ip: &str, port: u16, n: u32) -> Tally {
+        let mut t = Tally::default();
+        for _ in 0..n {
+            let r = self.expect_reply(from, src, ip, port);
+            *t.backends.entry(r.backend).or_default() += 1;
+            t.peers.insert(r.peer);
+        }
+        t
+    }
+
+    /// The connection must be silently dropped: no answer within [`DROP_TIMEOUT`]. A refusal
+    /// (RST / ICMP port unreachable), an unreachable error or a reply all fail.
+    #[track_caller]
+    pub fn expect_dropped(&self, from: &Netns, src: Option<&str>, ip: &str, port: u16) {
+        let start = Instant::now();
+        let srcip = src.map(|s| s.parse::<IpAddr>().expect("source address"));
+        let r = connect_from(from, srcip, ip, port, DROP_TIMEOUT);
+        let took = start.elapsed();
+        assert!(
+            r == Err(ConnErr::Timeout),
+            "connection from {from:?} (source {src:?}) to {ip}:{port} should be dropped (time out \
+             after {DROP_TIMEOUT:?}), got {r:?} after {took:?}\n{}",
+            self.diagnostics()
+        );
+    }
+
+    /// The connection must be refused at once (RST or ICMP port unreachable).
+    #[track_caller]
+    pub fn expect_refused(&self, from: &Netns, src: Option<&str>, ip: &str, port: u16) {
+        let start = Instant::now();
+        let srcip = src.map(|s| s.parse::<IpAddr>().expect("source address"));
+        let r = connect_from(from, srcip, ip, port, PROBE_TIMEOUT);
+        let took = start.elapsed();
+        assert!(
+            r == Err(ConnErr::Refused) && took < Duration::from_millis(500),
+            "connection from {from:?} (source {src:?}) to {ip}:{port} should be refused at once, \
+             got {r:?} after {took:?}\n{}",
+            self.diagnostics()
+        );
+    }
+
     /// Node state for failure messages: addresses, routes, conntrack, and the rules of both back
     /// ends (`iptables-{legacy,nft}-save`, only one of them should hold anything).
     pub fn diagnostics(&self) -> String {
@@ -191,10 +569,17 @@ impl Lab {
         section("conntrack -L", &["conntrack", "-L"]);
         section("iptables-nft-save -c", &["iptables-nft-save", "-c"]);
         section("iptables-legacy-save -c", &["iptables-legacy-save", "-c"]);
+        if self.dual_stack {
+            section("ip -6 route", &["ip", "-6", "route"]);
+            section("conntrack -L -f ipv6", &["conntrack", "-L", "-f", "ipv6"]);
+            section("ip6tables-nft-save -c", &["ip6tables-nft-save", "-c"]);
+            section("ip6tables-legacy-save -c", &["ip6tables-legacy-save", "-c"]);
+        }
         for p in &self.pods {
             s.push_str(&format!("==== pod {} server log ====\n", p.name));
             for port in &p.ports {
                 s.push_str(&p.ns.log(&format!("server-{port}")));
+                s.push_str(&p.ns.log(&format!("server6-{port}")));
             }
         }
         s
@@ -208,7 +593,18 @@ impl LabBuilder {
     }
 
     /// A pod with servers on each of `ports`, all answering `name`.
-    pub fn pod_ports(mut self, name: &str, ip: &str, ports: &[u16]) -> Self {
+    pub fn pod_ports(self, name: &str, ip: &str, ports: &[u16]) -> Self {
+        self.add_pod(name, ip, ports, false)
+    }
+
+    /// A pod that is not on the bridge: `ip/32` on its `eth0`, gateway 10.244.1.1 (the node
+    /// answers ARP for it, being its address), and in the node a veth `vp<name>` (see
+    /// [`ROUTED_POD_IF_PREFIX`]) with a /32 route to the pod. IPv4 only.
+    pub fn routed_pod(self, name: &str, ip: &str) -> Self {
+        self.add_pod(name, ip, &[DEFAULT_POD_PORT], true)
+    }
+
+    fn add_pod(mut self, name: &str, ip: &str, ports: &[u16], routed: bool) -> Self {
         assert!(
             name.len() <= 13 && name.chars().all(|c| c.is_ascii_alphanumeric()),
             "pod name must be ≤ 13 alphanumerics (it names an interface): {name:?}"
@@ -219,7 +615,12 @@ impl LabBuilder {
             BRIDGE_IP.octets()[..3],
             "pod IP must be in 10.244.1.0/24"
         );
-        self.pods.push((name.to_string(), ip, ports.to_vec()));
+        self.pods.push(PodSpec {
+            name: name.to_string(),
+            ip,
+            ports: ports.to_vec(),
+            routed,
+        });
         self
     }
 
@@ -233,9 +634,56 @@ impl LabBuilder {
         self
     }
 
+    /// Servers answer `<pod name> <peer address>` (socat's `$SOCAT_PEERADDR`) instead of the
+    /// bare name: parse it with [`Reply::parse`] or use [`Lab::probe_from`].
+    pub fn echo_peer(mut self) -> Self {
+        self.echo_peer = true;
+        self
+    }
+
+    /// IPv6 as well as IPv4 on every link: br0 `fd00:10:244:1::1/64`, pods [`pod_ip6`], client i
+    /// `fd00:192:168:<50+i>::2/64` (node `::1`), service route [`SERVICE_CIDR6`] to br0, DAD off,
+    /// `net.ipv6.conf.all.forwarding=1` and `net.bridge.bridge-nf-call-ip6tables=1` in the node,
+    /// and a second server per port listening on IPv6 only.
+    pub fn dual_stack(mut self) -> Self {
+        self.dual_stack = true;
+        self
+    }
+
+    /// A pod [`TRAP_POD`] at [`TRAP_IP`] that answers `trap <peer>` on port [`TRAP_PORT`] of every
+    /// address in [`SERVICE_CIDR`] (a `local` route for the range in the pod), and the node's
+    /// service route points at it. Without it, a ClusterIP packet that no rule DNATs or drops
+    /// times out (ARP on br0 fails), just like a dropped one; with it, such a packet gets an
+    /// answer, so [`Lab::expect_dropped`] proves that a rule dropped it.
+    pub fn service_trap(mut self) -> Self {
+        self.service_trap = true;
+        self.pods.push(PodSpec {
+            name: TRAP_POD.to_string(),
+            ip: TRAP_IP,
+            ports: vec![TRAP_PORT],
+            routed: false,
+        });
+        self
+    }
+
+    /// A new namespace; in a dual-stack lab with DAD off before any link exists in it, so every
+    /// IPv6 address (link-local ones included) is usable at once.
+    fn netns(&self, tag: &str) -> Netns {
+        let ns = Netns::new(tag);
+        if self.dual_stack {
+            ns.sysctl("net.ipv6.conf.all.accept_dad", "0");
+            ns.sysctl("net.ipv6.conf.default.accept_dad", "0");
+        }
+        ns
+    }
+
     /// Creates the namespaces, links and servers; returns once every server answers.
     pub fn build(self) -> Lab {
-        let node = Netns::new(&format!("{}-node", self.tag));
+        assert!(
+            !(self.dual_stack && self.pods.iter().any(|p| p.routed)),
+            "routed pods are IPv4 only"
+        );
+        let node = self.netns(&format!("{}-node", self.tag));
         node.exec_ok(["ip", "link", "add", "br0", "type", "bridge"]);
         node.exec_ok([
             "ip",
@@ -249,16 +697,60 @@ impl LabBuilder {
         node.sysctl("net.ipv4.ip_forward", "1");
         node.sysctl("net.bridge.bridge-nf-call-iptables", "1");
         // Without a route an un-DNATed ClusterIP fails with "no route to host" before any REJECT.
-        node.exec_ok(["ip", "route", "add", SERVICE_CIDR, "dev", "br0"]);
+        if self.service_trap {
+            let trap = TRAP_IP.to_string();
+            node.exec_ok([
+                "ip",
+                "route",
+                "add",
+                SERVICE_CIDR,
+                "via",
+                &trap,
+                "dev",
+                "br0",
+            ]);
+        } else {
+            node.exec_ok(["ip", "route", "add", SERVICE_CIDR, "dev", "br0"]);
+        }
+        if self.dual_stack {
+            node.exec_ok([
+                "ip",
+                "-6",
+                "addr",
+                "add",
+                &format!("{BRIDGE_IP6}/64"),
+                "dev",
+                "br0",
+                "nodad",
+            ]);
+            node.sysctl("net.ipv6.conf.all.forwarding", "1");
+            node.sysctl("net.bridge.bridge-nf-call-ip6tables", "1");
+            node.exec_ok(["ip", "-6", "route", "add", SERVICE_CIDR6, "dev", "br0"]);
+        }
+        if self.pods.iter().any(|p| p.routed) && self.pods.iter().any(|p| !p.routed) {
+            // Bridged pods see routed ones as on-link (same /24): the node answers their ARP.
+            node.sysctl("net.ipv4.conf.br0.proxy_arp", "1");
+        }
         let mut lab = Lab {
             node,
             pods: Vec::new(),
             clients: Vec::new(),
+            dual_stack: self.dual_stack,
         };
 
-        for (name, ip, ports) in self.pods {
-            let ns = Netns::new(&format!("{}-{name}", self.tag));
-            let host_if = format!("v-{name}");
+        for spec in &self.pods {
+            let PodSpec {
+                name,
+                ip,
+                ports,
+                routed,
+            } = spec;
+            let ns = self.netns(&format!("{}-{name}", self.tag));
+            let host_if = if *routed {
+                format!("{ROUTED_POD_IF_PREFIX}{name}")
+            } else {
+                format!("v-{name}")
+            };
             // Both ends are created straight into their namespaces (ip runs inside the node).
             lab.node.exec_ok([
                 "ip",
@@ -273,49 +765,104 @@ impl LabBuilder {
                 "netns",
                 ns.name(),
             ]);
-            lab.node
-                .exec_ok(["ip", "link", "set", &host_if, "master", "br0"]);
-            lab.node.exec_ok([
-                "ip",
-                "link",
-                "set",
-                &host_if,
-                "type",
-                "bridge_slave",
-                "hairpin",
-                "on",
-            ]);
-            lab.node.exec_ok(["ip", "link", "set", &host_if, "up"]);
-            ns.exec_ok(["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
-            ns.exec_ok(["ip", "link", "set", "eth0", "up"]);
-            ns.exec_ok([
-                "ip",
-                "route",
-                "add",
-                "default",
-                "via",
-                &BRIDGE_IP.to_string(),
-            ]);
-            for port in &ports {
+            if *routed {
+                lab.node.exec_ok(["ip", "link", "set", &host_if, "up"]);
+                lab.node
+                    .exec_ok(["ip", "route", "add", &format!("{ip}/32"), "dev", &host_if]);
+                ns.exec_ok(["ip", "addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
+                ns.exec_ok(["ip", "link", "set", "eth0", "up"]);
+                let gw = BRIDGE_IP.to_string();
+                ns.exec_ok(["ip", "route", "add", &gw, "dev", "eth0", "scope", "link"]);
+                ns.exec_ok(["ip", "route", "add", "default", "via", &gw, "dev", "eth0"]);
+            } else {
+                lab.node
+                    .exec_ok(["ip", "link", "set", &host_if, "master", "br0"]);
+                lab.node.exec_ok([
+                    "ip",
+                    "link",
+                    "set",
+                    &host_if,
+                    "type",
+                    "bridge_slave",
+                    "hairpin",
+                    "on",
+                ]);
+                lab.node.exec_ok(["ip", "link", "set", &host_if, "up"]);
+                ns.exec_ok(["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+                ns.exec_ok(["ip", "link", "set", "eth0", "up"]);
+                ns.exec_ok([
+                    "ip",
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &BRIDGE_IP.to_string(),
+                ]);
+            }
+            if self.service_trap && name == TRAP_POD {
+                ns.exec_ok(["ip", "route", "add", "local", SERVICE_CIDR, "dev", "lo"]);
+            }
+            let ip6 = self.dual_stack.then(|| pod_ip6(*ip));
+            if let Some(ip6) = ip6 {
+                ns.exec_ok([
+                    "ip",
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{ip6}/64"),
+                    "dev",
+                    "eth0",
+                    "nodad",
+                ]);
+                ns.exec_ok([
+                    "ip",
+                    "-6",
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &BRIDGE_IP6.to_string(),
+                ]);
+            }
+            // The answer: the bare name, or `<name> <peer>` through a shell (socat's SYSTEM runs
+            // `sh -c` with the connection on stdout and the peer in $SOCAT_PEERADDR).
+            let answer = if self.echo_peer {
+                format!("SYSTEM:echo {name} $SOCAT_PEERADDR")
+            } else {
+                format!("EXEC:echo {name}")
+            };
+            for port in ports {
+                let listen = if self.dual_stack {
+                    // Two listeners, so an IPv4 peer is not reported as ::ffff:a.b.c.d.
+                    ns.spawn(
+                        &format!("server6-{port}"),
+                        [
+                            "socat".to_string(),
+                            format!("TCP6-LISTEN:{port},ipv6only=1,fork,reuseaddr"),
+                            answer.clone(),
+                        ],
+                    );
+                    format!("TCP4-LISTEN:{port},fork,reuseaddr")
+                } else {
+                    format!("TCP-LISTEN:{port},fork,reuseaddr")
+                };
                 ns.spawn(
                     &format!("server-{port}"),
-                    [
-                        "socat".to_string(),
-                        format!("TCP-LISTEN:{port},fork,reuseaddr"),
-                        format!("EXEC:echo {name}"),
-                    ],
+                    ["socat".to_string(), listen, answer.clone()],
                 );
             }
             lab.pods.push(Pod {
-                name,
-                ip,
-                ports,
+                name: name.clone(),
+                ip: *ip,
+                ip6,
+                ports: ports.clone(),
+                routed: *routed,
                 ns,
             });
         }
 
-        for (i, name) in self.clients.into_iter().enumerate() {
-            let ns = Netns::new(&format!("{}-{name}", self.tag));
+        for (i, name) in self.clients.iter().enumerate() {
+            let ns = self.netns(&format!("{}-{name}", self.tag));
             let subnet = 50 + u8::try_from(i).expect("too many clients");
             let node_ip = Ipv4Addr::new(192, 168, subnet, 1);
             let ip = Ipv4Addr::new(192, 168, subnet, 2);
@@ -345,37 +892,85 @@ impl LabBuilder {
             ns.exec_ok(["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
             ns.exec_ok(["ip", "link", "set", "eth0", "up"]);
             ns.exec_ok(["ip", "route", "add", "default", "via", &node_ip.to_string()]);
+            let (mut ip6, mut node_ip6) = (None, None);
+            if self.dual_stack {
+                let n6: Ipv6Addr = format!("fd00:192:168:{subnet}::1").parse().unwrap();
+                let c6: Ipv6Addr = format!("fd00:192:168:{subnet}::2").parse().unwrap();
+                lab.node.exec_ok([
+                    "ip",
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{n6}/64"),
+                    "dev",
+                    &host_if,
+                    "nodad",
+                ]);
+                ns.exec_ok([
+                    "ip",
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{c6}/64"),
+                    "dev",
+                    "eth0",
+                    "nodad",
+                ]);
+                ns.exec_ok([
+                    "ip",
+                    "-6",
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &n6.to_string(),
+                ]);
+                (ip6, node_ip6) = (Some(c6), Some(n6));
+            }
             lab.clients.push(Client {
-                name,
+                name: name.clone(),
                 ip,
                 node_ip,
+                ip6,
+                node_ip6,
                 ns,
             });
         }
 
-        // Wait until every server answers its name (asked from inside its own pod).
+        // Wait until every server answers (asked from inside its own pod, on each family).
         for pod in &lab.pods {
+            let mut addrs = vec![pod.ip.to_string()];
+            addrs.extend(pod.ip6.map(|a| a.to_string()));
             for &port in &pod.ports {
-                let deadline = Instant::now() + Duration::from_secs(5);
-                loop {
-                    let r = connect(
-                        &pod.ns,
-                        &pod.ip.to_string(),
-                        port,
-                        Duration::from_millis(500),
-                    );
-                    match r {
-                        Ok(ref s) if *s == pod.name => break,
-                        _ if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
-                        other => panic!(
-                            "server of pod {} on port {port} not ready: {other:?}\nlog: {}",
-                            pod.name,
-                            pod.ns.log(&format!("server-{port}"))
-                        ),
-                    }
+                for addr in &addrs {
+                    wait_for_server(pod, addr, port, self.echo_peer);
                 }
             }
         }
         lab
+    }
+}
+
+fn wait_for_server(pod: &Pod, addr: &str, port: u16, echo_peer: bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = connect(&pod.ns, addr, port, Duration::from_millis(500));
+        let ok = match &r {
+            Ok(s) if echo_peer => Reply::parse(s).is_ok_and(|r| r.backend == pod.name),
+            Ok(s) => *s == pod.name,
+            Err(_) => false,
+        };
+        if ok {
+            return;
+        }
+        if Instant::now() >= deadline {
+            panic!(
+                "server of pod {} on {addr} port {port} not ready: {r:?}\nlog: {}{}",
+                pod.name,
+                pod.ns.log(&format!("server-{port}")),
+                pod.ns.log(&format!("server6-{port}"))
+            );
+        }
+        thread::sleep(Duration::from_millis(20));
     }
 }

@@ -7,16 +7,18 @@
 //! - [`netns`]: the [`Netns`] guard (create, exec, spawn, cleanup on drop, also on panic).
 //! - [`iptables`]: [`Backend`] (legacy / nft), `restore` and `save_tables`.
 //! - [`lab`]: the [`Lab`] builder (node + bridge + pods + clients) and the [`connect`] probe.
+//! - [`objects`]: Service / EndpointSlice / Node YAML and [`objects::render`] (the real binary).
 #![allow(dead_code, unused_imports)]
 
 pub mod iptables;
 pub mod lab;
 pub mod netns;
+pub mod objects;
 
 pub use iptables::{
     Backend, Family, payload_tables, restore, restore_with, save_tables, save_tables_with,
 };
-pub use lab::{ConnErr, Lab, LabBuilder, connect};
+pub use lab::{ConnErr, Lab, LabBuilder, Reply, Tally, connect, connect_from};
 pub use netns::Netns;
 
 /// Environment variable that turns the "not root" panic into a loud skip.

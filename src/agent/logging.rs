@@ -1,0 +1,36 @@
+//! Logging: `tracing` to stderr, with upstream's `-v` levels mapped onto tracing levels
+//! (`RUST_LOG` overrides them).
+
+use tracing_subscriber::EnvFilter;
+
+/// The tracing filter for upstream's `-v N`: 0–1 info, 2–4 debug, 5+ trace.
+pub fn filter_for(verbosity: u8) -> &'static str {
+    match verbosity {
+        0..=1 => "info",
+        2..=4 => "debug",
+        _ => "trace",
+    }
+}
+
+/// Installs the global subscriber once; later calls are no-ops.
+pub fn init(verbosity: u8) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter_for(verbosity)));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verbosity_maps_to_levels() {
+        assert_eq!(filter_for(0), "info");
+        assert_eq!(filter_for(2), "debug");
+        assert_eq!(filter_for(9), "trace");
+    }
+}

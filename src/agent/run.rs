@@ -1,0 +1,250 @@
+//! The agent's main loop: wait for a complete view of the cluster, then render and apply on
+//! every change (at most once per min sync period, at least once per sync period), keeping the
+//! node's rules in place through every failure and at shutdown.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use proxier::{IptablesApplier, Launcher, Runner};
+use rulegen::Ruleset;
+use tokio::sync::{Mutex, Notify, watch};
+
+use super::api::{self, ApiStores};
+use super::duration::parse_go_duration;
+use super::files::{self, FileSnapshot};
+use super::logging;
+use crate::cli::Cli;
+use crate::objects::Objects;
+use crate::settings::Settings;
+use crate::translate;
+
+/// Upstream's defaults for `--iptables-min-sync-period` and `--iptables-sync-period`.
+const DEFAULT_MIN_SYNC: Duration = Duration::from_secs(1);
+const DEFAULT_SYNC: Duration = Duration::from_secs(30);
+/// How often `--objects` files are checked for changes.
+const FILE_POLL: Duration = Duration::from_millis(250);
+
+/// Where the agent's objects come from.
+enum Source {
+    /// `--objects` files, re-read when they change.
+    Files(watch::Receiver<Option<FileSnapshot>>),
+    /// The API server's watchers.
+    Api(ApiStores),
+}
+
+impl Source {
+    fn snapshot(&self) -> (Objects, Vec<String>) {
+        match self {
+            Source::Files(rx) => {
+                let snap = rx.borrow().clone().unwrap_or_default();
+                let warnings = snap.warnings.iter().map(ToString::to_string).collect();
+                (snap.objects, warnings)
+            }
+            Source::Api(stores) => (stores.snapshot(), Vec::new()),
+        }
+    }
+}
+
+/// What a sync needs between runs.
+struct SyncState {
+    settings: Settings,
+    source: Source,
+    applier: IptablesApplier,
+    // The previous ruleset's buffers, rendered into again (tens of MB on a large node).
+    spare: Ruleset,
+    // Warnings are logged when they change, not on every sync.
+    last_warnings: Vec<String>,
+}
+
+impl SyncState {
+    async fn sync(&mut self) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let (objects, mut warnings) = self.source.snapshot();
+        let translation = translate::translate(&objects, &self.settings);
+        warnings.extend(translation.warnings.iter().map(ToString::to_string));
+        if warnings != self.last_warnings {
+            for w in &warnings {
+                tracing::warn!("{w}");
+            }
+            self.last_warnings = warnings;
+        }
+        rulegen::render_into(&translation.model, &translation.config, &mut self.spare)
+            .context("cannot render the ruleset")?;
+        let rendered = started.elapsed();
+        match self.applier.full_sync(&self.spare).await {
+            Ok(report) => {
+                tracing::info!(
+                    service_ports = translation.model.services.len(),
+                    payload_bytes = report.payload_bytes,
+                    stale_chains_deleted = report.stale_chains_deleted,
+                    hooks_inserted = report.hooks_inserted,
+                    render_ms = rendered.as_millis() as u64,
+                    restore_ms = report.restore.as_millis() as u64,
+                    total_ms = started.elapsed().as_millis() as u64,
+                    "rules synced"
+                );
+                Ok(())
+            }
+            Err(e) => {
+                if let Some(line) = e.failed_line() {
+                    tracing::error!(
+                        line = line.number,
+                        chain = line.chain.as_deref().unwrap_or("-"),
+                        service = line.comment.as_deref().unwrap_or("-"),
+                        text = %line.text,
+                        "iptables-restore rejected a line; the previous rules stay in place\n{}",
+                        line.context
+                    );
+                }
+                Err(e.into())
+            }
+        }
+    }
+}
+
+/// Runs the node agent until SIGTERM or SIGINT; returns its exit status.
+pub fn run(cli: &Cli) -> ExitCode {
+    logging::init(cli.verbosity.unwrap_or(0));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run_async(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn period(flag: &Option<String>, name: &str, default: Duration) -> anyhow::Result<Duration> {
+    match flag {
+        None => Ok(default),
+        Some(v) => parse_go_duration(v).map_err(|e| anyhow::anyhow!("--{name}: {e}")),
+    }
+}
+
+async fn connect(cli: &Cli) -> anyhow::Result<kube::Client> {
+    let mut config = match &cli.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                .await
+                .with_context(|| format!("invalid kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no kubeconfig: pass --kubeconfig, set KUBECONFIG, or run in a pod")?,
+    };
+    if let Some(master) = &cli.master {
+        config.cluster_url = master
+            .parse()
+            .with_context(|| format!("--master {master:?} is not a URL"))?;
+    }
+    kube::Client::try_from(config).context("cannot build the API client")
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the process still dies on SIGTERM, which also leaves the rules.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping; the rules stay in place"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping; the rules stay in place"),
+    }
+}
+
+async fn run_async(cli: &Cli) -> anyhow::Result<()> {
+    let (settings, warnings) = Settings::from_cli(cli)?;
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    let min_sync = period(
+        &cli.iptables_min_sync_period,
+        "iptables-min-sync-period",
+        DEFAULT_MIN_SYNC,
+    )?;
+    let sync = period(
+        &cli.iptables_sync_period,
+        "iptables-sync-period",
+        DEFAULT_SYNC,
+    )?;
+    if sync.is_zero() {
+        anyhow::bail!("--iptables-sync-period must be above zero");
+    }
+    let runner = Runner::new(min_sync, sync);
+    let trigger = runner.trigger();
+    let source = if !cli.objects.is_empty() {
+        let (tx, mut rx) = watch::channel(None);
+        tokio::spawn(files::watch_files(cli.objects.clone(), FILE_POLL, tx));
+        tracing::info!(paths = ?cli.objects, "reading objects from files");
+        rx.wait_for(|s| s.is_some())
+            .await
+            .context("the file reader stopped")?;
+        let mut changes = rx.clone();
+        let t = trigger.clone();
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                t.run();
+            }
+        });
+        Source::Files(rx)
+    } else {
+        let client = connect(cli).await?;
+        let changed = Arc::new(Notify::new());
+        let stores = api::start(client, &settings.hostname, changed.clone());
+        let t = trigger.clone();
+        tokio::spawn(async move {
+            loop {
+                changed.notified().await;
+                t.run();
+            }
+        });
+        tracing::info!(node = %settings.hostname, "waiting for the initial list of Services, EndpointSlices and this Node");
+        stores.wait_until_ready().await?;
+        Source::Api(stores)
+    };
+
+    // Only now, with a complete view of the cluster, is the kernel touched (read first).
+    let family: proxier::Family = settings.family.into();
+    let detection = proxier::detect_backend(&Launcher::host(), family).await;
+    tracing::info!(backend = detection.backend.name(), reason = %detection.reason, "iptables back end chosen");
+    let applier = IptablesApplier::new(detection.backend, family);
+
+    let state = Arc::new(Mutex::new(SyncState {
+        spare: Ruleset {
+            family: settings.family,
+            tables: Vec::new(),
+        },
+        settings,
+        source,
+        applier,
+        last_warnings: Vec::new(),
+    }));
+    trigger.run();
+    runner
+        .run(shutdown_signal(), || {
+            let state = state.clone();
+            async move { state.lock().await.sync().await }
+        })
+        .await;
+    Ok(())
+}

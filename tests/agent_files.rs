@@ -1,0 +1,418 @@
+//! The node agent end to end, with objects from files (`--objects` without `--dry-run`), inside
+//! a lab node namespace: it applies the rules, follows file changes, heals a failed restore, and
+//! never leaves the node without rules — not at SIGTERM, not across a SIGKILL and restart.
+
+mod support;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use support::{Lab, Netns, TempDir};
+
+const NODE: &str = "apiVersion: v1
+kind: Node
+metadata: {name: node-a}
+status: {addresses: [{type: InternalIP, address: 192.168.50.1}]}
+";
+
+fn service(name: &str, ip: &str) -> String {
+    format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: lab}}\nspec:\n  clusterIP: {ip}\n  clusterIPs: [{ip}]\n  ports: [{{name: http, port: 80, protocol: TCP, targetPort: 8080}}]\n"
+    )
+}
+
+fn slice(service: &str, ips: &[&str]) -> String {
+    let mut s = format!(
+        "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {service}-1, namespace: lab, labels: {{kubernetes.io/service-name: {service}}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints:\n"
+    );
+    for ip in ips {
+        s.push_str(&format!(
+            "- {{addresses: [{ip}], nodeName: node-a, conditions: {{ready: true}}}}\n"
+        ));
+    }
+    s
+}
+
+/// Writes `text` so the agent never sees a half-written file (write, then rename).
+fn write_objects(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, text).unwrap();
+    fs::rename(&tmp, path).unwrap();
+}
+
+struct Agent {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn start(node: &Netns, objects: &Path, path_prefix: Option<&Path>, log: &Path) -> Agent {
+        let file = fs::File::create(log).unwrap();
+        let mut cmd = node.command([
+            env!("CARGO_BIN_EXE_kube-proxy-rs"),
+            "--objects",
+            objects.to_str().unwrap(),
+            "--hostname-override",
+            "node-a",
+            "--cluster-cidr",
+            "10.244.0.0/16",
+            "--iptables-min-sync-period",
+            "100ms",
+            "--iptables-sync-period",
+            "2s",
+        ]);
+        if let Some(dir) = path_prefix {
+            let path = format!(
+                "{}:{}",
+                dir.display(),
+                std::env::var("PATH").unwrap_or_default()
+            );
+            cmd.env("PATH", path);
+        }
+        cmd.env("RUST_LOG", "debug");
+        cmd.stdout(Stdio::null()).stderr(file.try_clone().unwrap());
+        Agent {
+            child: cmd.spawn().expect("start the agent"),
+            log: log.to_path_buf(),
+        }
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid (`ip netns exec` execs the agent in place).
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+fn nat(node: &Netns) -> String {
+    // The agent picks nft in a fresh namespace (no kubelet chains, no rules: a tie).
+    String::from_utf8(node.exec(["iptables-nft-save", "-t", "nat"]).stdout).unwrap()
+}
+
+fn wait_until(
+    what: &str,
+    limit: Duration,
+    agent: &Agent,
+    mut cond: impl FnMut() -> bool,
+) -> Duration {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return start.elapsed();
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{what}: not within {limit:?}\nagent log:\n{}", agent.log());
+}
+
+/// Service chains the nat table holds — counted only once the hooks are in place too (the agent
+/// restores first and then ensures the jumps from the built-in chains).
+fn svc_chains(nat: &str) -> usize {
+    if !nat.contains(
+        "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
+    ) {
+        return 0;
+    }
+    nat.lines().filter(|l| l.starts_with(":KUBE-SVC-")).count()
+}
+
+#[test]
+fn agent_applies_follows_files_and_keeps_rules_on_sigterm() {
+    if !support::require_root() {
+        return;
+    }
+    let lab = Lab::builder("agf")
+        .pod("pa", "10.244.1.11")
+        .pod("pb", "10.244.1.12")
+        .client("c")
+        .build();
+    let tmp = TempDir::new("agf");
+    let objects = tmp.path().join("objects.yaml");
+    write_objects(
+        &objects,
+        &format!(
+            "{NODE}{}{}",
+            service("web", "10.96.0.10"),
+            slice("web", &["10.244.1.11", "10.244.1.12"])
+        ),
+    );
+    let mut agent = Agent::start(&lab.node, &objects, None, &tmp.path().join("agent.log"));
+
+    let took = wait_until("first sync", Duration::from_secs(10), &agent, || {
+        svc_chains(&nat(&lab.node)) == 1
+    });
+    eprintln!("first sync after {took:?}");
+    let client = &lab.client("c").ns;
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let answer = support::connect(client, "10.96.0.10", 80, Duration::from_secs(2))
+            .unwrap_or_else(|e| panic!("connect: {e:?}\n{}", lab.diagnostics()));
+        seen.insert(answer);
+    }
+    assert_eq!(
+        seen.len(),
+        2,
+        "both backends answer through the agent's rules: {seen:?}"
+    );
+
+    // A second Service appears, the first loses an endpoint: applied within 2 s of the write.
+    write_objects(
+        &objects,
+        &format!(
+            "{NODE}{}{}{}{}",
+            service("web", "10.96.0.10"),
+            slice("web", &["10.244.1.11"]),
+            service("api", "10.96.0.11"),
+            slice("api", &["10.244.1.12"])
+        ),
+    );
+    let took = wait_until(
+        "second Service applied",
+        Duration::from_secs(2),
+        &agent,
+        || {
+            let n = nat(&lab.node);
+            svc_chains(&n) == 2 && n.lines().filter(|l| l.starts_with(":KUBE-SEP-")).count() == 2
+        },
+    );
+    eprintln!("file change applied after {took:?}");
+    for _ in 0..10 {
+        assert_eq!(
+            support::connect(client, "10.96.0.10", 80, Duration::from_secs(2)).unwrap(),
+            "pa"
+        );
+    }
+    assert_eq!(
+        support::connect(client, "10.96.0.11", 80, Duration::from_secs(2)).unwrap(),
+        "pb"
+    );
+
+    // A broken file keeps the last good rules (never an empty node).
+    write_objects(
+        &objects,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: x\n",
+    );
+    thread::sleep(Duration::from_millis(800));
+    assert_eq!(
+        svc_chains(&nat(&lab.node)),
+        2,
+        "a broken file must not remove rules"
+    );
+
+    // The Service is deleted: its chains go.
+    write_objects(
+        &objects,
+        &format!(
+            "{NODE}{}{}",
+            service("web", "10.96.0.10"),
+            slice("web", &["10.244.1.11"])
+        ),
+    );
+    wait_until(
+        "deleted Service's chains removed",
+        Duration::from_secs(2),
+        &agent,
+        || svc_chains(&nat(&lab.node)) == 1,
+    );
+
+    // SIGTERM: the agent exits cleanly and the rules stay.
+    let before = nat(&lab.node);
+    agent.signal(libc::SIGTERM);
+    let status = agent.child.wait().unwrap();
+    assert!(
+        status.success(),
+        "agent exit status {status}\n{}",
+        agent.log()
+    );
+    assert_eq!(
+        nat(&lab.node),
+        before,
+        "rules must stay in place after SIGTERM"
+    );
+    assert_eq!(
+        support::connect(client, "10.96.0.10", 80, Duration::from_secs(2)).unwrap(),
+        "pa"
+    );
+}
+
+#[test]
+fn agent_heals_a_failed_restore_and_survives_sigkill_without_a_gap() {
+    if !support::require_root() {
+        return;
+    }
+    let lab = Lab::builder("agk")
+        .pod("pa", "10.244.1.11")
+        .pod("pb", "10.244.1.12")
+        .client("c")
+        .build();
+    let tmp = TempDir::new("agk");
+    let objects = tmp.path().join("objects.yaml");
+    write_objects(
+        &objects,
+        &format!(
+            "{NODE}{}{}",
+            service("web", "10.96.0.10"),
+            slice("web", &["10.244.1.11"])
+        ),
+    );
+
+    // Fault injection: an `iptables-nft-restore` first in PATH that fails while a marker file
+    // exists, and otherwise runs the real tool.
+    let bin = tmp.path().join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    let marker = tmp.path().join("fail-restore");
+    let real = String::from_utf8(
+        std::process::Command::new("sh")
+            .args(["-c", "command -v iptables-nft-restore"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let wrapper = bin.join("iptables-nft-restore");
+    fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nif [ -e '{}' ]; then rm -f '{}'; echo 'iptables-nft-restore: injected failure' >&2; exit 1; fi\nexec {} \"$@\"\n",
+            marker.display(),
+            marker.display(),
+            real.trim()
+        ),
+    )
+    .unwrap();
+    std::os::unix::fs::PermissionsExt::set_mode(
+        &mut fs::metadata(&wrapper).unwrap().permissions(),
+        0o755,
+    );
+    fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+
+    let mut agent = Agent::start(
+        &lab.node,
+        &objects,
+        Some(&bin),
+        &tmp.path().join("agent1.log"),
+    );
+    wait_until("first sync", Duration::from_secs(10), &agent, || {
+        svc_chains(&nat(&lab.node)) == 1
+    });
+    let good = nat(&lab.node);
+
+    // One restore fails: the old rules stay; the retry heals it.
+    fs::write(&marker, "").unwrap();
+    write_objects(
+        &objects,
+        &format!(
+            "{NODE}{}{}",
+            service("web", "10.96.0.10"),
+            slice("web", &["10.244.1.11", "10.244.1.12"])
+        ),
+    );
+    wait_until(
+        "the injected failure is consumed",
+        Duration::from_secs(3),
+        &agent,
+        || !marker.exists(),
+    );
+    assert_eq!(
+        svc_chains(&nat(&lab.node)),
+        1,
+        "after a failed restore the old rules stay"
+    );
+    let _ = good;
+    wait_until(
+        "the retry applies the change",
+        Duration::from_secs(5),
+        &agent,
+        || {
+            nat(&lab.node)
+                .lines()
+                .filter(|l| l.starts_with(":KUBE-SEP-"))
+                .count()
+                == 2
+        },
+    );
+    assert!(
+        agent.log().contains("injected failure"),
+        "the failure is logged:\n{}",
+        agent.log()
+    );
+
+    // SIGKILL and restart, while a watcher checks the rules many times a second: they are
+    // never missing, and the restarted agent applies the newest objects.
+    let missing = Arc::new(AtomicUsize::new(0));
+    let checks = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (missing, checks, stop) = (missing.clone(), checks.clone(), stop.clone());
+        let node = lab.node.name().to_string();
+        thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let out = std::process::Command::new("ip")
+                    .args(["netns", "exec", &node, "iptables-nft-save", "-t", "nat"])
+                    .output()
+                    .unwrap();
+                let text = String::from_utf8_lossy(&out.stdout);
+                if !text.contains("-j KUBE-SVC-") {
+                    missing.fetch_add(1, Ordering::SeqCst);
+                }
+                checks.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    while checks.load(Ordering::SeqCst) < 3 {
+        thread::sleep(Duration::from_millis(10));
+    }
+    agent.signal(libc::SIGKILL);
+    let _ = agent.child.wait();
+    write_objects(
+        &objects,
+        &format!(
+            "{NODE}{}{}",
+            service("web", "10.96.0.10"),
+            slice("web", &["10.244.1.12"])
+        ),
+    );
+    let agent2 = Agent::start(&lab.node, &objects, None, &tmp.path().join("agent2.log"));
+    wait_until(
+        "the restarted agent applies the newest objects",
+        Duration::from_secs(10),
+        &agent2,
+        || {
+            let n = nat(&lab.node);
+            n.contains("10.244.1.12:8080") && !n.contains("10.244.1.11:8080")
+        },
+    );
+    let after_restart = checks.load(Ordering::SeqCst);
+    while checks.load(Ordering::SeqCst) < after_restart + 3 {
+        thread::sleep(Duration::from_millis(10));
+    }
+    stop.store(true, Ordering::SeqCst);
+    watcher.join().unwrap();
+    assert_eq!(
+        missing.load(Ordering::SeqCst),
+        0,
+        "a check found no service rules during the restart"
+    );
+    assert_eq!(
+        support::connect(
+            &lab.client("c").ns,
+            "10.96.0.10",
+            80,
+            Duration::from_secs(2)
+        )
+        .unwrap(),
+        "pb"
+    );
+}
