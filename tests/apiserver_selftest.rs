@@ -649,3 +649,63 @@ async fn kubeconfig_file_and_version() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn bad_requests_get_a_status() {
+    bounded(10, async {
+        let server = ApiServer::spawn().await;
+        server.apply(&service("default", "web", json!({})));
+        let client = server.client();
+        let cases: [(&str, &str, &str, u16); 10] = [
+            ("GET", "/api/v1/pods", "", 404),
+            ("GET", "/api/v1/namespaces/default/nodes", "", 404),
+            ("GET", "/api/v1/services?limit=abc", "", 400),
+            (
+                "GET",
+                "/api/v1/services?watch=true&resourceVersion=x",
+                "",
+                400,
+            ),
+            ("GET", "/api/v1/services?fieldSelector=spec.x%3Dy", "", 400),
+            ("GET", "/api/v1/services?continue=garbage", "", 400),
+            (
+                "POST",
+                "/api/v1/namespaces/default/services",
+                "{not json",
+                400,
+            ),
+            (
+                "POST",
+                "/api/v1/namespaces/default/services",
+                r#"{"kind":"Node","metadata":{"name":"n"}}"#,
+                400,
+            ),
+            (
+                "PUT",
+                "/api/v1/namespaces/default/services/web",
+                r#"{"metadata":{"name":"other"}}"#,
+                400,
+            ),
+            ("DELETE", "/api/v1/namespaces/default/services", "", 405),
+        ];
+        for (method, uri, body, code) in cases {
+            let req = hyper::Request::builder()
+                .method(method)
+                .uri(uri)
+                .header("content-type", "application/json")
+                .body(body.as_bytes().to_vec())
+                .unwrap();
+            match client.request_text(req).await {
+                Err(kube::Error::Api(s)) => assert_eq!(s.code, code, "{method} {uri}: {s:?}"),
+                other => panic!("{method} {uri}: want a {code} Status, got {other:?}"),
+            }
+        }
+        // The server is still serving.
+        let all: Api<Service> = Api::all(client);
+        assert_eq!(
+            all.list(&ListParams::default()).await.unwrap().items.len(),
+            1
+        );
+    })
+    .await;
+}

@@ -128,9 +128,11 @@ impl IptablesApplier {
 
     /// Makes the kernel hold `rs`: saves the ruleset's tables to find stale per-service chains,
     /// restores every owned chain (and deletes the stale ones) in one `--noflush` restore, then
-    /// ensures the hooks (`iptables -C`/`-I` only in chains where the save lacks one). Nothing is flushed beforehand: if the restore fails, the failing table
-    /// and those after it keep their previous rules (tables already committed are listed in the
-    /// error).
+    /// ensures the hooks (`iptables -C`/`-I` only in chains where the save lacks one).
+    ///
+    /// Nothing is flushed beforehand: if the restore fails, the failing table and those after
+    /// it keep their previous rules (tables committed before it are listed in the error), and
+    /// no hook is touched.
     pub async fn full_sync(&mut self, rs: &Ruleset) -> Result<SyncReport, ApplyError> {
         let ruleset = Family::from(rs.family);
         if ruleset != self.iptables.family {
