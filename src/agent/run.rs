@@ -23,6 +23,12 @@ use crate::translate;
 /// Upstream's defaults for `--iptables-min-sync-period` and `--iptables-sync-period`.
 const DEFAULT_MIN_SYNC: Duration = Duration::from_secs(1);
 const DEFAULT_SYNC: Duration = Duration::from_secs(30);
+/// How often a sync reads the kernel back (stale chains, hooks) even when nothing failed, as
+/// upstream's hourly full sync does.
+const FULL_SYNC_PERIOD: Duration = Duration::from_secs(3600);
+/// How long one `iptables-restore` may take: a full restore of 10,000 Services takes the nft
+/// back end minutes, and killing it would only waste that work.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(600);
 /// How often `--objects` files are checked for changes.
 const FILE_POLL: Duration = Duration::from_millis(250);
 
@@ -56,6 +62,8 @@ struct SyncState {
     spare: Ruleset,
     // Warnings are logged when they change, not on every sync.
     last_warnings: Vec<String>,
+    // When the kernel was last read back in full (stale chains, hooks); redone hourly.
+    last_full_sync: Option<Instant>,
 }
 
 impl SyncState {
@@ -73,14 +81,27 @@ impl SyncState {
         rulegen::render_into(&translation.model, &translation.config, &mut self.spare)
             .context("cannot render the ruleset")?;
         let rendered = started.elapsed();
-        match self.applier.full_sync(&self.spare).await {
+        let full = self
+            .last_full_sync
+            .is_none_or(|t| t.elapsed() >= FULL_SYNC_PERIOD);
+        let result = if full {
+            self.applier.full_sync(&self.spare).await
+        } else {
+            self.applier.quick_sync(&self.spare).await
+        };
+        match result {
             Ok(report) => {
+                if full {
+                    self.last_full_sync = Some(Instant::now());
+                }
                 tracing::info!(
                     service_ports = translation.model.services.len(),
                     payload_bytes = report.payload_bytes,
                     stale_chains_deleted = report.stale_chains_deleted,
                     hooks_inserted = report.hooks_inserted,
                     render_ms = rendered.as_millis() as u64,
+                    full,
+                    save_ms = report.save.as_millis() as u64,
                     restore_ms = report.restore.as_millis() as u64,
                     total_ms = started.elapsed().as_millis() as u64,
                     "rules synced"
@@ -88,6 +109,8 @@ impl SyncState {
                 Ok(())
             }
             Err(e) => {
+                // After any failure the next sync reads the kernel back in full.
+                self.last_full_sync = None;
                 if let Some(line) = e.failed_line() {
                     tracing::error!(
                         line = line.number,
@@ -177,6 +200,11 @@ async fn run_async(cli: &Cli) -> anyhow::Result<()> {
     for w in &warnings {
         tracing::warn!("{w}");
     }
+    if cli.kube_api_qps.is_some() || cli.kube_api_burst.is_some() {
+        // The agent issues one list and one long-lived watch per kind, far below upstream's
+        // 5 QPS default; client-side rate limiting is not implemented yet.
+        tracing::warn!("--kube-api-qps/--kube-api-burst are accepted but not enforced yet");
+    }
     let min_sync = period(
         &cli.iptables_min_sync_period,
         "iptables-min-sync-period",
@@ -227,7 +255,7 @@ async fn run_async(cli: &Cli) -> anyhow::Result<()> {
     let family: proxier::Family = settings.family.into();
     let detection = proxier::detect_backend(&Launcher::host(), family).await;
     tracing::info!(backend = detection.backend.name(), reason = %detection.reason, "iptables back end chosen");
-    let applier = IptablesApplier::new(detection.backend, family);
+    let applier = IptablesApplier::new(detection.backend, family).with_timeout(RESTORE_TIMEOUT);
 
     let state = Arc::new(Mutex::new(SyncState {
         spare: Ruleset {
@@ -238,6 +266,7 @@ async fn run_async(cli: &Cli) -> anyhow::Result<()> {
         source,
         applier,
         last_warnings: Vec::new(),
+        last_full_sync: None,
     }));
     trigger.run();
     runner

@@ -1,0 +1,200 @@
+//! Scale run of the node agent (run by hand; figures go in the closing notes):
+//!
+//! ```sh
+//! cargo test --release --test agent_scale -- --ignored --nocapture
+//! KPRS_SCALE_SERVICES=1000 cargo test --release --test agent_scale -- --ignored --nocapture
+//! KPRS_SCALE_BACKEND=legacy cargo test --release --test agent_scale -- --ignored --nocapture
+//! ```
+//!
+//! N Services (default 10,000) × 10 endpoints served by the test API server inside a lab node
+//! namespace; the agent syncs them into that namespace's nft tables. Reports the time from start
+//! to the first complete sync, the agent's peak RSS, and the time from one EndpointSlice change
+//! to its rules being applied.
+
+mod apiserver;
+mod support;
+
+use std::fs;
+use std::os::fd::AsRawFd;
+use std::process::Stdio;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use apiserver::ApiServer;
+use support::{Netns, TempDir};
+
+fn objects(
+    i: u32,
+    endpoints_per_service: u32,
+    generation: u32,
+) -> (serde_json::Value, serde_json::Value) {
+    let ip = format!("10.96.{}.{}", i / 250, i % 250 + 1);
+    let svc = serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": format!("svc{i}"), "namespace": format!("ns{}", i % 100)},
+        "spec": {"clusterIP": ip, "clusterIPs": [ip], "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}]}
+    });
+    let eps: Vec<_> = (0..endpoints_per_service)
+        .map(|e| {
+            let n = i * endpoints_per_service + e + generation;
+            serde_json::json!({
+                "addresses": [format!("10.{}.{}.{}", 128 + n / 65536 % 64, n / 256 % 256, n % 256)],
+                "nodeName": format!("node-{}", e % 3),
+                "conditions": {"ready": true}
+            })
+        })
+        .collect();
+    let slice = serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": format!("svc{i}-1"), "namespace": format!("ns{}", i % 100),
+                     "labels": {"kubernetes.io/service-name": format!("svc{i}")}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": eps
+    });
+    (svc, slice)
+}
+
+fn synced_count(log: &str) -> usize {
+    log.lines().filter(|l| l.contains("rules synced")).count()
+}
+
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[test]
+#[ignore = "a scale measurement (minutes, large); run by hand"]
+fn agent_at_scale() {
+    if !support::require_root() {
+        return;
+    }
+    let services: u32 = std::env::var("KPRS_SCALE_SERVICES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let node = Netns::new("scale");
+    // KPRS_SCALE_BACKEND=legacy seeds kubelet's canary in the legacy tables, as on a node whose
+    // kubelet uses iptables-legacy, so the agent picks that back end (default: nft).
+    if std::env::var("KPRS_SCALE_BACKEND").as_deref() == Ok("legacy") {
+        let out = node.exec_input(
+            ["iptables-legacy-restore", "-w", "--noflush"],
+            b"*mangle\n:KUBE-KUBELET-CANARY - [0:0]\nCOMMIT\n",
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let tmp = TempDir::new("scale");
+    let kubeconfig = tmp.path().join("kubeconfig");
+    let log = tmp.path().join("agent.log");
+    let path = node.path();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let node_name = node.name().to_string();
+    let log2 = log.clone();
+    let kubeconfig2 = kubeconfig.clone();
+    let handle = thread::spawn(move || {
+        let file = fs::File::open(&path).unwrap();
+        // SAFETY: setns on a valid namespace fd; only this thread enters it.
+        assert_eq!(
+            unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
+            0
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let server = ApiServer::spawn().await;
+            server.write_kubeconfig(&kubeconfig2).unwrap();
+            let t = Instant::now();
+            for i in 0..services {
+                let (svc, slice) = objects(i, 10, 0);
+                server.apply(&svc);
+                server.apply(&slice);
+            }
+            tx.send(format!(
+                "loaded {services} Services + slices into the test API server in {:?}",
+                t.elapsed()
+            ))
+            .unwrap();
+
+            let logf = fs::File::create(&log2).unwrap();
+            let start = Instant::now();
+            let mut child = std::process::Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &node_name,
+                    env!("CARGO_BIN_EXE_kube-proxy-rs"),
+                    "--kubeconfig",
+                ])
+                .arg(&kubeconfig2)
+                .args([
+                    "--hostname-override",
+                    "node-0",
+                    "--cluster-cidr",
+                    "10.128.0.0/10",
+                ])
+                .stdout(Stdio::null())
+                .stderr(logf)
+                .spawn()
+                .unwrap();
+            let pid = child.id();
+            let mut first = None;
+            while start.elapsed() < Duration::from_secs(600) {
+                if synced_count(&fs::read_to_string(&log2).unwrap_or_default()) >= 1 {
+                    first = Some(start.elapsed());
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let first = first.expect("first sync within 10 minutes");
+            tx.send(format!("start -> first complete sync: {first:?}"))
+                .unwrap();
+
+            let mut latencies = Vec::new();
+            for round in 1..=3u32 {
+                let before = synced_count(&fs::read_to_string(&log2).unwrap_or_default());
+                let (_, slice) = objects(round * 7, 10, 1_000_000 + round);
+                let t = Instant::now();
+                server.apply(&slice);
+                loop {
+                    let log = fs::read_to_string(&log2).unwrap_or_default();
+                    if synced_count(&log) > before {
+                        break;
+                    }
+                    assert!(
+                        t.elapsed() < Duration::from_secs(300),
+                        "change not applied\n{log}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                latencies.push(t.elapsed());
+            }
+            tx.send(format!(
+                "one EndpointSlice change -> applied: {latencies:?}"
+            ))
+            .unwrap();
+            tx.send(format!(
+                "agent peak RSS: {} MiB",
+                peak_rss_kib(pid).unwrap_or(0) / 1024
+            ))
+            .unwrap();
+            let last = fs::read_to_string(&log2).unwrap_or_default();
+            if let Some(line) = last.lines().rev().find(|l| l.contains("rules synced")) {
+                tx.send(format!("last sync: {line}")).unwrap();
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        });
+    });
+    handle.join().unwrap();
+    for line in rx.try_iter() {
+        eprintln!("{line}");
+    }
+}
