@@ -138,12 +138,8 @@ impl IptablesApplier {
     /// it keep their previous rules (tables committed before it are listed in the error), and
     /// no hook is touched.
     pub async fn full_sync(&mut self, rs: &Ruleset) -> Result<SyncReport, ApplyError> {
-        let ruleset = Family::from(rs.family);
-        if ruleset != self.iptables.family {
-            return Err(ApplyError::FamilyMismatch {
-                ruleset,
-                applier: self.iptables.family,
-            });
+        if let Some(e) = self.family_mismatch(rs) {
+            return Err(e);
         }
         let mut report = SyncReport::default();
 
@@ -166,10 +162,7 @@ impl IptablesApplier {
         report.save = started.elapsed();
         report.stale_chains_deleted = stale.values().map(Vec::len).sum();
 
-        self.payload.clear();
-        rs.write_full_restore(&stale, &mut self.payload)
-            .expect("writing to a String cannot fail");
-        report.payload_bytes = self.payload.len();
+        report.payload_bytes = self.write_payload(rs, &stale);
         let started = Instant::now();
         let restored = self.iptables.restore(&self.payload).await;
         report.restore = started.elapsed();
@@ -207,29 +200,40 @@ impl IptablesApplier {
     /// jumps only on full syncs. Falls back to a full sync when there is no successful sync to
     /// trust (the first one, or after a failure).
     pub async fn quick_sync(&mut self, rs: &Ruleset) -> Result<SyncReport, ApplyError> {
+        if let Some(e) = self.family_mismatch(rs) {
+            return Err(e);
+        }
         let Some(last) = self.last_applied.take() else {
             return self.full_sync(rs).await;
         };
-        let ruleset = Family::from(rs.family);
-        if ruleset != self.iptables.family {
-            return Err(ApplyError::FamilyMismatch {
-                ruleset,
-                applier: self.iptables.family,
-            });
-        }
         let mut report = SyncReport::default();
         let stale = rs.stale_chains(&last);
         report.stale_chains_deleted = stale.values().map(Vec::len).sum();
-        self.payload.clear();
-        rs.write_full_restore(&stale, &mut self.payload)
-            .expect("writing to a String cannot fail");
-        report.payload_bytes = self.payload.len();
+        report.payload_bytes = self.write_payload(rs, &stale);
         let started = Instant::now();
         // On failure `last_applied` stays None, so the next sync reads the kernel again.
         self.iptables.restore(&self.payload).await?;
         report.restore = started.elapsed();
         self.last_applied = Some(owned_chains(rs));
         Ok(report)
+    }
+}
+
+impl IptablesApplier {
+    fn family_mismatch(&self, rs: &Ruleset) -> Option<ApplyError> {
+        let ruleset = Family::from(rs.family);
+        (ruleset != self.iptables.family).then_some(ApplyError::FamilyMismatch {
+            ruleset,
+            applier: self.iptables.family,
+        })
+    }
+
+    /// Writes the restore payload into the reused buffer; returns its size.
+    fn write_payload(&mut self, rs: &Ruleset, stale: &rulegen::restore::StaleChains) -> usize {
+        self.payload.clear();
+        rs.write_full_restore(stale, &mut self.payload)
+            .expect("writing to a String cannot fail");
+        self.payload.len()
     }
 }
 

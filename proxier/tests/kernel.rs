@@ -248,6 +248,55 @@ async fn a_smaller_model_deletes_stale_chains(backend: Backend, family: Family) 
     }
 }
 
+/// Quick syncs: after a full sync they trust what it applied — no save, no hook checks — and
+/// still delete the chains of Services that went and add new ones; after a failed sync the next
+/// quick sync falls back to a full one.
+async fn quick_syncs_follow_changes_without_reading_back(backend: Backend, family: Family) {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new(&format!("quick-{backend}"));
+    let big = render(family, 4);
+    let small = render(family, 2);
+    let mut a = applier(&ns, backend, family);
+
+    // No successful sync yet: a quick sync is a full one (it reads back and inserts hooks).
+    let first = a.quick_sync(&small).await.unwrap();
+    assert_eq!(first.hooks_inserted, small.hooks().len(), "{first:?}");
+    assert_holds(&ns, backend, family, &small.to_save_text(), &small);
+
+    let grow = a.quick_sync(&big).await.unwrap();
+    assert_eq!(
+        (grow.save, grow.hooks_checked, grow.stale_chains_deleted),
+        (Duration::ZERO, 0, 0),
+        "{grow:?}"
+    );
+    assert_holds(&ns, backend, family, &big.to_save_text(), &big);
+
+    let shrink = a.quick_sync(&small).await.unwrap();
+    assert!(
+        shrink.stale_chains_deleted >= 6,
+        "2 services x (SVC + 2 SEP): {shrink:?}"
+    );
+    assert_holds(&ns, backend, family, &small.to_save_text(), &small);
+
+    // A failed sync leaves the old rules, and the next quick sync reads the kernel again.
+    let broken = with_chain(
+        &big,
+        "nat",
+        BAD_CHAIN,
+        &format!("-A {BAD_CHAIN} -j KUBE-NO-SUCH-CHAIN\n"),
+    );
+    assert!(a.quick_sync(&broken).await.is_err());
+    assert_holds(&ns, backend, family, &small.to_save_text(), &small);
+    let healed = a.quick_sync(&big).await.unwrap();
+    assert!(
+        healed.save > Duration::ZERO,
+        "after a failure the sync reads back: {healed:?}"
+    );
+    assert_holds(&ns, backend, family, &big.to_save_text(), &big);
+}
+
 /// (d) in nat: the error names the payload line, its chain and its Service comment; the filter
 /// table (identical) was committed before, nat kept every previous rule.
 async fn a_rejected_nat_rule_is_named_and_nothing_changes(backend: Backend, family: Family) {
@@ -497,6 +546,7 @@ macro_rules! per_backend_and_family {
 
 per_backend_and_family!(
     full_sync_holds_the_render_and_is_idempotent,
+    quick_syncs_follow_changes_without_reading_back,
     a_smaller_model_deletes_stale_chains,
     a_rejected_nat_rule_is_named_and_nothing_changes,
     a_rejected_filter_rule_leaves_both_tables,
