@@ -41,16 +41,12 @@ impl ApiStores {
 
     /// A copy of the current objects, in the form the translator reads.
     pub fn snapshot(&self) -> Objects {
-        Objects::from_parts(
-            unwrap(self.services.state()),
-            unwrap(self.endpoint_slices.state()),
-            unwrap(self.nodes.state()),
+        Objects::from_shared(
+            self.services.state(),
+            self.endpoint_slices.state(),
+            self.nodes.state(),
         )
     }
-}
-
-fn unwrap<K: Clone>(objects: Vec<Arc<K>>) -> Vec<K> {
-    objects.into_iter().map(|a| (*a).clone()).collect()
 }
 
 /// Drops what the agent never reads, so 10,000 Services do not cost their managedFields.

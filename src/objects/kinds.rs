@@ -173,17 +173,17 @@ fn route(
     match kind {
         "Service" if api_version == Service::API_VERSION => {
             if let Some(o) = decode::<Service>(&head, source, origin, warnings, true) {
-                objects.services.push(o);
+                objects.services.push(o.shared());
             }
         }
         "EndpointSlice" if api_version == EndpointSlice::API_VERSION => {
             if let Some(o) = decode::<EndpointSlice>(&head, source, origin, warnings, true) {
-                objects.endpoint_slices.push(o);
+                objects.endpoint_slices.push(o.shared());
             }
         }
         "Node" if api_version == Node::API_VERSION => {
             if let Some(o) = decode::<Node>(&head, source, origin, warnings, false) {
-                objects.nodes.push(o);
+                objects.nodes.push(o.shared());
             }
         }
         "Service" | "EndpointSlice" | "Node" => {

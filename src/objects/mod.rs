@@ -11,6 +11,7 @@ pub mod toplevel;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -63,17 +64,25 @@ impl<T> Sourced<T> {
             origin: Origin::memory(),
         }
     }
+
+    /// The same object behind an `Arc`, as [`Objects`] keeps it.
+    pub fn shared(self) -> Sourced<Arc<T>> {
+        Sourced {
+            object: Arc::new(self.object),
+            origin: self.origin,
+        }
+    }
 }
 
 /// Every object kube-proxy reads, in the order they were found.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Objects {
-    /// v1 Services.
-    pub services: Vec<Sourced<Service>>,
+    /// v1 Services (shared: the agent's snapshots come straight from its watch stores).
+    pub services: Vec<Sourced<Arc<Service>>>,
     /// discovery.k8s.io/v1 EndpointSlices.
-    pub endpoint_slices: Vec<Sourced<EndpointSlice>>,
+    pub endpoint_slices: Vec<Sourced<Arc<EndpointSlice>>>,
     /// v1 Nodes.
-    pub nodes: Vec<Sourced<Node>>,
+    pub nodes: Vec<Sourced<Arc<Node>>>,
 }
 
 impl Objects {
@@ -82,6 +91,29 @@ impl Objects {
         services: Vec<Service>,
         endpoint_slices: Vec<EndpointSlice>,
         nodes: Vec<Node>,
+    ) -> Self {
+        Objects {
+            services: services
+                .into_iter()
+                .map(|o| Sourced::memory(o).shared())
+                .collect(),
+            endpoint_slices: endpoint_slices
+                .into_iter()
+                .map(|o| Sourced::memory(o).shared())
+                .collect(),
+            nodes: nodes
+                .into_iter()
+                .map(|o| Sourced::memory(o).shared())
+                .collect(),
+        }
+    }
+
+    /// Objects already shared (a watch store's snapshot): no object is copied, which at
+    /// 10,000 Services saves tens of megabytes on every sync.
+    pub fn from_shared(
+        services: Vec<Arc<Service>>,
+        endpoint_slices: Vec<Arc<EndpointSlice>>,
+        nodes: Vec<Arc<Node>>,
     ) -> Self {
         Objects {
             services: services.into_iter().map(Sourced::memory).collect(),

@@ -12,7 +12,7 @@ fn parse(text: &str) -> Result<(Objects, Vec<String>), LoadError> {
 fn names<
     T: k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
 >(
-    list: &[Sourced<T>],
+    list: &[Sourced<std::sync::Arc<T>>],
 ) -> Vec<String> {
     list.iter()
         .map(|s| {

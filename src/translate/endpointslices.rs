@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use rulegen::{Endpoint, Protocol, ServicePort};
@@ -60,8 +61,8 @@ pub fn attach(
 fn group<'a>(
     objects: &'a Objects,
     warnings: &mut Vec<Warning>,
-) -> BTreeMap<ServiceKey, Vec<&'a Sourced<EndpointSlice>>> {
-    let mut groups: BTreeMap<ServiceKey, BTreeMap<String, &Sourced<EndpointSlice>>> =
+) -> BTreeMap<ServiceKey, Vec<&'a Sourced<Arc<EndpointSlice>>>> {
+    let mut groups: BTreeMap<ServiceKey, BTreeMap<String, &Sourced<Arc<EndpointSlice>>>> =
         BTreeMap::new();
     for sourced in &objects.endpoint_slices {
         let slice = &sourced.object;
@@ -131,7 +132,7 @@ fn group<'a>(
 /// Adds the endpoints of `slices` (one Service's, in name order) to its `ports`.
 fn merge(
     ports: &mut [ServicePort],
-    slices: &[&Sourced<EndpointSlice>],
+    slices: &[&Sourced<Arc<EndpointSlice>>],
     node_name: &str,
     warnings: &mut Vec<Warning>,
 ) {
@@ -182,7 +183,10 @@ fn rank(ep: &Endpoint, node_name: &str) -> (bool, bool, bool) {
 }
 
 /// The slice's ports that can carry traffic; the rest are skipped with a warning.
-fn slice_ports(sourced: &Sourced<EndpointSlice>, warnings: &mut Vec<Warning>) -> Vec<SlicePort> {
+fn slice_ports(
+    sourced: &Sourced<Arc<EndpointSlice>>,
+    warnings: &mut Vec<Warning>,
+) -> Vec<SlicePort> {
     let slice = &sourced.object;
     let mut out = Vec::new();
     for (i, p) in slice.ports.iter().flatten().enumerate() {
@@ -228,7 +232,10 @@ fn slice_ports(sourced: &Sourced<EndpointSlice>, warnings: &mut Vec<Warning>) ->
 }
 
 /// The slice's usable endpoints, with port 0 (filled in per slice port).
-fn slice_endpoints(sourced: &Sourced<EndpointSlice>, warnings: &mut Vec<Warning>) -> Vec<Endpoint> {
+fn slice_endpoints(
+    sourced: &Sourced<Arc<EndpointSlice>>,
+    warnings: &mut Vec<Warning>,
+) -> Vec<Endpoint> {
     let slice = &sourced.object;
     let mut out = Vec::new();
     for (i, ep) in slice.endpoints.iter().enumerate() {

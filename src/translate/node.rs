@@ -1,6 +1,7 @@
 //! This node's Node object → its zone, addresses and pod CIDRs.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Node;
@@ -39,7 +40,7 @@ pub fn find(objects: &Objects, node_name: &str, warnings: &mut Vec<Warning>) -> 
 }
 
 /// Reads one Node; bad addresses or CIDRs are left out with a warning.
-pub fn info(sourced: &Sourced<Node>, warnings: &mut Vec<Warning>) -> NodeInfo {
+pub fn info(sourced: &Sourced<Arc<Node>>, warnings: &mut Vec<Warning>) -> NodeInfo {
     let node = &sourced.object;
     let name = node.metadata.name.as_deref().unwrap_or("");
     let zone = node
