@@ -14,7 +14,6 @@ use std::fs;
 use std::future::Future;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
@@ -26,6 +25,7 @@ use kube::Api;
 use kube::api::{DeleteParams, PostParams};
 
 use apiserver::ApiServer;
+use support::agent::{AgentProcess, nft_nat, svc_chains};
 use support::{Lab, Netns, TempDir};
 
 const NS: &str = "kprs-e2e";
@@ -81,16 +81,11 @@ fn slice(service: &str, ips: &[&str]) -> EndpointSlice {
     .unwrap()
 }
 
-struct Agent {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Agent {
-    fn start(node: &Netns, kubeconfig: &Path, log: &Path) -> Agent {
-        let file = fs::File::create(log).unwrap();
-        let mut cmd = node.command([
-            env!("CARGO_BIN_EXE_kube-proxy-rs"),
+/// The agent against the API server in `kubeconfig`, fast-paced for tests.
+fn start_agent(node: &Netns, kubeconfig: &Path, log: &Path) -> AgentProcess {
+    AgentProcess::start(
+        node,
+        &[
             "--kubeconfig",
             kubeconfig.to_str().unwrap(),
             "--hostname-override",
@@ -99,50 +94,20 @@ impl Agent {
             "10.244.0.0/16",
             "--iptables-min-sync-period",
             "100ms",
-        ]);
-        cmd.env("RUST_LOG", "debug")
-            .stdout(Stdio::null())
-            .stderr(file);
-        Agent {
-            child: cmd.spawn().expect("start the agent"),
-            log: log.to_path_buf(),
-        }
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+        ],
+        &[],
+        log,
+    )
 }
 
 fn nat(node: &str) -> String {
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", node, "iptables-nft-save", "-t", "nat"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Service chains in place with their hooks (the agent restores, then ensures the jumps).
-fn svc_chains(nat: &str) -> usize {
-    if !nat.contains(
-        "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
-    ) {
-        return 0;
-    }
-    nat.lines().filter(|l| l.starts_with(":KUBE-SVC-")).count()
+    nft_nat(node)
 }
 
 async fn wait_until(
     what: &str,
     limit: Duration,
-    agent: &Agent,
+    agent: &AgentProcess,
     mut cond: impl FnMut() -> bool,
 ) -> Duration {
     let start = Instant::now();
@@ -204,7 +169,7 @@ fn agent_follows_the_api_server() {
                 (Some(server), client, kubeconfig)
             }
         };
-        let agent = Agent::start(&lab.node, &kubeconfig, &log);
+        let agent = start_agent(&lab.node, &kubeconfig, &log);
         let services: Api<Service> = Api::namespaced(client.clone(), NS);
         let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), NS);
         let pp = PostParams::default();
@@ -316,7 +281,7 @@ fn agent_waits_for_an_unreachable_api_server_then_syncs() {
         server.write_kubeconfig(&kubeconfig).unwrap();
         server.apply(&service("web", "10.96.0.10"));
         server.apply(&slice("web", &["10.244.1.11"]));
-        let agent = Agent::start(&lab2.node, &kubeconfig, &log);
+        let agent = start_agent(&lab2.node, &kubeconfig, &log);
         tokio::time::sleep(Duration::from_millis(1500)).await;
         assert_eq!(
             svc_chains(&nat(&node)),
@@ -362,7 +327,7 @@ fn agent_rides_out_an_api_server_restart_and_410_gone_without_flapping() {
         server.write_kubeconfig(&kubeconfig).unwrap();
         server.apply(&service("web", "10.96.0.10"));
         server.apply(&slice("web", &["10.244.1.11"]));
-        let agent = Agent::start(&lab2.node, &kubeconfig, &log);
+        let agent = start_agent(&lab2.node, &kubeconfig, &log);
         wait_until("first sync", Duration::from_secs(10), &agent, || {
             svc_chains(&nat(&node)) == 1
         })

@@ -5,13 +5,13 @@
 mod support;
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use support::agent::{AgentProcess, nft_nat, svc_chains};
 use support::{Lab, Netns, TempDir};
 
 const NODE: &str = "apiVersion: v1
@@ -45,16 +45,27 @@ fn write_objects(path: &Path, text: &str) {
     fs::rename(&tmp, path).unwrap();
 }
 
-struct Agent {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Agent {
-    fn start(node: &Netns, objects: &Path, path_prefix: Option<&Path>, log: &Path) -> Agent {
-        let file = fs::File::create(log).unwrap();
-        let mut cmd = node.command([
-            env!("CARGO_BIN_EXE_kube-proxy-rs"),
+/// The agent on `objects`, fast-paced for tests; `path_prefix` goes first in its PATH.
+fn start_agent(
+    node: &Netns,
+    objects: &Path,
+    path_prefix: Option<&Path>,
+    log: &Path,
+) -> AgentProcess {
+    let mut envs = Vec::new();
+    if let Some(dir) = path_prefix {
+        envs.push((
+            "PATH",
+            format!(
+                "{}:{}",
+                dir.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        ));
+    }
+    AgentProcess::start(
+        node,
+        &[
             "--objects",
             objects.to_str().unwrap(),
             "--hostname-override",
@@ -65,42 +76,20 @@ impl Agent {
             "100ms",
             "--iptables-sync-period",
             "2s",
-        ]);
-        if let Some(dir) = path_prefix {
-            let path = format!(
-                "{}:{}",
-                dir.display(),
-                std::env::var("PATH").unwrap_or_default()
-            );
-            cmd.env("PATH", path);
-        }
-        cmd.env("RUST_LOG", "debug");
-        cmd.stdout(Stdio::null()).stderr(file.try_clone().unwrap());
-        Agent {
-            child: cmd.spawn().expect("start the agent"),
-            log: log.to_path_buf(),
-        }
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's pid (`ip netns exec` execs the agent in place).
-        unsafe { libc::kill(self.child.id() as i32, sig) };
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
+        ],
+        &envs,
+        log,
+    )
 }
 
 fn nat(node: &Netns) -> String {
-    // The agent picks nft in a fresh namespace (no kubelet chains, no rules: a tie).
-    String::from_utf8(node.exec(["iptables-nft-save", "-t", "nat"]).stdout).unwrap()
+    nft_nat(node.name())
 }
 
 fn wait_until(
     what: &str,
     limit: Duration,
-    agent: &Agent,
+    agent: &AgentProcess,
     mut cond: impl FnMut() -> bool,
 ) -> Duration {
     let start = Instant::now();
@@ -111,17 +100,6 @@ fn wait_until(
         thread::sleep(Duration::from_millis(20));
     }
     panic!("{what}: not within {limit:?}\nagent log:\n{}", agent.log());
-}
-
-/// Service chains the nat table holds — counted only once the hooks are in place too (the agent
-/// restores first and then ensures the jumps from the built-in chains).
-fn svc_chains(nat: &str) -> usize {
-    if !nat.contains(
-        "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
-    ) {
-        return 0;
-    }
-    nat.lines().filter(|l| l.starts_with(":KUBE-SVC-")).count()
 }
 
 #[test]
@@ -144,7 +122,7 @@ fn agent_applies_follows_files_and_keeps_rules_on_sigterm() {
             slice("web", &["10.244.1.11", "10.244.1.12"])
         ),
     );
-    let mut agent = Agent::start(&lab.node, &objects, None, &tmp.path().join("agent.log"));
+    let mut agent = start_agent(&lab.node, &objects, None, &tmp.path().join("agent.log"));
 
     let took = wait_until("first sync", Duration::from_secs(10), &agent, || {
         svc_chains(&nat(&lab.node)) == 1
@@ -298,7 +276,7 @@ fn agent_heals_a_failed_restore_and_survives_sigkill_without_a_gap() {
     )
     .unwrap();
 
-    let mut agent = Agent::start(
+    let mut agent = start_agent(
         &lab.node,
         &objects,
         Some(&bin),
@@ -384,7 +362,7 @@ fn agent_heals_a_failed_restore_and_survives_sigkill_without_a_gap() {
             slice("web", &["10.244.1.12"])
         ),
     );
-    let agent2 = Agent::start(&lab.node, &objects, None, &tmp.path().join("agent2.log"));
+    let agent2 = start_agent(&lab.node, &objects, None, &tmp.path().join("agent2.log"));
     wait_until(
         "the restarted agent applies the newest objects",
         Duration::from_secs(10),

@@ -10,6 +10,7 @@
 //! - [`objects`]: Service / EndpointSlice / Node YAML and [`objects::render`] (the real binary).
 #![allow(dead_code, unused_imports)]
 
+pub mod agent;
 pub mod iptables;
 pub mod lab;
 pub mod netns;
