@@ -5,6 +5,7 @@ pub mod api;
 pub mod duration;
 pub mod files;
 pub mod logging;
+pub mod ratelimit;
 pub mod run;
 
 pub use run::run;

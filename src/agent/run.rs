@@ -14,7 +14,7 @@ use tokio::sync::{Mutex, Notify, watch};
 use super::api::{self, ApiStores};
 use super::duration::parse_go_duration;
 use super::files::{self, FileSnapshot};
-use super::logging;
+use super::{logging, ratelimit};
 use crate::cli::Cli;
 use crate::objects::Objects;
 use crate::settings::Settings;
@@ -176,7 +176,23 @@ async fn connect(cli: &Cli) -> anyhow::Result<kube::Client> {
             .parse()
             .with_context(|| format!("--master {master:?} is not a URL"))?;
     }
-    kube::Client::try_from(config).context("cannot build the API client")
+    let qps = match &cli.kube_api_qps {
+        None => ratelimit::DEFAULT_QPS,
+        Some(v) => match v.parse::<f64>() {
+            // As upstream: 0 means the default.
+            Ok(0.0) => ratelimit::DEFAULT_QPS,
+            Ok(q) if q > 0.0 && q.is_finite() => q,
+            _ => anyhow::bail!("--kube-api-qps {v:?} must be a positive number"),
+        },
+    };
+    let burst = match cli.kube_api_burst {
+        None | Some(0) => ratelimit::DEFAULT_BURST,
+        Some(b) => b,
+    };
+    Ok(kube::client::ClientBuilder::try_from(config)
+        .context("cannot build the API client")?
+        .with_layer(&ratelimit::RateLimitLayer::new(qps, burst))
+        .build())
 }
 
 async fn shutdown_signal() {
@@ -199,11 +215,6 @@ async fn run_async(cli: &Cli) -> anyhow::Result<()> {
     let (settings, warnings) = Settings::from_cli(cli)?;
     for w in &warnings {
         tracing::warn!("{w}");
-    }
-    if cli.kube_api_qps.is_some() || cli.kube_api_burst.is_some() {
-        // The agent issues one list and one long-lived watch per kind, far below upstream's
-        // 5 QPS default; client-side rate limiting is not implemented yet.
-        tracing::warn!("--kube-api-qps/--kube-api-burst are accepted but not enforced yet");
     }
     let min_sync = period(
         &cli.iptables_min_sync_period,
