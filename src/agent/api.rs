@@ -49,12 +49,62 @@ impl ApiStores {
     }
 }
 
-/// Drops what the agent never reads, so 10,000 Services do not cost their managedFields.
-fn slim<K: Resource>(obj: &mut K) {
-    let meta = obj.meta_mut();
-    meta.managed_fields = None;
-    if let Some(annotations) = meta.annotations.as_mut() {
-        annotations.retain(|k, _| k == TRIGGER_TIME_ANNOTATION);
+/// Drops what the agent never reads before an object is stored: at 10,000 Services the stores
+/// are most of the agent's memory. What is kept is exactly what `translate` reads.
+pub trait Slim: Resource {
+    /// Clears the fields the proxy never reads.
+    fn slim(&mut self) {
+        let meta = self.meta_mut();
+        meta.managed_fields = None;
+        meta.owner_references = None;
+        meta.finalizers = None;
+        meta.generate_name = None;
+        meta.uid = None;
+        meta.creation_timestamp = None;
+        meta.generation = None;
+        if let Some(annotations) = meta.annotations.as_mut() {
+            annotations.retain(|k, _| k == TRIGGER_TIME_ANNOTATION);
+        }
+        self.slim_kind();
+    }
+
+    /// The kind-specific part.
+    fn slim_kind(&mut self) {}
+}
+
+impl Slim for Service {
+    fn slim_kind(&mut self) {
+        if let Some(spec) = self.spec.as_mut() {
+            spec.selector = None;
+        }
+        if let Some(status) = self.status.as_mut() {
+            status.conditions = None;
+        }
+    }
+}
+
+impl Slim for EndpointSlice {
+    fn slim_kind(&mut self) {
+        for ep in &mut self.endpoints {
+            ep.target_ref = None;
+            ep.hostname = None;
+            ep.deprecated_topology = None;
+        }
+    }
+}
+
+impl Slim for Node {
+    fn slim_kind(&mut self) {
+        // A Node's status lists its images and conditions: kilobytes the proxy never reads.
+        if let Some(status) = self.status.as_mut() {
+            status.images = None;
+            status.conditions = None;
+            status.node_info = None;
+            status.volumes_attached = None;
+            status.volumes_in_use = None;
+            status.allocatable = None;
+            status.capacity = None;
+        }
     }
 }
 
@@ -86,14 +136,14 @@ pub fn start(client: Client, node_name: &str, changed: Arc<Notify>) -> ApiStores
 
 fn spawn_reflector<K>(api: Api<K>, config: watcher::Config, changed: Arc<Notify>) -> Store<K>
 where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K: Slim + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
     let (reader, writer) = reflector::store();
     let kind = K::kind(&Default::default()).to_string();
     let stream = watcher(api, config)
         .default_backoff()
-        .modify(slim)
+        .modify(K::slim)
         .reflect(writer);
     tokio::spawn(async move {
         futures::pin_mut!(stream);
@@ -110,4 +160,55 @@ where
         }
     });
     reader
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slim_keeps_what_translation_reads() {
+        let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-1", "namespace": "shop", "uid": "u", "resourceVersion": "7",
+                         "labels": {"kubernetes.io/service-name": "web"},
+                         "annotations": {"endpoints.kubernetes.io/last-change-trigger-time": "t", "other": "x"},
+                         "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": "web", "uid": "u"}]},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [{"addresses": ["10.244.1.5"], "nodeName": "node-a",
+                           "conditions": {"ready": true}, "hints": {"forZones": [{"name": "z"}]},
+                           "targetRef": {"kind": "Pod", "name": "web-0", "namespace": "shop"},
+                           "hostname": "web-0"}]
+        }))
+        .unwrap();
+        let mut slim = slice.clone();
+        slim.slim();
+        assert!(slim.metadata.owner_references.is_none());
+        assert_eq!(slim.metadata.annotations.as_ref().unwrap().len(), 1);
+        assert_eq!(slim.metadata.resource_version.as_deref(), Some("7"));
+        assert!(slim.endpoints[0].target_ref.is_none());
+        // Everything the translator reads renders the same before and after.
+        let settings = crate::settings::Settings {
+            hostname: "node-a".into(),
+            ..Default::default()
+        };
+        let svc: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"clusterIP": "10.96.0.1", "selector": {"app": "web"},
+                     "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}
+        }))
+        .unwrap();
+        let mut slim_svc = svc.clone();
+        slim_svc.slim();
+        let before = crate::translate::translate(
+            &Objects::from_parts(vec![svc], vec![slice], vec![]),
+            &settings,
+        );
+        let after = crate::translate::translate(
+            &Objects::from_parts(vec![slim_svc], vec![slim], vec![]),
+            &settings,
+        );
+        assert_eq!(before.model, after.model);
+        assert_eq!(before.model.services[0].endpoints.len(), 1);
+    }
 }

@@ -80,6 +80,10 @@ impl SyncState {
         }
         rulegen::render_into(&translation.model, &translation.config, &mut self.spare)
             .context("cannot render the ruleset")?;
+        let service_ports = translation.model.services.len();
+        // The model is not needed while the kernel loads the rules: free it before the payload
+        // is built, so the two never sit in memory together.
+        drop(translation);
         let rendered = started.elapsed();
         let full = self
             .last_full_sync
@@ -95,7 +99,7 @@ impl SyncState {
                     self.last_full_sync = Some(Instant::now());
                 }
                 tracing::info!(
-                    service_ports = translation.model.services.len(),
+                    service_ports,
                     payload_bytes = report.payload_bytes,
                     stale_chains_deleted = report.stale_chains_deleted,
                     hooks_inserted = report.hooks_inserted,
