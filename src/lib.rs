@@ -25,10 +25,8 @@ pub use settings::Settings;
 pub use translate::{Translation, translate};
 pub use warning::Warning;
 
-/// Exit status when asked for something not implemented yet (as for a usage error).
-pub const EXIT_NOT_IMPLEMENTED: u8 = 2;
-
-/// Runs the program for a parsed command line and returns its exit status.
+/// Runs the program for a parsed command line (the dry run, or else the node agent) and returns
+/// its exit status.
 pub fn run(cli: &Cli) -> ExitCode {
     if cli.dry_run {
         return dryrun::run(cli);

@@ -243,7 +243,9 @@ fn agent_heals_a_failed_restore_and_survives_sigkill_without_a_gap() {
     );
 
     // Fault injection: an `iptables-nft-restore` first in PATH that fails while a marker file
-    // exists, and otherwise runs the real tool.
+    // exists, and otherwise runs the real tool. Only the agent gets this PATH, and the agent runs
+    // inside the lab's node namespace (`ip netns exec`), so the wrapper never touches the root
+    // namespace; the `command -v` below only looks the real tool's path up.
     let bin = tmp.path().join("bin");
     fs::create_dir_all(&bin).unwrap();
     let marker = tmp.path().join("fail-restore");

@@ -79,6 +79,7 @@ fn agent_at_scale() {
     // KPRS_SCALE_BACKEND=legacy seeds kubelet's canary in the legacy tables, as on a node whose
     // kubelet uses iptables-legacy, so the agent picks that back end (default: nft).
     if std::env::var("KPRS_SCALE_BACKEND").as_deref() == Ok("legacy") {
+        // Runs inside the test's own namespace (Netns::exec_input is `ip netns exec`).
         let out = node.exec_input(
             ["iptables-legacy-restore", "-w", "--noflush"],
             b"*mangle\n:KUBE-KUBELET-CANARY - [0:0]\nCOMMIT\n",
