@@ -4,6 +4,7 @@
 //! cargo test --release --test agent_scale -- --ignored --nocapture
 //! KPRS_SCALE_SERVICES=1000 cargo test --release --test agent_scale -- --ignored --nocapture
 //! KPRS_SCALE_BACKEND=legacy cargo test --release --test agent_scale -- --ignored --nocapture
+//! KPRS_SCALE_WRAPPER="heaptrack -o /tmp/agent" cargo test --release --test agent_scale -- --ignored --nocapture
 //! ```
 //!
 //! N Services (default 10,000) × 10 endpoints served by the test API server inside a lab node
@@ -126,14 +127,14 @@ fn agent_at_scale() {
 
             let logf = fs::File::create(&log2).unwrap();
             let start = Instant::now();
+            // KPRS_SCALE_WRAPPER="heaptrack -o /tmp/agent" runs the agent under a profiler.
+            let wrapper: Vec<String> = std::env::var("KPRS_SCALE_WRAPPER")
+                .map(|w| w.split_whitespace().map(String::from).collect())
+                .unwrap_or_default();
             let mut child = std::process::Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    &node_name,
-                    env!("CARGO_BIN_EXE_kube-proxy-rs"),
-                    "--kubeconfig",
-                ])
+                .args(["netns", "exec", &node_name])
+                .args(&wrapper)
+                .args([env!("CARGO_BIN_EXE_kube-proxy-rs"), "--kubeconfig"])
                 .arg(&kubeconfig2)
                 .args([
                     "--hostname-override",

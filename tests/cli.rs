@@ -136,7 +136,8 @@ status:
 /// The web Service rendered: its cluster-IP capture rule and both endpoints' DNATs.
 fn assert_web_rendered(r: &Run) {
     assert_eq!(r.code, Some(0), "stderr: {}", r.stderr);
-    assert!(r.stdout.starts_with("*filter\n"), "{}", r.stdout);
+    assert!(r.stdout.starts_with("*mangle\n"), "{}", r.stdout);
+    assert!(r.stdout.contains("COMMIT\n*filter\n"), "{}", r.stdout);
     assert!(r.stdout.ends_with("COMMIT\n"), "{}", r.stdout);
     assert!(
         r.stdout.lines().any(|l| l.starts_with("-A KUBE-SERVICES -d 10.96.12.34/32 -p tcp -m comment --comment \"shop/web:http cluster IP\"")

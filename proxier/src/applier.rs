@@ -1,10 +1,12 @@
-//! [`IptablesApplier`]: one full sync of a rendered [`Ruleset`] into the kernel, the way upstream
-//! does it: read what is there, send one `--noflush` restore, then ensure the hooks.
+//! [`IptablesApplier`]: makes the kernel hold a rendered [`Ruleset`], the way upstream does it —
+//! a full sync (read what is there, send one `--noflush` restore of every owned chain, ensure
+//! the hooks) at first and after anything went wrong, and otherwise a partial sync that sends
+//! only the chains that changed.
 
 use std::time::{Duration, Instant};
 
-use rulegen::Ruleset;
 use rulegen::restore::{SavedChains, saved_chains};
+use rulegen::{AppliedState, Ruleset};
 use thiserror::Error;
 
 use crate::backend::{Backend, Family};
@@ -17,24 +19,48 @@ use crate::restore::{FailedLine, RestoreError};
 #[derive(Debug, Clone)]
 pub struct IptablesApplier {
     iptables: Iptables,
-    // Reused between syncs: a large node's payload is tens of megabytes.
-    payload: String,
-    // The owned chains of the last successful sync, per table: lets a quick sync find stale
-    // chains without an `iptables-save` (seconds on a large nft node). None after a failure.
-    last_applied: Option<SavedChains>,
+    // Fingerprints of what the last successful sync gave the kernel: what a partial sync diffs
+    // against. None before the first sync and after any failure, so the next one is full.
+    applied: Option<AppliedState>,
 }
 
-/// What one full sync did and what each step cost.
+/// Whether a sync rewrote every owned chain or only the changed ones.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SyncKind {
+    /// Read the tables back, rewrote every owned chain, deleted stale ones, ensured the hooks.
+    #[default]
+    Full,
+    /// Rewrote only the chains that changed since the last sync.
+    Partial,
+}
+
+impl SyncKind {
+    /// `full` or `partial`, as logs and metrics label it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncKind::Full => "full",
+            SyncKind::Partial => "partial",
+        }
+    }
+}
+
+/// What one sync did and what each step cost.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SyncReport {
+    /// Full or partial.
+    pub kind: SyncKind,
+    /// Why a partial sync was asked for but a full one ran (`None` otherwise).
+    pub fallback: Option<String>,
     /// Time spent reading the tables (`iptables-save -t …`).
     pub save: Duration,
-    /// Time spent in `iptables-restore`.
+    /// Time spent in `iptables-restore` (a failed partial attempt included).
     pub restore: Duration,
     /// Time spent checking and inserting hooks.
     pub hooks: Duration,
     /// Size of the restore payload.
     pub payload_bytes: usize,
+    /// Owned chains declared and refilled.
+    pub chains_written: usize,
     /// Per-service chains found on the node, no longer rendered, and deleted.
     pub stale_chains_deleted: usize,
     /// Hook rules that were missing and were inserted.
@@ -43,7 +69,7 @@ pub struct SyncReport {
     pub hooks_checked: usize,
 }
 
-/// Why a full sync failed.
+/// Why a sync failed.
 #[derive(Debug, Error)]
 pub enum ApplyError {
     /// The ruleset was rendered for the other family.
@@ -98,8 +124,7 @@ impl IptablesApplier {
     pub fn with_iptables(iptables: Iptables) -> Self {
         IptablesApplier {
             iptables,
-            payload: String::new(),
-            last_applied: None,
+            applied: None,
         }
     }
 
@@ -130,9 +155,21 @@ impl IptablesApplier {
         self.iptables.family
     }
 
-    /// Makes the kernel hold `rs`: saves the ruleset's tables to find stale per-service chains,
-    /// restores every owned chain (and deletes the stale ones) in one `--noflush` restore, then
-    /// ensures the hooks (`iptables -C`/`-I` only in chains where the save lacks one).
+    /// Whether the next [`partial_sync`](Self::partial_sync) can be partial (a sync succeeded
+    /// and nothing has failed since).
+    pub fn can_sync_partially(&self) -> bool {
+        self.applied.is_some()
+    }
+
+    /// Forgets what the kernel was given, so the next sync is full.
+    pub fn invalidate(&mut self) {
+        self.applied = None;
+    }
+
+    /// Makes the kernel hold `rs`: reads each table's outline to find stale per-service chains
+    /// (left by an earlier run, or by upstream kube-proxy when taking over its node), restores
+    /// every owned chain (and deletes the stale ones) in one `--noflush` restore, then ensures
+    /// the hooks (`iptables -C`/`-I` only in chains where the save lacks one).
     ///
     /// Nothing is flushed beforehand: if the restore fails, the failing table and those after
     /// it keep their previous rules (tables committed before it are listed in the error), and
@@ -141,30 +178,34 @@ impl IptablesApplier {
         if let Some(e) = self.family_mismatch(rs) {
             return Err(e);
         }
+        // Whatever happens next, the kernel no longer provably holds the last ruleset.
+        self.applied = None;
         let mut report = SyncReport::default();
 
         let started = Instant::now();
         let mut existing = SavedChains::new();
         let mut builtins = BuiltinRules::default();
         for t in &rs.tables {
-            let text = self
-                .iptables
-                .save(t.name)
-                .await
-                .map_err(|source| ApplyError::Save {
-                    table: t.name.to_string(),
-                    source,
-                })?;
-            existing.extend(saved_chains(&text));
-            builtins.add_save(&text);
+            let outline =
+                self.iptables
+                    .save_outline(t.name)
+                    .await
+                    .map_err(|source| ApplyError::Save {
+                        table: t.name.to_string(),
+                        source,
+                    })?;
+            existing.extend(saved_chains(&outline));
+            builtins.add_save(&outline);
         }
         let stale = rs.stale_chains(&existing);
         report.save = started.elapsed();
         report.stale_chains_deleted = stale.values().map(Vec::len).sum();
+        report.chains_written = rs.tables.iter().map(|t| t.chain_count()).sum();
 
-        report.payload_bytes = self.write_payload(rs, &stale);
+        let payload = rs.full_payload(&stale);
+        report.payload_bytes = payload.len();
         let started = Instant::now();
-        let restored = self.iptables.restore(&self.payload).await;
+        let restored = self.iptables.restore_payload(&payload).await;
         report.restore = started.elapsed();
         if let Err(e) = restored {
             if let RestoreError::Rejected(r) = &e
@@ -174,6 +215,7 @@ impl IptablesApplier {
             }
             return Err(e.into());
         }
+        drop(payload);
 
         let started = Instant::now();
         // The restore left the built-in chains alone, so the save still shows their hooks.
@@ -190,33 +232,82 @@ impl IptablesApplier {
             ?report,
             "full sync done"
         );
-        self.last_applied = Some(owned_chains(rs));
+        self.applied = Some(AppliedState::of(rs));
         Ok(report)
     }
 
-    /// Like [`full_sync`](Self::full_sync), but trusts the last successful sync instead of
-    /// reading the tables back: stale chains are those the last sync wrote and `rs` lacks, and
-    /// the hooks (ensured by that sync) are not checked again — upstream also re-ensures its
-    /// jumps only on full syncs. Falls back to a full sync when there is no successful sync to
-    /// trust (the first one, or after a failure).
-    pub async fn quick_sync(&mut self, rs: &Ruleset) -> Result<SyncReport, ApplyError> {
+    /// Sends only what changed since the last successful sync (see [`rulegen::partial`]): the
+    /// changed and new chains, the removed ones deleted, nothing read back. The same restore
+    /// checks each table's `KUBE-PROXY-CANARY` and hooks; when they are gone (someone flushed
+    /// the tables) the partial restore fails and a full sync runs at once. A full sync also
+    /// runs when there is no successful sync to diff against (the first one, or after any
+    /// failure) and when the hooks themselves changed.
+    pub async fn partial_sync(&mut self, rs: &Ruleset) -> Result<SyncReport, ApplyError> {
         if let Some(e) = self.family_mismatch(rs) {
             return Err(e);
         }
-        let Some(last) = self.last_applied.take() else {
+        let Some(applied) = self.applied.take() else {
             return self.full_sync(rs).await;
         };
-        let mut report = SyncReport::default();
-        let stale = rs.stale_chains(&last);
-        report.stale_chains_deleted = stale.values().map(Vec::len).sum();
-        report.payload_bytes = self.write_payload(rs, &stale);
+        let plan = match rs.partial_payload(&applied) {
+            Ok(plan) => plan,
+            Err(why) => {
+                let mut report = self.full_sync(rs).await?;
+                report.fallback = Some(why.to_string());
+                return Ok(report);
+            }
+        };
+        let mut report = SyncReport {
+            kind: SyncKind::Partial,
+            payload_bytes: plan.payload.len(),
+            chains_written: plan.chains_written,
+            stale_chains_deleted: plan.chains_deleted,
+            ..SyncReport::default()
+        };
         let started = Instant::now();
-        // On failure `last_applied` stays None, so the next sync reads the kernel again.
-        self.iptables.restore(&self.payload).await?;
+        let restored = self.iptables.restore_payload(&plan.payload).await;
         report.restore = started.elapsed();
-        self.last_applied = Some(owned_chains(rs));
-        Ok(report)
+        drop(plan);
+        match restored {
+            Ok(()) => {
+                self.applied = Some(AppliedState::of(rs));
+                Ok(report)
+            }
+            Err(e) => match e.failed_line().filter(|l| is_flush_check(&l.text)) {
+                Some(line) => {
+                    let why = format!(
+                        "the {} table was flushed behind the proxy's back (`{}` failed)",
+                        line.table.as_deref().unwrap_or("?"),
+                        line.text
+                    );
+                    tracing::warn!("{why}; resyncing every chain");
+                    let attempt = report.restore;
+                    let mut full = self.full_sync(rs).await?;
+                    full.restore += attempt;
+                    full.fallback = Some(why);
+                    Ok(full)
+                }
+                // `applied` stays None: the next sync is full.
+                None => Err(e.into()),
+            },
+        }
     }
+}
+
+impl RestoreError {
+    /// The payload line the restore tool rejected, if it named one.
+    pub fn failed_line(&self) -> Option<&FailedLine> {
+        match self {
+            RestoreError::Rejected(r) => r.line.as_ref(),
+            RestoreError::Command(_) => None,
+        }
+    }
+}
+
+/// Whether a rejected payload line is one of a partial sync's flush checks (the canary `-F` or
+/// a hook's `-C`), not a rule the proxy wanted to write.
+fn is_flush_check(line: &str) -> bool {
+    line.starts_with("-F ") || line.starts_with("-C ")
 }
 
 impl IptablesApplier {
@@ -227,20 +318,4 @@ impl IptablesApplier {
             applier: self.iptables.family,
         })
     }
-
-    /// Writes the restore payload into the reused buffer; returns its size.
-    fn write_payload(&mut self, rs: &Ruleset, stale: &rulegen::restore::StaleChains) -> usize {
-        self.payload.clear();
-        rs.write_full_restore(stale, &mut self.payload)
-            .expect("writing to a String cannot fail");
-        self.payload.len()
-    }
-}
-
-/// The chains `rs` owns, per table, in the form a save is read into.
-fn owned_chains(rs: &Ruleset) -> SavedChains {
-    rs.tables
-        .iter()
-        .map(|t| (t.name.to_string(), t.chains().map(|(n, _)| *n).collect()))
-        .collect()
 }

@@ -7,7 +7,7 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use thiserror::Error;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
 /// How the proxier starts the iptables tools: an optional argument prefix and extra environment.
@@ -19,6 +19,20 @@ use tokio::process::Command;
 pub struct Launcher {
     prefix: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
+}
+
+/// Roughly how many bytes of a streamed payload are formatted before each write to the pipe.
+pub const FEED_CHUNK: usize = 256 * 1024;
+
+/// What a tool gets on its stdin.
+pub enum Feed<'a> {
+    /// Nothing: stdin is `/dev/null`.
+    Nothing,
+    /// These bytes.
+    Bytes(&'a [u8]),
+    /// Chunks from a producer: each call appends about [`FEED_CHUNK`] bytes to the (emptied)
+    /// buffer and returns whether more follow.
+    Chunks(&'a mut (dyn FnMut(&mut String) -> bool + Send)),
 }
 
 /// What a finished tool printed, and how it exited.
@@ -126,6 +140,24 @@ impl Launcher {
         input: Option<&[u8]>,
         timeout: Duration,
     ) -> Result<Finished, CommandError> {
+        let feed = match input {
+            Some(data) => Feed::Bytes(data),
+            None => Feed::Nothing,
+        };
+        self.exchange(program, args, feed, None, timeout).await
+    }
+
+    /// Runs `program args…`, feeding its stdin from `feed` and, when `on_line` is given, handing
+    /// it each stdout line (without its newline) as it arrives instead of collecting stdout: a
+    /// large node's payload and save are tens of megabytes, never held whole in memory.
+    pub async fn exchange(
+        &self,
+        program: &str,
+        args: &[&str],
+        feed: Feed<'_>,
+        mut on_line: Option<&mut (dyn FnMut(&str) + Send)>,
+        timeout: Duration,
+    ) -> Result<Finished, CommandError> {
         let command = self.display(program, args);
         let mut cmd = match self.prefix.split_first() {
             Some((first, rest)) => {
@@ -135,9 +167,10 @@ impl Launcher {
             }
             None => Command::new(program),
         };
+        let has_input = !matches!(feed, Feed::Nothing);
         cmd.args(args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(if input.is_some() {
+            .stdin(if has_input {
                 Stdio::piped()
             } else {
                 Stdio::null()
@@ -145,43 +178,94 @@ impl Launcher {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        tracing::trace!(%command, input_bytes = input.map_or(0, <[u8]>::len), "running");
+        tracing::trace!(%command, "running");
         let mut child = cmd.spawn().map_err(|source| CommandError::Spawn {
             command: command.clone(),
             source,
         })?;
         let stdin = child.stdin.take();
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
         let feed = async move {
-            match (stdin, input) {
-                (Some(mut pipe), Some(data)) => {
-                    let r = pipe.write_all(data).await;
-                    drop(pipe);
-                    r
+            let Some(mut pipe) = stdin else {
+                return Ok(());
+            };
+            match feed {
+                Feed::Nothing => Ok(()),
+                Feed::Bytes(data) => pipe.write_all(data).await,
+                Feed::Chunks(next) => {
+                    let mut buf = String::with_capacity(FEED_CHUNK + 4096);
+                    loop {
+                        buf.clear();
+                        let more = next(&mut buf);
+                        pipe.write_all(buf.as_bytes()).await?;
+                        if !more {
+                            break Ok(());
+                        }
+                    }
                 }
-                _ => Ok(()),
             }
+            // Dropping the pipe closes it: the tool sees the end of its input.
         };
-        let work = async move { tokio::join!(feed, child.wait_with_output()) };
-        let (fed, out) = match tokio::time::timeout(timeout, work).await {
+        let read_out = async move {
+            let mut collected = Vec::new();
+            let Some(out) = stdout else {
+                return Ok(collected);
+            };
+            let mut reader = BufReader::new(out);
+            match on_line.as_mut() {
+                None => {
+                    reader.read_to_end(&mut collected).await?;
+                }
+                Some(cb) => {
+                    let mut line = Vec::new();
+                    loop {
+                        line.clear();
+                        if reader.read_until(b'\n', &mut line).await? == 0 {
+                            break;
+                        }
+                        let text = String::from_utf8_lossy(&line);
+                        cb(text.trim_end_matches('\n'));
+                    }
+                }
+            }
+            Ok::<_, io::Error>(collected)
+        };
+        let read_err = async move {
+            let mut collected = Vec::new();
+            if let Some(mut err) = stderr {
+                err.read_to_end(&mut collected).await?;
+            }
+            Ok::<_, io::Error>(collected)
+        };
+        let work = async move {
+            let (fed, out, err) = tokio::join!(feed, read_out, read_err);
+            let status = child.wait().await;
+            (fed, out, err, status)
+        };
+        let (fed, out, err, status) = match tokio::time::timeout(timeout, work).await {
             Ok(r) => r,
             // Dropping `work` dropped the child, and `kill_on_drop` killed it.
             Err(_) => return Err(CommandError::Timeout { command, timeout }),
         };
-        let out = out.map_err(|source| CommandError::Io {
+        let io_err = |source| CommandError::Io {
             command: command.clone(),
             source,
-        })?;
+        };
+        let status = status.map_err(io_err)?;
+        let stdout = out.map_err(io_err)?;
+        let stderr = err.map_err(io_err)?;
         // A tool that stops reading its input early (it found an error) breaks the pipe; its
         // exit status and stderr say more than the write error, so report those.
         if let Err(source) = fed
-            && out.status.success()
+            && status.success()
         {
             return Err(CommandError::Io { command, source });
         }
         Ok(Finished {
-            status: out.status,
-            stdout: into_string(out.stdout),
-            stderr: into_string(out.stderr),
+            status,
+            stdout: into_string(stdout),
+            stderr: into_string(stderr),
         })
     }
 

@@ -15,7 +15,7 @@ pub mod iptables;
 pub mod restore;
 pub mod runner;
 
-pub use applier::{ApplyError, IptablesApplier, SyncReport};
+pub use applier::{ApplyError, IptablesApplier, SyncKind, SyncReport};
 pub use backend::{Backend, Family};
 pub use command::{CommandError, Finished, Launcher};
 pub use detect::{Detection, detect_backend};

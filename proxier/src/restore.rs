@@ -6,7 +6,9 @@ use std::process::ExitStatus;
 
 use thiserror::Error;
 
-use crate::command::CommandError;
+use rulegen::Payload;
+
+use crate::command::{CommandError, FEED_CHUNK, Feed, Finished};
 use crate::iptables::{Iptables, LOCK_WAIT_SECONDS};
 
 /// Lines of payload shown before and after the failing one in [`FailedLine::context`].
@@ -104,6 +106,56 @@ impl Iptables {
             .await
     }
 
+    /// The outline of `iptables-save -t TABLE`: the table line, every chain declaration and
+    /// the built-in chains' rules, read as the tool prints them. The per-service rules (nearly
+    /// all of a large node's tens of megabytes) are skipped, never held in memory.
+    pub async fn save_outline(&self, table: &str) -> Result<String, CommandError> {
+        let program = self.backend.save(self.family);
+        let args = ["-t", table];
+        let mut outline = String::new();
+        let mut builtins: Vec<String> = Vec::new();
+        let mut keep = |line: &str| {
+            if line.starts_with('*') {
+                builtins.clear();
+            } else if let Some(decl) = line.strip_prefix(':') {
+                let mut words = decl.split_whitespace();
+                if let (Some(name), Some(policy)) = (words.next(), words.next())
+                    && policy != "-"
+                {
+                    builtins.push(name.to_string());
+                }
+            } else if let Some(rest) = line.strip_prefix("-A ") {
+                let chain = rest.split(' ').next().unwrap_or_default();
+                if !builtins.iter().any(|b| b == chain) {
+                    return;
+                }
+            } else if line != "COMMIT" {
+                return;
+            }
+            outline.push_str(line);
+            outline.push('\n');
+        };
+        let done = self
+            .launcher
+            .exchange(
+                &program,
+                &args,
+                Feed::Nothing,
+                Some(&mut keep),
+                self.timeout,
+            )
+            .await?;
+        if done.status.success() {
+            Ok(outline)
+        } else {
+            Err(CommandError::Failed {
+                command: self.launcher.display(&program, &args),
+                status: done.status,
+                stderr: done.stderr,
+            })
+        }
+    }
+
     /// `iptables-restore -w 5 --noflush` of `payload`: chains the payload declares are flushed
     /// and refilled, every other chain is left alone; each table is one atomic transaction.
     pub async fn restore(&self, payload: &str) -> Result<(), RestoreError> {
@@ -113,9 +165,36 @@ impl Iptables {
             .launcher
             .output(&program, &args, Some(payload.as_bytes()), self.timeout)
             .await?;
+        self.restore_result(payload, done)
+    }
+
+    /// Like [`Iptables::restore`], but formats the payload a chunk at a time as the tool reads
+    /// it, so a full sync never holds the whole text; it is only written out in full to explain
+    /// a failure.
+    pub async fn restore_payload(&self, payload: &Payload<'_>) -> Result<(), RestoreError> {
+        let program = self.backend.restore(self.family);
+        let args = ["-w", LOCK_WAIT_SECONDS, "--noflush"];
+        let mut at = 0;
+        let mut next = |buf: &mut String| {
+            at = payload.fill(at, buf, FEED_CHUNK);
+            at < payload.pieces.len()
+        };
+        let done = self
+            .launcher
+            .exchange(&program, &args, Feed::Chunks(&mut next), None, self.timeout)
+            .await?;
         if done.status.success() {
             return Ok(());
         }
+        self.restore_result(&payload.to_text(), done)
+    }
+
+    fn restore_result(&self, payload: &str, done: Finished) -> Result<(), RestoreError> {
+        if done.status.success() {
+            return Ok(());
+        }
+        let program = self.backend.restore(self.family);
+        let args = ["-w", LOCK_WAIT_SECONDS, "--noflush"];
         let line = failed_line_number(&done.stderr).and_then(|n| locate(payload, n, &done.stderr));
         let committed = line
             .as_ref()

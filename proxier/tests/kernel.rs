@@ -16,10 +16,12 @@ use std::time::{Duration, Instant};
 
 use netns::Netns;
 use proxier::{
-    ApplyError, Backend, Family, IptablesApplier, Launcher, Rejected, RestoreError, detect_backend,
+    ApplyError, Backend, Family, IptablesApplier, Launcher, Rejected, RestoreError, SyncKind,
+    detect_backend,
 };
 use rulegen::chains::ChainName;
 use rulegen::restore::saved_chains;
+use rulegen::scenario::{self, Scenario};
 use rulegen::{
     Endpoint, IpFamily, LocalDetector, Model, Protocol, RenderConfig, Ruleset, ServicePort,
     ServicePortName, Table,
@@ -248,53 +250,99 @@ async fn a_smaller_model_deletes_stale_chains(backend: Backend, family: Family) 
     }
 }
 
-/// Quick syncs: after a full sync they trust what it applied — no save, no hook checks — and
-/// still delete the chains of Services that went and add new ones; after a failed sync the next
-/// quick sync falls back to a full one.
-async fn quick_syncs_follow_changes_without_reading_back(backend: Backend, family: Family) {
+/// Partial syncs: after a full sync they trust what it applied — no save, no hook checks — and
+/// send only the chains that changed, still deleting the chains of Services that went and
+/// adding new ones; after a failed sync the next one falls back to a full sync.
+async fn partial_syncs_follow_changes_without_reading_back(backend: Backend, family: Family) {
     if !require_root() {
         return;
     }
-    let ns = Netns::new(&format!("quick-{backend}"));
+    let ns = Netns::new(&format!("partial-{backend}"));
     let big = render(family, 4);
     let small = render(family, 2);
     let mut a = applier(&ns, backend, family);
 
-    // No successful sync yet: a quick sync is a full one (it reads back and inserts hooks).
-    let first = a.quick_sync(&small).await.unwrap();
+    // No successful sync yet: a partial sync is a full one (it reads back and inserts hooks).
+    let first = a.partial_sync(&small).await.unwrap();
+    assert_eq!(first.kind, SyncKind::Full, "{first:?}");
     assert_eq!(first.hooks_inserted, small.hooks().len(), "{first:?}");
     assert_holds(&ns, backend, family, &small.to_save_text(), &small);
 
-    let grow = a.quick_sync(&big).await.unwrap();
+    let grow = a.partial_sync(&big).await.unwrap();
+    assert_eq!(grow.kind, SyncKind::Partial, "{grow:?}");
     assert_eq!(
         (grow.save, grow.hooks_checked, grow.stale_chains_deleted),
         (Duration::ZERO, 0, 0),
         "{grow:?}"
     );
+    // Two new services: SVC + 2 SEP each, and the dispatch chain that lists them.
+    assert_eq!(grow.chains_written, 7, "{grow:?}");
     assert_holds(&ns, backend, family, &big.to_save_text(), &big);
 
-    let shrink = a.quick_sync(&small).await.unwrap();
-    assert!(
-        shrink.stale_chains_deleted >= 6,
+    let same = a.partial_sync(&big).await.unwrap();
+    assert_eq!((same.kind, same.chains_written), (SyncKind::Partial, 0));
+    assert!(same.payload_bytes < 2000, "only the checks: {same:?}");
+    assert_holds(&ns, backend, family, &big.to_save_text(), &big);
+
+    let shrink = a.partial_sync(&small).await.unwrap();
+    assert_eq!(
+        shrink.stale_chains_deleted, 6,
         "2 services x (SVC + 2 SEP): {shrink:?}"
     );
     assert_holds(&ns, backend, family, &small.to_save_text(), &small);
 
-    // A failed sync leaves the old rules, and the next quick sync reads the kernel again.
+    // A failed sync leaves the old rules, and the next sync reads the kernel again.
     let broken = with_chain(
         &big,
         "nat",
         BAD_CHAIN,
         &format!("-A {BAD_CHAIN} -j KUBE-NO-SUCH-CHAIN\n"),
     );
-    assert!(a.quick_sync(&broken).await.is_err());
+    assert!(a.partial_sync(&broken).await.is_err());
+    assert!(!a.can_sync_partially());
     assert_holds(&ns, backend, family, &small.to_save_text(), &small);
-    let healed = a.quick_sync(&big).await.unwrap();
+    let healed = a.partial_sync(&big).await.unwrap();
+    assert_eq!(healed.kind, SyncKind::Full, "{healed:?}");
     assert!(
         healed.save > Duration::ZERO,
         "after a failure the sync reads back: {healed:?}"
     );
     assert_holds(&ns, backend, family, &big.to_save_text(), &big);
+}
+
+/// Someone flushes the tables behind the proxy's back (`-F` empties the built-in chains, `-X`
+/// deletes the chains, as a firewall reload does): the next partial sync notices, in the same
+/// restore, and a full sync puts everything back.
+async fn a_flushed_table_is_restored_by_the_next_sync(backend: Backend, family: Family) {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new(&format!("flush-{backend}"));
+    let rs = render(family, 3);
+    let expected = rs.to_save_text();
+    let mut a = applier(&ns, backend, family);
+    a.full_sync(&rs).await.unwrap();
+    let ipt = backend.iptables(family);
+    for (table, ops) in [
+        ("nat", &["-F", "-X"][..]),
+        ("filter", &["-F"][..]),
+        ("mangle", &["-X"][..]),
+        ("nat", &["-F"][..]),
+    ] {
+        for op in ops {
+            ns.exec_ok([ipt.as_str(), "-w", "5", "-t", table, op]);
+        }
+        assert_ne!(kernel_text(&ns, backend, family, &rs), expected);
+        let report = a.partial_sync(&rs).await.unwrap();
+        assert_eq!(report.kind, SyncKind::Full, "{table} {ops:?}: {report:?}");
+        let why = report.fallback.as_deref().unwrap_or_default();
+        assert!(why.contains("flushed"), "{why}");
+        assert!(why.contains(table), "{table}: {why}");
+        assert_holds(&ns, backend, family, &expected, &rs);
+        // And the sync after that is partial again.
+        let next = a.partial_sync(&rs).await.unwrap();
+        assert_eq!(next.kind, SyncKind::Partial);
+    }
 }
 
 /// (d) in nat: the error names the payload line, its chain and its Service comment; the filter
@@ -330,7 +378,7 @@ async fn a_rejected_nat_rule_is_named_and_nothing_changes(backend: Backend, fami
         "{}",
         line.context
     );
-    assert_eq!(r.committed, ["filter"]);
+    assert_eq!(r.committed, ["mangle", "filter"]);
     let msg = err.to_string();
     assert!(
         msg.contains(&format!("line {}", line.number))
@@ -343,7 +391,8 @@ async fn a_rejected_nat_rule_is_named_and_nothing_changes(backend: Backend, fami
 }
 
 /// (d) in filter, with a different nat in the same payload: nothing at all changes, because
-/// the failing table stops the restore before the later ones.
+/// the failing table stops the restore before the later ones (mangle, committed first, holds
+/// only the canary, which was already there).
 async fn a_rejected_filter_rule_leaves_both_tables(backend: Backend, family: Family) {
     if !require_root() {
         return;
@@ -368,7 +417,7 @@ async fn a_rejected_filter_rule_leaves_both_tables(backend: Backend, family: Fam
         .unwrap_or_else(|| panic!("no line in {err}"));
     assert_eq!(line.table.as_deref(), Some("filter"));
     assert_eq!(line.chain.as_deref(), Some(BAD_CHAIN));
-    assert!(r.committed.is_empty(), "{err}");
+    assert_eq!(r.committed, ["mangle"], "{err}");
     assert_holds(&ns, backend, family, &before, &rs);
 }
 
@@ -546,7 +595,8 @@ macro_rules! per_backend_and_family {
 
 per_backend_and_family!(
     full_sync_holds_the_render_and_is_idempotent,
-    quick_syncs_follow_changes_without_reading_back,
+    partial_syncs_follow_changes_without_reading_back,
+    a_flushed_table_is_restored_by_the_next_sync,
     a_smaller_model_deletes_stale_chains,
     a_rejected_nat_rule_is_named_and_nothing_changes,
     a_rejected_filter_rule_leaves_both_tables,
@@ -762,4 +812,79 @@ async fn a_held_xtables_lock_fails_the_legacy_sync_after_the_wait() {
     );
     assert!(err.to_string().contains("xtables lock"), "{err}");
     assert_holds(&ns, Backend::Legacy, Family::V4, &rs.to_save_text(), &rs);
+}
+
+// ---------------------------------------------------------------------------------------------
+
+const STEPS: usize = 300;
+
+/// Issue 5's invariant: a seeded random walk of 300 model changes (Services and endpoints
+/// added, changed and removed; ports, policies, node ports and affinity toggled), each applied
+/// as a partial sync; after every step the namespace's `iptables-save` equals the full render
+/// of the current model, byte for byte.
+async fn walk(backend: Backend, seed: u64) {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new(&format!("walk-{backend}"));
+    let cfg = RenderConfig {
+        node_name: scenario::NODE.into(),
+        local_detector: LocalDetector::Cidrs(vec!["10.244.0.0/16".parse().unwrap()]),
+        ..RenderConfig::default()
+    };
+    let mut applier = IptablesApplier::new(backend, Family::V4)
+        .with_launcher(Launcher::netns(ns.name()).with_env("XTABLES_LOCKFILE", ns.lockfile()))
+        .with_timeout(Duration::from_secs(30));
+    let mut s = Scenario::new(seed);
+    let mut partial_bytes = 0;
+    let mut full_bytes = 0;
+    let mut partial_time = Duration::ZERO;
+    let started = Instant::now();
+    let rs = rulegen::render(&s.model, &cfg).unwrap();
+    applier.partial_sync(&rs).await.unwrap();
+    for step in 0..STEPS {
+        let what = s.step();
+        let rs = rulegen::render(&s.model, &cfg).unwrap();
+        let report = applier
+            .partial_sync(&rs)
+            .await
+            .unwrap_or_else(|e| panic!("[{backend}] step {step} ({what}): {e}"));
+        assert_eq!(
+            report.kind,
+            SyncKind::Partial,
+            "[{backend}] step {step} ({what}): {report:?}"
+        );
+        let expected = rs.to_save_text();
+        let got = kernel_text(&ns, backend, Family::V4, &rs);
+        if got != expected {
+            panic!(
+                "[{backend}] seed {seed} step {step} ({what}): the kernel differs from the full \
+                 render (- render, + kernel):\n{}",
+                similar::TextDiff::from_lines(&expected, &got)
+                    .unified_diff()
+                    .context_radius(3)
+                    .header("render", "kernel")
+            );
+        }
+        partial_bytes += report.payload_bytes;
+        full_bytes += expected.len();
+        partial_time += report.restore;
+    }
+    eprintln!(
+        "[{backend}] {STEPS} partial syncs in {:?} (restores {partial_time:?}); {} services at \
+         the end; payloads {partial_bytes} bytes vs {full_bytes} for full restores",
+        started.elapsed(),
+        s.model.services.len()
+    );
+    assert!(partial_bytes < full_bytes / 2);
+}
+
+#[tokio::test]
+async fn partial_syncs_keep_the_kernel_equal_to_the_full_render_legacy() {
+    walk(Backend::Legacy, 5).await;
+}
+
+#[tokio::test]
+async fn partial_syncs_keep_the_kernel_equal_to_the_full_render_nft() {
+    walk(Backend::Nft, 5).await;
 }

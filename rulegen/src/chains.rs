@@ -116,6 +116,9 @@ pub const KUBE_PROXY_FIREWALL: &str = "KUBE-PROXY-FIREWALL";
 /// filter: kubelet's martian drop for localhost node ports (route_localnet mitigation).
 pub const KUBE_FIREWALL: &str = "KUBE-FIREWALL";
 
+/// mangle, filter and nat: an empty chain whose disappearance shows the tables were flushed.
+pub const KUBE_PROXY_CANARY: &str = "KUBE-PROXY-CANARY";
+
 /// Prefixes of the per-service chains this proxy owns (used to find stale ones).
 pub const SERVICE_CHAIN_PREFIXES: [&str; 5] = [
     "KUBE-SVC-",

@@ -10,9 +10,13 @@ pub mod endpoints;
 pub mod hash;
 pub mod iptables;
 pub mod model;
+pub mod partial;
+pub mod payload;
 pub mod probability;
 pub mod restore;
 pub mod ruleset;
+#[cfg(any(test, feature = "scenario"))]
+pub mod scenario;
 
 pub use config::{LocalDetector, RenderConfig};
 pub use iptables::{RenderError, render, render_into};
@@ -20,4 +24,6 @@ pub use model::{
     Endpoint, IpFamily, Model, Protocol, ServicePort, ServicePortName, SessionAffinity,
     TrafficPolicy,
 };
+pub use partial::{AppliedState, NeedsFullSync, PartialSync};
+pub use payload::{Payload, Piece};
 pub use ruleset::{Ruleset, Table};

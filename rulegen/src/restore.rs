@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::chains::{ChainName, SERVICE_CHAIN_PREFIXES};
-use crate::ruleset::{Ruleset, Table};
+use crate::payload::{Payload, Piece};
+use crate::ruleset::Ruleset;
 
 /// One hook rule in a built-in chain, as the agent ensures it (`iptables -t TABLE -C/-I CHAIN …`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,19 +84,40 @@ impl Ruleset {
         out
     }
 
-    /// Writes the `iptables-restore --noflush` payload of a full sync: per table, every owned
-    /// chain declared and refilled, then each chain in `stale` (found on the node, not rendered
-    /// any more) flushed and deleted. Built-in chains are left alone (see [`Ruleset::hooks`]).
+    /// The `iptables-restore --noflush` payload of a full sync: per table, every owned chain
+    /// declared and refilled, then each chain in `stale` (found on the node, not rendered any
+    /// more) flushed and deleted. Built-in chains are left alone (see [`Ruleset::hooks`]).
+    pub fn full_payload<'a>(&'a self, stale: &'a StaleChains) -> Payload<'a> {
+        let mut p = Payload::default();
+        p.pieces
+            .reserve(self.tables.iter().map(|t| 2 * t.chain_count() + 2).sum());
+        for t in &self.tables {
+            let gone = stale.get(t.name).map(Vec::as_slice).unwrap_or_default();
+            p.push(Piece::Table(t.name));
+            for (name, _) in t.chains() {
+                p.push(Piece::Declare(name));
+            }
+            for name in gone {
+                p.push(Piece::Declare(name));
+            }
+            for (_, rules) in t.chains() {
+                p.push(Piece::Rules(rules));
+            }
+            for name in gone {
+                p.push(Piece::Delete(name));
+            }
+            p.push(Piece::Commit);
+        }
+        p
+    }
+
+    /// Writes [`Ruleset::full_payload`] to `out`.
     pub fn write_full_restore<W: fmt::Write>(
         &self,
         stale: &StaleChains,
         out: &mut W,
     ) -> fmt::Result {
-        for t in &self.tables {
-            let gone = stale.get(t.name).map(Vec::as_slice).unwrap_or_default();
-            write_table_restore(t, gone, out)?;
-        }
-        Ok(())
+        self.full_payload(stale).write_to(out)
     }
 
     /// The chains the proxy owns in `table` that exist on the node (per `existing`) but are not
@@ -154,25 +176,6 @@ pub fn saved_chains(save_text: &str) -> SavedChains {
         }
     }
     out
-}
-
-fn write_table_restore<W: fmt::Write>(t: &Table, stale: &[ChainName], out: &mut W) -> fmt::Result {
-    out.write_char('*')?;
-    out.write_str(t.name)?;
-    out.write_char('\n')?;
-    for (name, _) in t.chains() {
-        writeln!(out, ":{name} - [0:0]")?;
-    }
-    for name in stale {
-        writeln!(out, ":{name} - [0:0]")?;
-    }
-    for (_, rules) in t.chains() {
-        out.write_str(rules)?;
-    }
-    for name in stale {
-        writeln!(out, "-X {name}")?;
-    }
-    out.write_str("COMMIT\n")
 }
 
 #[cfg(test)]

@@ -129,14 +129,25 @@ impl Table {
         if let Some(b) = self.builtins.iter().find(|b| b.name == name) {
             return Some(&b.rules);
         }
+        self.owned_chain(name).map(|(_, r)| r)
+    }
+
+    /// An owned chain's stored name and rule lines, if the table has it.
+    pub fn owned_chain(&self, name: &str) -> Option<(&ChainName, &str)> {
         let key = ChainName::parse(name)?;
         let i = self.chains.binary_search_by(|c| c.0.cmp(&key)).ok()?;
-        Some(&self.text[self.chains[i].1.clone()])
+        let (n, r) = &self.chains[i];
+        Some((n, &self.text[r.clone()]))
     }
 
     /// The owned chains in name order, each with its rule lines.
     pub fn chains(&self) -> impl Iterator<Item = (&ChainName, &str)> {
         self.chains.iter().map(|(n, r)| (n, &self.text[r.clone()]))
+    }
+
+    /// How many owned chains the table holds.
+    pub fn chain_count(&self) -> usize {
+        self.chains.len()
     }
 
     /// How many rules the table holds (built-in hooks included).

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use proxier::{IptablesApplier, Launcher, Runner};
+use proxier::{IptablesApplier, Launcher, Runner, SyncKind};
 use rulegen::Ruleset;
 use tokio::sync::{Mutex, Notify, watch};
 
@@ -23,8 +23,8 @@ use crate::translate;
 /// Upstream's defaults for `--iptables-min-sync-period` and `--iptables-sync-period`.
 const DEFAULT_MIN_SYNC: Duration = Duration::from_secs(1);
 const DEFAULT_SYNC: Duration = Duration::from_secs(30);
-/// How often a sync reads the kernel back (stale chains, hooks) even when nothing failed, as
-/// upstream's hourly full sync does.
+/// How often a sync reads the kernel back and rewrites every chain (stale chains, hooks) even
+/// when nothing failed, as upstream's hourly full sync does; other syncs send only what changed.
 const FULL_SYNC_PERIOD: Duration = Duration::from_secs(3600);
 /// How long one `iptables-restore` may take: a full restore of 10,000 Services takes the nft
 /// back end minutes, and killing it would only waste that work.
@@ -85,26 +85,28 @@ impl SyncState {
         // is built, so the two never sit in memory together.
         drop(translation);
         let rendered = started.elapsed();
-        let full = self
+        let full_due = self
             .last_full_sync
             .is_none_or(|t| t.elapsed() >= FULL_SYNC_PERIOD);
-        let result = if full {
+        let result = if full_due {
             self.applier.full_sync(&self.spare).await
         } else {
-            self.applier.quick_sync(&self.spare).await
+            self.applier.partial_sync(&self.spare).await
         };
         match result {
             Ok(report) => {
-                if full {
+                if report.kind == SyncKind::Full {
                     self.last_full_sync = Some(Instant::now());
                 }
                 tracing::info!(
                     service_ports,
+                    kind = report.kind.as_str(),
+                    fallback = report.fallback.as_deref().unwrap_or("-"),
                     payload_bytes = report.payload_bytes,
-                    stale_chains_deleted = report.stale_chains_deleted,
+                    chains_written = report.chains_written,
+                    chains_deleted = report.stale_chains_deleted,
                     hooks_inserted = report.hooks_inserted,
                     render_ms = rendered.as_millis() as u64,
-                    full,
                     save_ms = report.save.as_millis() as u64,
                     restore_ms = report.restore.as_millis() as u64,
                     total_ms = started.elapsed().as_millis() as u64,

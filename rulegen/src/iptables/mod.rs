@@ -10,7 +10,8 @@ use ipnet::IpNet;
 
 use crate::chains::{
     self, ChainName, KUBE_EXTERNAL_SERVICES, KUBE_FIREWALL, KUBE_FORWARD, KUBE_MARK_MASQ,
-    KUBE_NODEPORTS, KUBE_POSTROUTING, KUBE_PROXY_FIREWALL, KUBE_SERVICES, ServiceChains,
+    KUBE_NODEPORTS, KUBE_POSTROUTING, KUBE_PROXY_CANARY, KUBE_PROXY_FIREWALL, KUBE_SERVICES,
+    ServiceChains,
 };
 use crate::config::{LocalDetector, RenderConfig};
 use crate::endpoints::{self, Categorized};
@@ -64,6 +65,12 @@ pub fn render_into(
         }
         None => Table::new(name, builtins),
     };
+    let mut mangle = take(
+        "mangle",
+        &["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"],
+    );
+    mangle.add_chain(ChainName::new(KUBE_PROXY_CANARY), "");
+    mangle.seal();
     let filter = take("filter", &["INPUT", "FORWARD", "OUTPUT"]);
     let nat = take("nat", &["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"]);
     let mut r = Renderer::new(cfg, filter, nat);
@@ -107,7 +114,11 @@ pub fn render_into(
     for (sp, cluster_ip) in &ports {
         r.service_port(sp, *cluster_ip);
     }
-    *out = r.into_ruleset();
+    let mut rendered = r.into_ruleset();
+    // mangle first: a restore commits table by table, so a partial sync's canary check there
+    // stops before anything is committed when every table was flushed.
+    rendered.tables.insert(0, mangle);
+    *out = rendered;
     Ok(())
 }
 
@@ -846,6 +857,7 @@ impl<'c> Renderer<'c> {
             rule::end(&mut fw);
             filter.add_chain(ChainName::new(KUBE_FIREWALL), &fw);
         }
+        filter.add_chain(ChainName::new(KUBE_PROXY_CANARY), "");
         filter.seal();
 
         // nat
@@ -896,6 +908,7 @@ impl<'c> Renderer<'c> {
         nat.add_chain(ChainName::new(KUBE_MARK_MASQ), &masq);
         nat.add_chain(ChainName::new(KUBE_SERVICES), &self.nat_services);
         nat.add_chain(ChainName::new(KUBE_NODEPORTS), &self.nat_nodeports);
+        nat.add_chain(ChainName::new(KUBE_PROXY_CANARY), "");
         nat.seal();
 
         Ruleset {
