@@ -1,49 +1,15 @@
-//! Rendering benchmarks: the full iptables ruleset for 1k, 10k and 50k Services × 10 endpoints.
-//! Run with `cargo bench --bench render`; figures go in `benches/README.md`.
+//! Rendering and diffing benchmarks: the full iptables ruleset for 1k, 10k and 50k Services × 10
+//! endpoints, and the partial payload after one endpoint changed. Run with
+//! `cargo bench --bench render`; figures go in `benches/README.md`.
 
 use std::hint::black_box;
-use std::net::{IpAddr, Ipv4Addr};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use rulegen::{
-    Endpoint, LocalDetector, Model, Protocol, RenderConfig, ServicePort, ServicePortName,
-};
+use rulegen::AppliedState;
 
-/// A kube-proxy-shaped cluster: every 10th Service is a NodePort, endpoints spread over 3 nodes.
-fn synthetic_model(services: u32, endpoints_per_service: u32) -> Model {
-    let mut out = Vec::with_capacity(services as usize);
-    for s in 0..services {
-        let cluster_ip = IpAddr::V4(Ipv4Addr::from(0x0a60_0000 + s)); // 10.96.0.0/12
-        let mut sp = ServicePort::cluster_ip(
-            ServicePortName::new(format!("ns{}", s % 100), format!("svc{s}"), "http"),
-            Protocol::Tcp,
-            cluster_ip,
-            80,
-        );
-        if s % 10 == 0 {
-            sp.node_port = Some(30000 + (s / 10 % 2768) as u16);
-        }
-        for e in 0..endpoints_per_service {
-            let ip = IpAddr::V4(Ipv4Addr::from(0x0af4_0000 + s * endpoints_per_service + e)); // 10.244/16+
-            sp.endpoints.push(Endpoint {
-                node_name: Some(format!("node{}", e % 3)),
-                ..Endpoint::ready(ip, 8080)
-            });
-        }
-        out.push(sp);
-    }
-    // The translator hands the renderer a model sorted by service-port name; so does this.
-    out.sort_by(|a, b| (&a.name, a.protocol).cmp(&(&b.name, b.protocol)));
-    Model { services: out }
-}
+mod support;
 
-fn config() -> RenderConfig {
-    RenderConfig {
-        node_name: "node0".into(),
-        local_detector: LocalDetector::Cidrs(vec!["10.244.0.0/16".parse().unwrap()]),
-        ..RenderConfig::default()
-    }
-}
+use support::{config, one_endpoint_changed, synthetic_model};
 
 /// Stands in for the pipe to `iptables-restore`: takes the text, keeps only its length.
 struct ByteCount(usize);
@@ -91,5 +57,34 @@ fn bench_render(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_render);
+/// Issue 5: the diff of a partial sync after one endpoint changed — the fingerprint walk over
+/// every chain plus the payload it yields — and remembering the new fingerprints.
+fn bench_partial(c: &mut Criterion) {
+    let cfg = config();
+    let mut group = c.benchmark_group("partial");
+    for services in [1_000u32, 10_000, 50_000] {
+        let model = synthetic_model(services, 10);
+        let old = rulegen::render(&model, &cfg).unwrap();
+        let applied = AppliedState::of(&old);
+        let new = rulegen::render(&one_endpoint_changed(&model, 1), &cfg).unwrap();
+        let plan = new.partial_payload(&applied).unwrap();
+        let full = new.full_payload(&Default::default()).len();
+        eprintln!(
+            "partial/{services}: {plan}; full payload {full} bytes; partial/full = {:.4}%",
+            100.0 * plan.payload.len() as f64 / full as f64
+        );
+        if services >= 10_000 {
+            group.sample_size(10);
+        }
+        group.bench_function(format!("{services}x10/diff"), |b| {
+            b.iter(|| black_box(new.partial_payload(black_box(&applied)).unwrap()))
+        });
+        group.bench_function(format!("{services}x10/fingerprint"), |b| {
+            b.iter(|| black_box(AppliedState::of(black_box(&new))))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_render, bench_partial);
 criterion_main!(benches);

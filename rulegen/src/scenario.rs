@@ -57,11 +57,7 @@ impl Scenario {
         self.next_endpoint += 1;
         let ip = Ipv4Addr::new(10, 244, (n / 250 % 256) as u8, (n % 250 + 1) as u8);
         let mut e = Endpoint::ready(IpAddr::V4(ip), 8080);
-        e.node_name = Some(if self.chance(40) {
-            NODE.to_string()
-        } else {
-            "node-b".to_string()
-        });
+        e.node_name = Some(if self.chance(40) { NODE } else { "node-b" }.into());
         e
     }
 
@@ -207,11 +203,14 @@ impl Scenario {
             _ if !sp.endpoints.is_empty() => {
                 let at = pick(sp.endpoints.len());
                 let ep = &mut sp.endpoints[at];
-                ep.node_name = Some(if ep.node_name.as_deref() == Some(NODE) {
-                    "node-b".to_string()
-                } else {
-                    NODE.to_string()
-                });
+                ep.node_name = Some(
+                    if ep.node_name.as_deref() == Some(NODE) {
+                        "node-b"
+                    } else {
+                        NODE
+                    }
+                    .into(),
+                );
                 format!("{name}: an endpoint moved node")
             }
             _ => {

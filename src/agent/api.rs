@@ -3,16 +3,20 @@
 
 use std::sync::Arc;
 
-use futures::StreamExt;
+use std::borrow::Cow;
+
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, Lookup, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
-use crate::objects::Objects;
+use crate::objects::{Objects, Origin};
+use crate::translate::SliceDigest;
+use crate::translate::endpointslices::{NodeNames, digest};
 
 /// Upstream's selector: Services and slices handled by another proxy, or headless, are not ours.
 pub const PROXY_LABEL_SELECTOR: &str =
@@ -25,7 +29,7 @@ const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigg
 #[derive(Clone)]
 pub struct ApiStores {
     services: Store<Service>,
-    endpoint_slices: Store<EndpointSlice>,
+    endpoint_slices: Store<SliceDigest>,
     nodes: Store<Node>,
 }
 
@@ -39,13 +43,50 @@ impl ApiStores {
         Ok(())
     }
 
-    /// A copy of the current objects, in the form the translator reads.
-    pub fn snapshot(&self) -> Objects {
-        Objects::from_shared(
-            self.services.state(),
+    /// The current objects, in the form the translator reads: Services and the Node as the
+    /// API sent them (slimmed), EndpointSlices as digests. Shared, not copied.
+    pub fn snapshot(&self) -> (Objects, Vec<Arc<SliceDigest>>) {
+        (
+            Objects::from_shared(self.services.state(), Vec::new(), self.nodes.state()),
             self.endpoint_slices.state(),
-            self.nodes.state(),
         )
+    }
+}
+
+/// The watch store identifies a digest as it would the EndpointSlice it came from.
+impl Lookup for SliceDigest {
+    type DynamicType = ();
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        <EndpointSlice as k8s_openapi::Resource>::KIND.into()
+    }
+
+    fn group(_: &()) -> Cow<'_, str> {
+        <EndpointSlice as k8s_openapi::Resource>::GROUP.into()
+    }
+
+    fn version(_: &()) -> Cow<'_, str> {
+        <EndpointSlice as k8s_openapi::Resource>::VERSION.into()
+    }
+
+    fn plural(_: &()) -> Cow<'_, str> {
+        <EndpointSlice as k8s_openapi::Resource>::URL_PATH_SEGMENT.into()
+    }
+
+    fn name(&self) -> Option<Cow<'_, str>> {
+        Some(self.name.as_str().into())
+    }
+
+    fn namespace(&self) -> Option<Cow<'_, str>> {
+        Some(self.namespace.as_str().into())
+    }
+
+    fn resource_version(&self) -> Option<Cow<'_, str>> {
+        self.resource_version.as_deref().map(Cow::Borrowed)
+    }
+
+    fn uid(&self) -> Option<Cow<'_, str>> {
+        self.uid.as_deref().map(Cow::Borrowed)
     }
 }
 
@@ -116,16 +157,26 @@ pub fn start(client: Client, node_name: &str, changed: Arc<Notify>) -> ApiStores
         Api::<Service>::all(client.clone()),
         labels.clone(),
         changed.clone(),
+        |mut s: Service| {
+            s.slim();
+            s
+        },
     );
+    let mut names = NodeNames::default();
     let endpoint_slices = spawn_reflector(
         Api::<EndpointSlice>::all(client.clone()),
         labels,
         changed.clone(),
+        move |s: EndpointSlice| digest(&s, &Origin::memory(), &mut names),
     );
     let nodes = spawn_reflector(
         Api::<Node>::all(client),
         watcher::Config::default().fields(&format!("metadata.name={node_name}")),
         changed,
+        |mut n: Node| {
+            n.slim();
+            n
+        },
     );
     ApiStores {
         services,
@@ -134,17 +185,32 @@ pub fn start(client: Client, node_name: &str, changed: Arc<Notify>) -> ApiStores
     }
 }
 
-fn spawn_reflector<K>(api: Api<K>, config: watcher::Config, changed: Arc<Notify>) -> Store<K>
+/// A watcher on `api` whose objects, turned into `T` by `keep` as they arrive, fill a store.
+fn spawn_reflector<K, T>(
+    api: Api<K>,
+    config: watcher::Config,
+    changed: Arc<Notify>,
+    mut keep: impl FnMut(K) -> T + Send + 'static,
+) -> Store<T>
 where
-    K: Slim + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+    K::DynamicType: Default,
+    T: Lookup<DynamicType = ()> + Clone + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store();
     let kind = K::kind(&Default::default()).to_string();
-    let stream = watcher(api, config)
-        .default_backoff()
-        .modify(K::slim)
-        .reflect(writer);
+    let stream = reflector::reflector(
+        writer,
+        watcher(api, config)
+            .default_backoff()
+            .map_ok(move |event| match event {
+                watcher::Event::Apply(o) => watcher::Event::Apply(keep(o)),
+                watcher::Event::Delete(o) => watcher::Event::Delete(keep(o)),
+                watcher::Event::InitApply(o) => watcher::Event::InitApply(keep(o)),
+                watcher::Event::Init => watcher::Event::Init,
+                watcher::Event::InitDone => watcher::Event::InitDone,
+            }),
+    );
     tokio::spawn(async move {
         futures::pin_mut!(stream);
         while let Some(event) = stream.next().await {

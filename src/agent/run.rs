@@ -16,7 +16,6 @@ use super::duration::parse_go_duration;
 use super::files::{self, FileSnapshot};
 use super::{logging, ratelimit};
 use crate::cli::Cli;
-use crate::objects::Objects;
 use crate::settings::Settings;
 use crate::translate;
 
@@ -41,14 +40,21 @@ enum Source {
 }
 
 impl Source {
-    fn snapshot(&self) -> (Objects, Vec<String>) {
+    /// Translates the current objects; returns the translation and the loader's warnings.
+    fn translate(&self, settings: &Settings) -> (translate::Translation, Vec<String>) {
         match self {
             Source::Files(rx) => {
                 let snap = rx.borrow().clone().unwrap_or_default();
                 let warnings = snap.warnings.iter().map(ToString::to_string).collect();
-                (snap.objects, warnings)
+                (translate::translate(&snap.objects, settings), warnings)
             }
-            Source::Api(stores) => (stores.snapshot(), Vec::new()),
+            Source::Api(stores) => {
+                let (objects, slices) = stores.snapshot();
+                (
+                    translate::translate_digested(&objects, &slices, settings),
+                    Vec::new(),
+                )
+            }
         }
     }
 }
@@ -69,8 +75,7 @@ struct SyncState {
 impl SyncState {
     async fn sync(&mut self) -> anyhow::Result<()> {
         let started = Instant::now();
-        let (objects, mut warnings) = self.source.snapshot();
-        let translation = translate::translate(&objects, &self.settings);
+        let (translation, mut warnings) = self.source.translate(&self.settings);
         warnings.extend(translation.warnings.iter().map(ToString::to_string));
         if warnings != self.last_warnings {
             for w in &warnings {

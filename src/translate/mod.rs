@@ -9,6 +9,7 @@ pub mod node;
 pub mod render_config;
 pub mod services;
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 
 use rulegen::{Model, RenderConfig};
@@ -16,6 +17,7 @@ use rulegen::{Model, RenderConfig};
 use crate::objects::Objects;
 use crate::settings::Settings;
 pub use crate::warning::Warning;
+pub use endpointslices::SliceDigest;
 
 /// Objects carrying this label belong to another proxy (upstream's informers filter them out).
 pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
@@ -43,11 +45,33 @@ pub struct Translation {
 /// Translates `objects` for the node and family in `settings`. Never fails: bad objects are
 /// skipped with a warning.
 pub fn translate(objects: &Objects, settings: &Settings) -> Translation {
+    let mut names = endpointslices::NodeNames::default();
+    let digests: Vec<SliceDigest> = objects
+        .endpoint_slices
+        .iter()
+        .map(|s| endpointslices::digest(&s.object, &s.origin, &mut names))
+        .collect();
+    translate_digested(objects, &digests, settings)
+}
+
+/// Like [`translate`], with the EndpointSlices already digested (the agent's watch store keeps
+/// them that way); `objects.endpoint_slices` is not read.
+pub fn translate_digested<D: Borrow<SliceDigest>>(
+    objects: &Objects,
+    slices: &[D],
+    settings: &Settings,
+) -> Translation {
     let mut warnings = Vec::new();
     let node = node::find(objects, &settings.hostname, &mut warnings);
     let mut services: BTreeMap<ServiceKey, Vec<rulegen::ServicePort>> =
         services::translate_all(objects, &mut warnings);
-    endpointslices::attach(&mut services, objects, &settings.hostname, &mut warnings);
+    endpointslices::attach_digests(
+        &mut services,
+        objects,
+        slices,
+        &settings.hostname,
+        &mut warnings,
+    );
 
     let mut ports: Vec<rulegen::ServicePort> = services.into_values().flatten().collect();
     ports.sort_by(|a, b| (&a.name, a.protocol).cmp(&(&b.name, b.protocol)));
