@@ -5,8 +5,11 @@
 
 use std::time::{Duration, Instant};
 
-use rulegen::restore::{SavedChains, saved_chains};
-use rulegen::{AppliedState, Ruleset};
+use std::sync::Arc;
+
+use rulegen::restore::{SavedChains, StaleChains, saved_chains};
+use rulegen::retain::plan_chunks;
+use rulegen::{AppliedState, Retain, Ruleset};
 use thiserror::Error;
 
 use crate::backend::{Backend, Family};
@@ -21,7 +24,9 @@ pub struct IptablesApplier {
     iptables: Iptables,
     // Fingerprints of what the last successful sync gave the kernel: what a partial sync diffs
     // against. None before the first sync and after any failure, so the next one is full.
-    applied: Option<AppliedState>,
+    applied: Option<Arc<AppliedState>>,
+    // How long the last partial attempt's restore took (added to a fallback's report).
+    last_attempt: Duration,
 }
 
 /// Whether a sync rewrote every owned chain or only the changed ones.
@@ -92,6 +97,9 @@ pub enum ApplyError {
     /// The restore failed; see [`crate::Rejected::committed`] for what it left changed.
     #[error("restore failed: {0}")]
     Restore(#[from] RestoreError),
+    /// Rendering a chunk of a chunked full sync failed; nothing of it was sent.
+    #[error("rendering a chunk failed: {0}")]
+    Render(String),
     /// The rules were restored, but a hook could not be ensured.
     #[error("rules restored, but hooks are incomplete: {0}")]
     Hooks(#[from] HookError),
@@ -125,6 +133,7 @@ impl IptablesApplier {
         IptablesApplier {
             iptables,
             applied: None,
+            last_attempt: Duration::ZERO,
         }
     }
 
@@ -181,7 +190,75 @@ impl IptablesApplier {
         // Whatever happens next, the kernel no longer provably holds the last ruleset.
         self.applied = None;
         let mut report = SyncReport::default();
+        let (stale, builtins) = self.read_outlines(rs, &mut report).await?;
+        report.chains_written = rs.tables.iter().map(|t| t.chain_count()).sum();
 
+        let payload = rs.full_payload(&stale);
+        report.payload_bytes = payload.len();
+        self.restore(&payload, &mut report).await?;
+        drop(payload);
+        self.finish_full_sync(rs, &builtins, report).await
+    }
+
+    /// Like [`full_sync`](Self::full_sync) for a node too large to hold its whole ruleset in
+    /// memory: `lean` is the render with every chain's name and fingerprint but (possibly) no
+    /// rule text, and `render` re-renders keeping only the chains a [`Retain`] keeps. The rules
+    /// go in chunks of about `chunk_bytes`, one restore each, in an order where every jump
+    /// lands on a chain that exists (see [`rulegen::retain::apply_rank`]); stale chains go
+    /// with their table's last chunk.
+    ///
+    /// Between chunks the node holds a mix of old and new per-service chains, as between two
+    /// partial syncs: never a jump to nothing. If a chunk fails, the earlier ones stay
+    /// applied and the next sync is full again.
+    pub async fn full_sync_chunked<F>(
+        &mut self,
+        lean: &Ruleset,
+        chunk_bytes: usize,
+        mut render: F,
+    ) -> Result<SyncReport, ApplyError>
+    where
+        F: FnMut(&Retain, &mut Ruleset) -> Result<(), String>,
+    {
+        if let Some(e) = self.family_mismatch(lean) {
+            return Err(e);
+        }
+        self.applied = None;
+        let mut report = SyncReport::default();
+        let (stale, builtins) = self.read_outlines(lean, &mut report).await?;
+        let plan = plan_chunks(lean, chunk_bytes);
+        let mut chunk_rs = Ruleset {
+            family: lean.family,
+            tables: Vec::new(),
+        };
+        for (i, chunk) in plan.iter().enumerate() {
+            render(&Retain::Chunk(chunk.clone()), &mut chunk_rs).map_err(ApplyError::Render)?;
+            let mut gone = StaleChains::new();
+            if plan[i + 1..].iter().all(|c| c.table != chunk.table)
+                && let Some(names) = stale.get(chunk.table)
+            {
+                gone.insert(chunk.table.to_string(), names.clone());
+            }
+            let payload = chunk_rs.full_payload(&gone);
+            report.payload_bytes += payload.len();
+            report.chains_written += payload
+                .pieces
+                .iter()
+                .filter(|p| matches!(p, rulegen::Piece::Rules(_)))
+                .count();
+            self.restore(&payload, &mut report).await?;
+        }
+        tracing::debug!(chunks = plan.len(), "full sync sent in chunks");
+        drop(chunk_rs);
+        self.finish_full_sync(lean, &builtins, report).await
+    }
+
+    /// Reads each table's outline: the stale per-service chains to delete and the built-in
+    /// chains' rules.
+    async fn read_outlines(
+        &self,
+        rs: &Ruleset,
+        report: &mut SyncReport,
+    ) -> Result<(StaleChains, BuiltinRules), ApplyError> {
         let started = Instant::now();
         let mut existing = SavedChains::new();
         let mut builtins = BuiltinRules::default();
@@ -200,13 +277,17 @@ impl IptablesApplier {
         let stale = rs.stale_chains(&existing);
         report.save = started.elapsed();
         report.stale_chains_deleted = stale.values().map(Vec::len).sum();
-        report.chains_written = rs.tables.iter().map(|t| t.chain_count()).sum();
+        Ok((stale, builtins))
+    }
 
-        let payload = rs.full_payload(&stale);
-        report.payload_bytes = payload.len();
+    async fn restore(
+        &self,
+        payload: &rulegen::Payload<'_>,
+        report: &mut SyncReport,
+    ) -> Result<(), ApplyError> {
         let started = Instant::now();
-        let restored = self.iptables.restore_payload(&payload).await;
-        report.restore = started.elapsed();
+        let restored = self.iptables.restore_payload(payload).await;
+        report.restore += started.elapsed();
         if let Err(e) = restored {
             if let RestoreError::Rejected(r) = &e
                 && let Some(l) = &r.line
@@ -215,13 +296,21 @@ impl IptablesApplier {
             }
             return Err(e.into());
         }
-        drop(payload);
+        Ok(())
+    }
 
+    /// Ensures the hooks after a full sync's restore and remembers what the kernel now holds.
+    async fn finish_full_sync(
+        &mut self,
+        rs: &Ruleset,
+        builtins: &BuiltinRules,
+        mut report: SyncReport,
+    ) -> Result<SyncReport, ApplyError> {
         let started = Instant::now();
         // The restore left the built-in chains alone, so the save still shows their hooks.
         let hooks = self
             .iptables
-            .ensure_hooks(&rs.hooks(), Some(&builtins))
+            .ensure_hooks(&rs.hooks(), Some(builtins))
             .await?;
         report.hooks = started.elapsed();
         report.hooks_inserted = hooks.inserted;
@@ -232,8 +321,14 @@ impl IptablesApplier {
             ?report,
             "full sync done"
         );
-        self.applied = Some(AppliedState::of(rs));
+        self.applied = Some(Arc::new(AppliedState::of(rs)));
         Ok(report)
+    }
+
+    /// What the kernel was last given, while a partial sync can diff against it: render the
+    /// next ruleset with [`Retain::Changed`] of this to keep only the chains that changed.
+    pub fn applied(&self) -> Option<Arc<AppliedState>> {
+        self.applied.clone()
     }
 
     /// Sends only what changed since the last successful sync (see [`rulegen::partial`]): the
@@ -241,21 +336,38 @@ impl IptablesApplier {
     /// checks each table's `KUBE-PROXY-CANARY` and hooks; when they are gone (someone flushed
     /// the tables) the partial restore fails and a full sync runs at once. A full sync also
     /// runs when there is no successful sync to diff against (the first one, or after any
-    /// failure) and when the hooks themselves changed.
+    /// failure) and when the hooks themselves changed. `rs` must be a complete render.
     pub async fn partial_sync(&mut self, rs: &Ruleset) -> Result<SyncReport, ApplyError> {
+        match self.try_partial_sync(rs).await? {
+            Ok(report) => Ok(report),
+            Err(why) => {
+                let attempt = self.last_attempt;
+                let mut full = self.full_sync(rs).await?;
+                full.restore += attempt;
+                full.fallback = Some(why);
+                Ok(full)
+            }
+        }
+    }
+
+    /// The partial half of [`partial_sync`](Self::partial_sync), for a ruleset that may hold
+    /// only the changed chains' rules: `Ok(Err(why))` when a full sync is needed instead (no
+    /// sync to diff against, hooks changed, tables flushed behind the proxy's back); the caller
+    /// runs it.
+    pub async fn try_partial_sync(
+        &mut self,
+        rs: &Ruleset,
+    ) -> Result<Result<SyncReport, String>, ApplyError> {
+        self.last_attempt = Duration::ZERO;
         if let Some(e) = self.family_mismatch(rs) {
             return Err(e);
         }
         let Some(applied) = self.applied.take() else {
-            return self.full_sync(rs).await;
+            return Ok(Err("no successful sync to diff against".to_string()));
         };
         let plan = match rs.partial_payload(&applied) {
             Ok(plan) => plan,
-            Err(why) => {
-                let mut report = self.full_sync(rs).await?;
-                report.fallback = Some(why.to_string());
-                return Ok(report);
-            }
+            Err(why) => return Ok(Err(why.to_string())),
         };
         let mut report = SyncReport {
             kind: SyncKind::Partial,
@@ -267,11 +379,12 @@ impl IptablesApplier {
         let started = Instant::now();
         let restored = self.iptables.restore_payload(&plan.payload).await;
         report.restore = started.elapsed();
+        self.last_attempt = report.restore;
         drop(plan);
         match restored {
             Ok(()) => {
-                self.applied = Some(AppliedState::of(rs));
-                Ok(report)
+                self.applied = Some(Arc::new(AppliedState::of(rs)));
+                Ok(Ok(report))
             }
             Err(e) => match e.failed_line().filter(|l| is_flush_check(&l.text)) {
                 Some(line) => {
@@ -281,11 +394,7 @@ impl IptablesApplier {
                         line.text
                     );
                     tracing::warn!("{why}; resyncing every chain");
-                    let attempt = report.restore;
-                    let mut full = self.full_sync(rs).await?;
-                    full.restore += attempt;
-                    full.fallback = Some(why);
-                    Ok(full)
+                    Ok(Err(why))
                 }
                 // `applied` stays None: the next sync is full.
                 None => Err(e.into()),

@@ -101,8 +101,8 @@ fn model(family: Family, n: usize) -> Model {
     Model { services }
 }
 
-fn render(family: Family, n: usize) -> Ruleset {
-    let cfg = RenderConfig {
+fn config(family: Family) -> RenderConfig {
+    RenderConfig {
         family: family.into(),
         node_name: "node-a".into(),
         local_detector: LocalDetector::Cidrs(vec![match family {
@@ -110,8 +110,11 @@ fn render(family: Family, n: usize) -> Ruleset {
             Family::V6 => "fd00:10:244::/56".parse().unwrap(),
         }]),
         ..RenderConfig::default()
-    };
-    let rs = rulegen::render(&model(family, n), &cfg).unwrap();
+    }
+}
+
+fn render(family: Family, n: usize) -> Ruleset {
+    let rs = rulegen::render(&model(family, n), &config(family)).unwrap();
     assert_eq!(rs.family, IpFamily::from(family));
     rs
 }
@@ -308,6 +311,40 @@ async fn partial_syncs_follow_changes_without_reading_back(backend: Backend, fam
         "after a failure the sync reads back: {healed:?}"
     );
     assert_holds(&ns, backend, family, &big.to_save_text(), &big);
+}
+
+/// A full sync sent in many small chunks (each rendered keeping only its chains) leaves the
+/// kernel holding exactly the full render: into an empty namespace, and over an older
+/// ruleset whose stale chains go and whose live chains are replaced.
+async fn a_chunked_full_sync_reaches_the_full_render(backend: Backend, family: Family) {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new(&format!("chunk-{backend}"));
+    let mut a = applier(&ns, backend, family);
+    for n in [5, 2] {
+        let model = model(family, n);
+        let cfg = config(family);
+        let full = rulegen::render(&model, &cfg).unwrap();
+        let mut lean = Ruleset {
+            family: full.family,
+            tables: Vec::new(),
+        };
+        rulegen::render_into_with(&model, &cfg, &mut lean, &rulegen::Retain::Nothing).unwrap();
+        let mut renders = 0;
+        let report = a
+            .full_sync_chunked(&lean, 600, |retain, out| {
+                renders += 1;
+                rulegen::render_into_with(&model, &cfg, out, retain).map_err(|e| e.to_string())
+            })
+            .await
+            .unwrap();
+        assert!(renders >= 6, "{renders} chunks: {report:?}");
+        assert_holds(&ns, backend, family, &full.to_save_text(), &full);
+        // And a partial sync can follow it.
+        let next = a.partial_sync(&full).await.unwrap();
+        assert_eq!((next.kind, next.chains_written), (SyncKind::Partial, 0));
+    }
 }
 
 /// Someone flushes the tables behind the proxy's back (`-F` empties the built-in chains, `-X`
@@ -597,6 +634,7 @@ per_backend_and_family!(
     full_sync_holds_the_render_and_is_idempotent,
     partial_syncs_follow_changes_without_reading_back,
     a_flushed_table_is_restored_by_the_next_sync,
+    a_chunked_full_sync_reaches_the_full_render,
     a_smaller_model_deletes_stale_chains,
     a_rejected_nat_rule_is_named_and_nothing_changes,
     a_rejected_filter_rule_leaves_both_tables,

@@ -14,16 +14,18 @@ pub mod partial;
 pub mod payload;
 pub mod probability;
 pub mod restore;
+pub mod retain;
 pub mod ruleset;
 #[cfg(any(test, feature = "scenario"))]
 pub mod scenario;
 
 pub use config::{LocalDetector, RenderConfig};
-pub use iptables::{RenderError, render, render_into};
+pub use iptables::{RenderError, render, render_into, render_into_with};
 pub use model::{
     Endpoint, IpFamily, Model, Protocol, ServicePort, ServicePortName, SessionAffinity,
     TrafficPolicy,
 };
 pub use partial::{AppliedState, NeedsFullSync, PartialSync};
 pub use payload::{Payload, Piece};
+pub use retain::Retain;
 pub use ruleset::{Ruleset, Table};

@@ -76,10 +76,20 @@ impl AppliedState {
                 .map(|t| AppliedTable {
                     name: t.name,
                     builtins: builtin_fingerprint(t),
-                    chains: t.chains().map(|(n, r)| (*n, fingerprint(r))).collect(),
+                    chains: t
+                        .chain_entries()
+                        .map(|e| (*e.name, e.fingerprint))
+                        .collect(),
                 })
                 .collect(),
         }
+    }
+
+    /// The fingerprint the kernel's copy of chain `name` in `table` has, if it has the chain.
+    pub fn fingerprint(&self, table: &str, name: &ChainName) -> Option<u64> {
+        let t = self.tables.iter().find(|t| t.name == table)?;
+        let i = t.chains.binary_search_by(|(n, _)| n.cmp(name)).ok()?;
+        Some(t.chains[i].1)
     }
 
     /// How many owned chains it remembers.
@@ -110,6 +120,10 @@ pub enum NeedsFullSync {
     /// A built-in chain's hook rules changed (they are only ever ensured by a full sync).
     #[error("the hook rules in the built-in chains of table {0} changed")]
     Hooks(&'static str),
+    /// A changed chain's text was not retained (the ruleset was rendered under a policy that
+    /// does not match this diff).
+    #[error("chain {1} of table {0} changed, but its rules were not kept")]
+    NotRetained(&'static str, ChainName),
 }
 
 /// A partial sync's payload and what it changes.
@@ -163,7 +177,8 @@ impl Ruleset {
             if builtin_fingerprint(t) != old.builtins {
                 return Err(NeedsFullSync::Hooks(t.name));
             }
-            let (written, deleted) = diff(t, &old.chains);
+            let (written, deleted) =
+                diff(t, &old.chains).map_err(|n| NeedsFullSync::NotRetained(t.name, n))?;
             out.chains_written += written.len();
             out.chains_deleted += deleted.len();
             let p = &mut out.payload;
@@ -198,25 +213,27 @@ impl Ruleset {
 }
 
 /// The chains of `t` that differ from `old` (new or changed, with their rules) and the chains of
-/// `old` that `t` lacks; both in name order. A merge of two sorted lists: O(chains).
+/// `old` that `t` lacks; both in name order. A merge of two sorted lists: O(chains). Fails with
+/// the name of a changed chain whose rules were not retained.
+#[allow(clippy::type_complexity)]
 fn diff<'a>(
     t: &'a Table,
     old: &'a [(ChainName, u64)],
-) -> (Vec<(&'a ChainName, &'a str)>, Vec<&'a ChainName>) {
+) -> Result<(Vec<(&'a ChainName, &'a str)>, Vec<&'a ChainName>), ChainName> {
     let mut written = Vec::new();
     let mut deleted = Vec::new();
     let mut old = old.iter().peekable();
-    for (name, rules) in t.chains() {
-        while let Some((o, _)) = old.next_if(|(o, _)| o < name) {
+    for e in t.chain_entries() {
+        while let Some((o, _)) = old.next_if(|(o, _)| o < e.name) {
             deleted.push(o);
         }
-        match old.next_if(|(o, _)| o == name) {
-            Some((_, fp)) if *fp == fingerprint(rules) => {}
-            _ => written.push((name, rules)),
+        match old.next_if(|(o, _)| o == e.name) {
+            Some((_, fp)) if *fp == e.fingerprint => {}
+            _ => written.push((e.name, e.rules.ok_or(*e.name)?)),
         }
     }
     deleted.extend(old.map(|(o, _)| o));
-    (written, deleted)
+    Ok((written, deleted))
 }
 
 #[cfg(test)]

@@ -87,20 +87,28 @@ impl Ruleset {
     /// The `iptables-restore --noflush` payload of a full sync: per table, every owned chain
     /// declared and refilled, then each chain in `stale` (found on the node, not rendered any
     /// more) flushed and deleted. Built-in chains are left alone (see [`Ruleset::hooks`]).
+    ///
+    /// Of a ruleset rendered under a [`Retain`](crate::Retain) policy, only the chains whose
+    /// rules were kept are written (one chunk of a chunked full sync), and a table with nothing
+    /// to write is left out.
     pub fn full_payload<'a>(&'a self, stale: &'a StaleChains) -> Payload<'a> {
         let mut p = Payload::default();
         p.pieces
             .reserve(self.tables.iter().map(|t| 2 * t.chain_count() + 2).sum());
         for t in &self.tables {
             let gone = stale.get(t.name).map(Vec::as_slice).unwrap_or_default();
+            let kept = || t.chain_entries().filter_map(|e| Some((e.name, e.rules?)));
+            if kept().next().is_none() && gone.is_empty() {
+                continue;
+            }
             p.push(Piece::Table(t.name));
-            for (name, _) in t.chains() {
+            for (name, _) in kept() {
                 p.push(Piece::Declare(name));
             }
             for name in gone {
                 p.push(Piece::Declare(name));
             }
-            for (_, rules) in t.chains() {
+            for (_, rules) in kept() {
                 p.push(Piece::Rules(rules));
             }
             for name in gone {

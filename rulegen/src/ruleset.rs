@@ -6,6 +6,8 @@ use std::ops::Range;
 
 use crate::chains::ChainName;
 use crate::model::IpFamily;
+use crate::partial::fingerprint;
+use crate::retain::Retain;
 
 /// One built-in chain (`INPUT`, `PREROUTING`, …) with the hook rules the proxy puts in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,10 +18,34 @@ pub struct BuiltinChain {
     pub rules: String,
 }
 
+/// One owned chain of a [`Table`]: its name, where its rules sit in the table's text, and the
+/// fingerprint of those rules (kept even when the text is not, see [`Retain`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Chain {
+    name: ChainName,
+    // Whether `start..start + len` still holds the rules (see `Retain`).
+    kept: bool,
+    start: u32,
+    len: u32,
+    fingerprint: u64,
+}
+
+impl Chain {
+    fn range(&self) -> Range<usize> {
+        if self.kept {
+            self.start as usize..(self.start + self.len) as usize
+        } else {
+            0..0
+        }
+    }
+}
+
 /// One table (`filter`, `nat`) as the proxy renders it.
 ///
 /// The owned chains' rules live in one text buffer, each chain a range of it: a large node has
-/// 100,000+ chains, and one allocation per chain cost more than writing the rules.
+/// 100,000+ chains, and one allocation per chain cost more than writing the rules. Under a
+/// [`Retain`] policy other than `All`, chains it does not keep are fingerprinted and their text
+/// dropped as soon as they are rendered, so a large node's render never holds it all.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Table {
     /// `filter`, `nat` or `mangle`.
@@ -28,7 +54,8 @@ pub struct Table {
     pub builtins: Vec<BuiltinChain>,
     text: String,
     // Sorted by name once `seal` has run.
-    chains: Vec<(ChainName, Range<usize>)>,
+    chains: Vec<Chain>,
+    retain: Retain,
 }
 
 impl Table {
@@ -45,7 +72,18 @@ impl Table {
                 .collect(),
             text: String::new(),
             chains: Vec::new(),
+            retain: Retain::All,
         }
+    }
+
+    /// Sets which chains keep their rule text from now on (default: all of them).
+    pub fn set_retain(&mut self, retain: Retain) {
+        self.retain = retain;
+    }
+
+    /// Whether every owned chain still holds its rule text (the table prints as it renders).
+    pub fn is_complete(&self) -> bool {
+        self.chains.iter().all(|c| c.kept)
     }
 
     /// Empties the table but keeps its allocations, so the next render writes into warm memory.
@@ -65,8 +103,14 @@ impl Table {
 
     /// Starts a new owned chain; rules written with `text_mut` until `end_chain` belong to it.
     pub fn begin_chain(&mut self, name: ChainName) {
-        let at = self.text.len();
-        self.chains.push((name, at..at));
+        let at = u32::try_from(self.text.len()).expect("rule text under 4 GiB");
+        self.chains.push(Chain {
+            name,
+            kept: true,
+            start: at,
+            len: 0,
+            fingerprint: 0,
+        });
     }
 
     /// The buffer the current chain's rule lines are appended to.
@@ -76,9 +120,16 @@ impl Table {
 
     /// Closes the chain opened by `begin_chain`.
     pub fn end_chain(&mut self) {
-        let end = self.text.len();
-        if let Some(last) = self.chains.last_mut() {
-            last.1.end = end;
+        let Some(last) = self.chains.last_mut() else {
+            return;
+        };
+        let start = last.start as usize;
+        let rules = &self.text[start..];
+        last.len = u32::try_from(rules.len()).expect("rule text under 4 GiB");
+        last.fingerprint = fingerprint(rules);
+        if !self.retain.keeps(self.name, &last.name, last.fingerprint) {
+            last.kept = false;
+            self.text.truncate(start);
         }
     }
 
@@ -101,7 +152,7 @@ impl Table {
             .chains
             .iter()
             .enumerate()
-            .map(|(i, c)| (c.0.sort_key().0, i as u32))
+            .map(|(i, c)| (c.name.sort_key().0, i as u32))
             .collect();
         keys.sort_unstable();
         let mut start = 0;
@@ -112,7 +163,7 @@ impl Table {
             }
             if end - start > 1 {
                 let chains = &self.chains;
-                keys[start..end].sort_unstable_by_key(|k| chains[k.1 as usize].0.sort_key());
+                keys[start..end].sort_unstable_by_key(|k| chains[k.1 as usize].name.sort_key());
             }
             start = end;
         }
@@ -126,7 +177,7 @@ impl Table {
             }
             // Position `i` must receive the element now at `order[i]`.
             let mut i = start;
-            let first = self.chains[start].clone();
+            let first = self.chains[start];
             loop {
                 done[i] = true;
                 let from = order[i] as usize;
@@ -134,12 +185,12 @@ impl Table {
                     self.chains[i] = first;
                     break;
                 }
-                self.chains[i] = self.chains[from].clone();
+                self.chains[i] = self.chains[from];
                 i = from;
             }
         }
-        if let Some(w) = self.chains.windows(2).find(|w| w[0].0 == w[1].0) {
-            panic!("chain {} rendered twice in table {}", w[0].0, self.name);
+        if let Some(w) = self.chains.windows(2).find(|w| w[0].name == w[1].name) {
+            panic!("chain {} rendered twice in table {}", w[0].name, self.name);
         }
     }
 
@@ -151,17 +202,30 @@ impl Table {
         self.owned_chain(name).map(|(_, r)| r)
     }
 
-    /// An owned chain's stored name and rule lines, if the table has it.
+    /// An owned chain's stored name and rule lines, if the table has it (the lines are empty
+    /// when the table's [`Retain`] policy dropped them).
     pub fn owned_chain(&self, name: &str) -> Option<(&ChainName, &str)> {
         let key = ChainName::parse(name)?;
-        let i = self.chains.binary_search_by(|c| c.0.cmp(&key)).ok()?;
-        let (n, r) = &self.chains[i];
-        Some((n, &self.text[r.clone()]))
+        let i = self.chains.binary_search_by(|c| c.name.cmp(&key)).ok()?;
+        let c = &self.chains[i];
+        Some((&c.name, &self.text[c.range()]))
     }
 
-    /// The owned chains in name order, each with its rule lines.
+    /// The owned chains in name order, each with its rule lines (empty for a chain whose text
+    /// was not retained).
     pub fn chains(&self) -> impl Iterator<Item = (&ChainName, &str)> {
-        self.chains.iter().map(|(n, r)| (n, &self.text[r.clone()]))
+        self.chains.iter().map(|c| (&c.name, &self.text[c.range()]))
+    }
+
+    /// The owned chains in name order: name, rule lines if retained, fingerprint, and the size
+    /// the rule lines have (retained or not).
+    pub fn chain_entries(&self) -> impl Iterator<Item = ChainEntry<'_>> {
+        self.chains.iter().map(|c| ChainEntry {
+            name: &c.name,
+            rules: c.kept.then(|| &self.text[c.range()]),
+            fingerprint: c.fingerprint,
+            len: c.len as usize,
+        })
     }
 
     /// How many owned chains the table holds.
@@ -186,16 +250,20 @@ impl Table {
             out.write_str(b.name)?;
             out.write_str(" ACCEPT [0:0]\n")?;
         }
-        for (name, _) in &self.chains {
+        debug_assert!(
+            self.is_complete(),
+            "printing a table whose text was dropped"
+        );
+        for c in &self.chains {
             out.write_char(':')?;
-            out.write_str(name.as_str())?;
+            out.write_str(c.name.as_str())?;
             out.write_str(" - [0:0]\n")?;
         }
         for b in &self.builtins {
             out.write_str(&b.rules)?;
         }
-        for (_, range) in &self.chains {
-            out.write_str(&self.text[range.clone()])?;
+        for c in &self.chains {
+            out.write_str(&self.text[c.range()])?;
         }
         out.write_str("COMMIT\n")
     }
@@ -211,10 +279,23 @@ impl Table {
         let decls: usize = self
             .chains
             .iter()
-            .map(|(n, _)| 1 + n.as_str().len() + 9)
+            .map(|c| 1 + c.name.as_str().len() + 9)
             .sum();
         header + builtins + decls + self.text.len() + 7
     }
+}
+
+/// One owned chain as [`Table::chain_entries`] lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainEntry<'a> {
+    /// Its name.
+    pub name: &'a ChainName,
+    /// Its rule lines, when the table kept them.
+    pub rules: Option<&'a str>,
+    /// The fingerprint of its rule lines.
+    pub fingerprint: u64,
+    /// The length of its rule lines.
+    pub len: usize,
 }
 
 /// Every table the proxy owns for one address family.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use proxier::{IptablesApplier, Launcher, Runner, SyncKind};
-use rulegen::Ruleset;
+use rulegen::{Retain, Ruleset};
 use tokio::sync::{Mutex, Notify, watch};
 
 use super::api::{self, ApiStores};
@@ -25,6 +25,9 @@ const DEFAULT_SYNC: Duration = Duration::from_secs(30);
 /// How often a sync reads the kernel back and rewrites every chain (stale chains, hooks) even
 /// when nothing failed, as upstream's hourly full sync does; other syncs send only what changed.
 const FULL_SYNC_PERIOD: Duration = Duration::from_secs(3600);
+/// About how many bytes of rules one restore of a full sync carries: a 10,000-Service node's
+/// 33 MB go in a handful of restores, so the agent never holds more than this much rule text.
+const FULL_SYNC_CHUNK_BYTES: usize = 4 << 20;
 /// How long one `iptables-restore` may take: a full restore of 10,000 Services takes the nft
 /// back end minutes, and killing it would only waste that work.
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(600);
@@ -83,21 +86,57 @@ impl SyncState {
             }
             self.last_warnings = warnings;
         }
-        rulegen::render_into(&translation.model, &translation.config, &mut self.spare)
-            .context("cannot render the ruleset")?;
-        let service_ports = translation.model.services.len();
-        // The model is not needed while the kernel loads the rules: free it before the payload
-        // is built, so the two never sit in memory together.
-        drop(translation);
-        let rendered = started.elapsed();
+        let (model, cfg) = (&translation.model, &translation.config);
+        let service_ports = model.services.len();
         let full_due = self
             .last_full_sync
             .is_none_or(|t| t.elapsed() >= FULL_SYNC_PERIOD);
-        let result = if full_due {
-            self.applier.full_sync(&self.spare).await
-        } else {
-            self.applier.partial_sync(&self.spare).await
+        // A partial sync renders keeping only the rules of chains that changed since the last
+        // sync; a full one renders names and fingerprints first, then sends the rules a chunk
+        // at a time. Either way a large node's whole ruleset is never in memory at once.
+        let applied = self.applier.applied().filter(|_| !full_due);
+        let retain = match &applied {
+            Some(a) => Retain::Changed(a.clone()),
+            None => Retain::Nothing,
         };
+        rulegen::render_into_with(model, cfg, &mut self.spare, &retain)
+            .context("cannot render the ruleset")?;
+        drop(applied);
+        let rendered = started.elapsed();
+        let mut fallback = None;
+        if !matches!(retain, Retain::Nothing) {
+            match self.applier.try_partial_sync(&self.spare).await {
+                Ok(Ok(report)) => return self.report(Ok(report), service_ports, rendered, started),
+                Ok(Err(why)) => {
+                    // The lean render lacks the unchanged chains' rules: render for a full sync.
+                    rulegen::render_into_with(model, cfg, &mut self.spare, &Retain::Nothing)
+                        .context("cannot render the ruleset")?;
+                    fallback = Some(why);
+                }
+                Err(e) => return self.report(Err(e), service_ports, rendered, started),
+            }
+        }
+        let result = self
+            .applier
+            .full_sync_chunked(&self.spare, FULL_SYNC_CHUNK_BYTES, |retain, out| {
+                rulegen::render_into_with(model, cfg, out, retain).map_err(|e| e.to_string())
+            })
+            .await
+            .map(|mut r| {
+                r.fallback = fallback;
+                r
+            });
+        self.report(result, service_ports, rendered, started)
+    }
+
+    /// Logs a sync's outcome and keeps the full-sync clock.
+    fn report(
+        &mut self,
+        result: Result<proxier::SyncReport, proxier::ApplyError>,
+        service_ports: usize,
+        rendered: std::time::Duration,
+        started: Instant,
+    ) -> anyhow::Result<()> {
         match result {
             Ok(report) => {
                 if report.kind == SyncKind::Full {

@@ -19,6 +19,7 @@ use crate::model::{
     Endpoint, IpFamily, Model, Protocol, ServicePort, ServicePortName, SessionAffinity,
 };
 use crate::probability::ProbabilityCache;
+use crate::retain::Retain;
 use crate::ruleset::{Ruleset, Table};
 
 /// Above this many endpoints upstream drops per-endpoint comments to shrink the payload.
@@ -50,6 +51,18 @@ pub fn render_into(
     cfg: &RenderConfig,
     out: &mut Ruleset,
 ) -> Result<(), RenderError> {
+    render_into_with(model, cfg, out, &Retain::All)
+}
+
+/// Like [`render_into`], keeping the rule text only of the chains `retain` keeps (the others
+/// keep their names and fingerprints): how the agent renders a large node without holding its
+/// whole ruleset in memory.
+pub fn render_into_with(
+    model: &Model,
+    cfg: &RenderConfig,
+    out: &mut Ruleset,
+    retain: &Retain,
+) -> Result<(), RenderError> {
     if cfg.masquerade_bit > 31 {
         return Err(RenderError::MasqueradeBit(cfg.masquerade_bit));
     }
@@ -64,6 +77,11 @@ pub fn render_into(
             t
         }
         None => Table::new(name, builtins),
+    };
+    let mut take = |name, builtins: &[&'static str]| {
+        let mut t = take(name, builtins);
+        t.set_retain(retain.clone());
+        t
     };
     let mut mangle = take(
         "mangle",

@@ -305,3 +305,101 @@ fn partial_syncs_track_full_renders_over_a_random_walk() {
         );
     }
 }
+
+fn render_retaining(m: &Model, retain: &crate::Retain) -> Ruleset {
+    let mut rs = Ruleset {
+        family: IpFamily::V4,
+        tables: Vec::new(),
+    };
+    crate::render_into_with(m, &cfg(), &mut rs, retain).unwrap();
+    rs
+}
+
+/// A partial sync rendered lean (only changed chains keep their text) sends exactly what the
+/// full render's diff sends, and remembers the same fingerprints.
+#[test]
+fn lean_renders_give_the_same_partial_payloads() {
+    let mut s = Scenario::new(21);
+    let mut applied = std::sync::Arc::new(AppliedState::of(&render(&s.model)));
+    for step in 0..150 {
+        let what = s.step();
+        let full = render(&s.model);
+        let lean = render_retaining(&s.model, &crate::Retain::Changed(applied.clone()));
+        assert!(!lean.tables[2].is_complete() || step == 0 || lean.tables[2].chain_count() < 8);
+        let a = full.partial_payload(&applied).unwrap().payload.to_text();
+        let b = lean.partial_payload(&applied).unwrap().payload.to_text();
+        assert_eq!(a, b, "step {step} ({what})");
+        assert_eq!(AppliedState::of(&lean), AppliedState::of(&full));
+        applied = std::sync::Arc::new(AppliedState::of(&lean));
+    }
+    // A lean render diffed against fingerprints it was not rendered for is refused, not
+    // silently written with empty chains.
+    let stale = std::sync::Arc::new(AppliedState::of(&render(&Model::default())));
+    let lean = render_retaining(&s.model, &crate::Retain::Changed(applied));
+    assert!(matches!(
+        lean.partial_payload(&stale),
+        Err(NeedsFullSync::NotRetained(..))
+    ));
+}
+
+/// A full sync sent in chunks, each rendered keeping only its chains, leaves the kernel
+/// holding the full render — from an empty node, and from a node holding an older ruleset
+/// (whose chains every chunk's jumps must still find).
+#[test]
+fn chunked_full_syncs_reach_the_full_render() {
+    let mut s = Scenario::new(31);
+    for _ in 0..60 {
+        s.step();
+    }
+    let older = render(&s.model);
+    for _ in 0..60 {
+        s.step();
+    }
+    let full = render(&s.model);
+    let order = tables(&full);
+    let plan =
+        crate::retain::plan_chunks(&render_retaining(&s.model, &crate::Retain::Nothing), 2000);
+    assert!(plan.len() > 5, "{plan:?}");
+    for start in [Kernel::default(), Kernel::holding(&older)] {
+        let mut k = start;
+        for t in &order {
+            // The empty node still has its built-in chains.
+            if !k.tables.contains_key(*t) {
+                let tbl = full.table(t).unwrap();
+                let mut decl = format!("*{t}\n");
+                for b in &tbl.builtins {
+                    decl.push_str(&format!(":{} ACCEPT [0:0]\n", b.name));
+                }
+                decl.push_str("COMMIT\n");
+                k.restore(&decl).unwrap();
+            }
+        }
+        let stale = full.stale_chains(&crate::restore::saved_chains(&k.save(&order)));
+        for (i, chunk) in plan.iter().enumerate() {
+            let rs = render_retaining(&s.model, &crate::Retain::Chunk(chunk.clone()));
+            // Stale chains go with the last chunk of their table.
+            let last = plan[i + 1..].iter().all(|c| c.table != chunk.table);
+            let mut mine = crate::restore::StaleChains::new();
+            if last && let Some(gone) = stale.get(chunk.table) {
+                mine.insert(chunk.table.to_string(), gone.clone());
+            }
+            let text = rs.full_payload(&mine).to_text();
+            k.restore(&text)
+                .unwrap_or_else(|e| panic!("chunk {i} {chunk:?}: {e}\n{text}"));
+        }
+        // Then the hooks, as the agent ensures them after the restore (a node that had them
+        // keeps them).
+        for t in &full.tables {
+            for b in &t.builtins {
+                let has = k.tables[t.name][b.name].clone();
+                for rule in b.rules.lines() {
+                    if !has.iter().any(|r| r == rule) {
+                        k.restore(&format!("*{}\n{rule}\nCOMMIT\n", t.name))
+                            .unwrap();
+                    }
+                }
+            }
+        }
+        assert_eq!(k.save(&order), full.to_save_text());
+    }
+}
