@@ -148,16 +148,45 @@ fn agent_at_scale() {
                 .unwrap();
             let pid = child.id();
             let mut first = None;
+            // Resident size over the start-up, to see which phase peaks.
+            let mut timeline = Vec::new();
             while start.elapsed() < Duration::from_secs(600) {
                 if synced_count(&fs::read_to_string(&log2).unwrap_or_default()) >= 1 {
                     first = Some(start.elapsed());
                     break;
                 }
+                if let Some(rss) = fs::read_to_string(format!("/proc/{pid}/status"))
+                    .ok()
+                    .and_then(|s| {
+                        let l = s.lines().find(|l| l.starts_with("VmRSS:"))?.to_string();
+                        l.split_whitespace().nth(1)?.parse::<u64>().ok()
+                    })
+                {
+                    timeline.push(format!(
+                        "{:.1}s {}M",
+                        start.elapsed().as_secs_f64(),
+                        rss / 1024
+                    ));
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
+            let step = (timeline.len() / 25).max(1);
+            tx.send(format!(
+                "resident size during start-up: {}",
+                timeline
+                    .iter()
+                    .step_by(step)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+            .unwrap();
             let first = first.expect("first sync within 10 minutes");
-            tx.send(format!("start -> first complete sync: {first:?}"))
-                .unwrap();
+            tx.send(format!(
+                "start -> first complete sync: {first:?} (peak RSS so far {} MiB)",
+                peak_rss_kib(pid).unwrap_or(0) / 1024
+            ))
+            .unwrap();
 
             let mut latencies = Vec::new();
             for round in 1..=3u32 {
@@ -187,6 +216,13 @@ fn agent_at_scale() {
                 peak_rss_kib(pid).unwrap_or(0) / 1024
             ))
             .unwrap();
+            let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let now: Vec<&str> = status
+                .lines()
+                .filter(|l| l.starts_with("VmRSS") || l.starts_with("Rss"))
+                .collect();
+            tx.send(format!("agent memory now: {}", now.join(", ")))
+                .unwrap();
             let last = fs::read_to_string(&log2).unwrap_or_default();
             if let Some(line) = last.lines().rev().find(|l| l.contains("rules synced")) {
                 tx.send(format!("last sync: {line}")).unwrap();

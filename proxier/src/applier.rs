@@ -197,7 +197,8 @@ impl IptablesApplier {
         report.payload_bytes = payload.len();
         self.restore(&payload, &mut report).await?;
         drop(payload);
-        self.finish_full_sync(rs, &builtins, report).await
+        self.finish_full_sync(&rs.hooks(), AppliedState::of(rs), &builtins, report)
+            .await
     }
 
     /// Like [`full_sync`](Self::full_sync) for a node too large to hold its whole ruleset in
@@ -210,9 +211,12 @@ impl IptablesApplier {
     /// Between chunks the node holds a mix of old and new per-service chains, as between two
     /// partial syncs: never a jump to nothing. If a chunk fails, the earlier ones stay
     /// applied and the next sync is full again.
+    ///
+    /// `lean` itself is rendered into for the chunks (its chain list is the bulk of what a
+    /// large node's render holds, and it is not needed once the plan is made).
     pub async fn full_sync_chunked<F>(
         &mut self,
-        lean: &Ruleset,
+        lean: &mut Ruleset,
         chunk_bytes: usize,
         mut render: F,
     ) -> Result<SyncReport, ApplyError>
@@ -226,12 +230,9 @@ impl IptablesApplier {
         let mut report = SyncReport::default();
         let (stale, builtins) = self.read_outlines(lean, &mut report).await?;
         let plan = plan_chunks(lean, chunk_bytes);
-        let mut chunk_rs = Ruleset {
-            family: lean.family,
-            tables: Vec::new(),
-        };
+        let chunk_rs = lean;
         for (i, chunk) in plan.iter().enumerate() {
-            render(&Retain::Chunk(chunk.clone()), &mut chunk_rs).map_err(ApplyError::Render)?;
+            render(&Retain::Chunk(chunk.clone()), chunk_rs).map_err(ApplyError::Render)?;
             let mut gone = StaleChains::new();
             if plan[i + 1..].iter().all(|c| c.table != chunk.table)
                 && let Some(names) = stale.get(chunk.table)
@@ -248,8 +249,15 @@ impl IptablesApplier {
             self.restore(&payload, &mut report).await?;
         }
         tracing::debug!(chunks = plan.len(), "full sync sent in chunks");
-        drop(chunk_rs);
-        self.finish_full_sync(lean, &builtins, report).await
+        // Every chunk's render holds every chain's fingerprint and the hooks (only the rule
+        // text is partial), so the last one tells what the kernel now holds.
+        for t in &mut chunk_rs.tables {
+            t.drop_text();
+        }
+        let hooks = chunk_rs.hooks();
+        let applied = AppliedState::of(chunk_rs);
+        self.finish_full_sync(&hooks, applied, &builtins, report)
+            .await
     }
 
     /// Reads each table's outline: the stale per-service chains to delete and the built-in
@@ -302,16 +310,14 @@ impl IptablesApplier {
     /// Ensures the hooks after a full sync's restore and remembers what the kernel now holds.
     async fn finish_full_sync(
         &mut self,
-        rs: &Ruleset,
+        hooks: &[rulegen::restore::Hook],
+        applied: AppliedState,
         builtins: &BuiltinRules,
         mut report: SyncReport,
     ) -> Result<SyncReport, ApplyError> {
         let started = Instant::now();
         // The restore left the built-in chains alone, so the save still shows their hooks.
-        let hooks = self
-            .iptables
-            .ensure_hooks(&rs.hooks(), Some(builtins))
-            .await?;
+        let hooks = self.iptables.ensure_hooks(hooks, Some(builtins)).await?;
         report.hooks = started.elapsed();
         report.hooks_inserted = hooks.inserted;
         report.hooks_checked = hooks.checked;
@@ -321,7 +327,7 @@ impl IptablesApplier {
             ?report,
             "full sync done"
         );
-        self.applied = Some(Arc::new(AppliedState::of(rs)));
+        self.applied = Some(Arc::new(applied));
         Ok(report)
     }
 
@@ -380,7 +386,9 @@ impl IptablesApplier {
         let restored = self.iptables.restore_payload(&plan.payload).await;
         report.restore = started.elapsed();
         self.last_attempt = report.restore;
+        // Free the old fingerprints before the new ones are taken (megabytes on a large node).
         drop(plan);
+        drop(applied);
         match restored {
             Ok(()) => {
                 self.applied = Some(Arc::new(AppliedState::of(rs)));

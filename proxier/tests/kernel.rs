@@ -333,7 +333,7 @@ async fn a_chunked_full_sync_reaches_the_full_render(backend: Backend, family: F
         rulegen::render_into_with(&model, &cfg, &mut lean, &rulegen::Retain::Nothing).unwrap();
         let mut renders = 0;
         let report = a
-            .full_sync_chunked(&lean, 600, |retain, out| {
+            .full_sync_chunked(&mut lean, 600, |retain, out| {
                 renders += 1;
                 rulegen::render_into_with(&model, &cfg, out, retain).map_err(|e| e.to_string())
             })

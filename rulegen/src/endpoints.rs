@@ -52,7 +52,7 @@ enum TopologyMode {
     SameZone,
 }
 
-fn hinted(hints: &Option<Vec<String>>, want: Option<&str>) -> bool {
+fn hinted(hints: Option<&[String]>, want: Option<&str>) -> bool {
     match (hints, want) {
         (Some(h), Some(w)) => h.iter().any(|x| x == w),
         _ => false,
@@ -66,12 +66,12 @@ fn topology_mode(endpoints: &[&Endpoint], node_name: &str, zone: Option<&str>) -
     let (mut all_node, mut for_node) = (true, false);
     let (mut all_zone, mut for_zone) = (true, false);
     for ep in endpoints.iter().filter(|e| e.ready) {
-        match &ep.node_hints {
-            Some(h) if !h.is_empty() => for_node |= hinted(&ep.node_hints, node),
+        match ep.node_hints() {
+            Some(h) if !h.is_empty() => for_node |= hinted(Some(h), node),
             _ => all_node = false,
         }
-        match &ep.zone_hints {
-            Some(h) if !h.is_empty() => for_zone |= hinted(&ep.zone_hints, zone),
+        match ep.zone_hints() {
+            Some(h) if !h.is_empty() => for_zone |= hinted(Some(h), zone),
             _ => all_zone = false,
         }
     }
@@ -128,8 +128,8 @@ pub fn categorize_into(
         let node = (!node_name.is_empty()).then_some(node_name);
         let available = |e: &Endpoint| match mode {
             TopologyMode::None => true,
-            TopologyMode::SameNode => hinted(&e.node_hints, node),
-            TopologyMode::SameZone => hinted(&e.zone_hints, node_zone),
+            TopologyMode::SameNode => hinted(e.node_hints(), node),
+            TopologyMode::SameZone => hinted(e.zone_hints(), node_zone),
         };
         select(&mut out.cluster, &|e| e.ready && available(e));
         // No ready endpoint anywhere: fall back to serving-and-terminating ones (KEP-1669).
@@ -195,8 +195,10 @@ mod tests {
     fn ep(last: u8, zones: &[&str], nodes: &[&str]) -> Endpoint {
         let list = |v: &[&str]| (!v.is_empty()).then(|| v.iter().map(|s| s.to_string()).collect());
         Endpoint {
-            zone_hints: list(zones),
-            node_hints: list(nodes),
+            hints: Some(Box::new(crate::model::Hints {
+                zones: list(zones),
+                nodes: list(nodes),
+            })),
             node_name: Some("node-b".into()),
             ..Endpoint::ready(format!("10.244.0.{last}").parse().unwrap(), 80)
         }

@@ -140,10 +140,18 @@ pub struct Endpoint {
     /// `nodeName`, when the slice carries it (shared: a cluster has far fewer nodes than
     /// endpoints, and one copy per endpoint was megabytes at 100,000 endpoints).
     pub node_name: Option<Arc<str>>,
-    /// `hints.forZones`, when the slice carries hints for this endpoint.
-    pub zone_hints: Option<Vec<String>>,
-    /// `hints.forNodes` (PreferSameNode), when the slice carries them.
-    pub node_hints: Option<Vec<String>>,
+    /// Topology hints, when the slice carries any for this endpoint (boxed: most endpoints
+    /// have none, and inline they doubled the size of every endpoint).
+    pub hints: Option<Box<Hints>>,
+}
+
+/// An endpoint's topology hints.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Hints {
+    /// `hints.forZones`, when present and not empty.
+    pub zones: Option<Vec<String>>,
+    /// `hints.forNodes` (PreferSameNode), when present and not empty.
+    pub nodes: Option<Vec<String>>,
 }
 
 impl Endpoint {
@@ -156,9 +164,18 @@ impl Endpoint {
             serving: true,
             terminating: false,
             node_name: None,
-            zone_hints: None,
-            node_hints: None,
+            hints: None,
         }
+    }
+
+    /// `hints.forZones`, if any.
+    pub fn zone_hints(&self) -> Option<&[String]> {
+        self.hints.as_ref()?.zones.as_deref()
+    }
+
+    /// `hints.forNodes`, if any.
+    pub fn node_hints(&self) -> Option<&[String]> {
+        self.hints.as_ref()?.nodes.as_deref()
     }
 
     /// `IP:port`, or `[IP]:port` for IPv6: the form DNAT targets, comments and SEP hashes use.
@@ -232,4 +249,20 @@ impl ServicePort {
 pub struct Model {
     /// Every proxied service port.
     pub services: Vec<ServicePort>,
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    /// A large node holds two copies of 100,000+ endpoints (the watch store's digests and the
+    /// model): every byte here is 200 KB there.
+    #[test]
+    fn an_endpoint_stays_small() {
+        assert!(
+            std::mem::size_of::<Endpoint>() <= 48,
+            "{}",
+            std::mem::size_of::<Endpoint>()
+        );
+    }
 }

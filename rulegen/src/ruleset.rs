@@ -140,6 +140,15 @@ impl Table {
         self.end_chain();
     }
 
+    /// Frees the rule text, keeping every chain's name and fingerprint (as if nothing had been
+    /// retained): what a caller holds on to after sending a chunk.
+    pub fn drop_text(&mut self) {
+        self.text = String::new();
+        for c in &mut self.chains {
+            c.kept = false;
+        }
+    }
+
     /// Sorts the owned chains by name, as `iptables-save` lists them. Call after the last chain.
     ///
     /// Panics if a chain was added twice: that is a renderer bug, and restoring it would fail.

@@ -15,8 +15,8 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
 use crate::objects::{Objects, Origin};
-use crate::translate::SliceDigest;
 use crate::translate::endpointslices::{NodeNames, digest};
+use crate::translate::{ServiceDigest, SliceDigest, services};
 
 /// Upstream's selector: Services and slices handled by another proxy, or headless, are not ours.
 pub const PROXY_LABEL_SELECTOR: &str =
@@ -28,7 +28,7 @@ const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigg
 /// The three stores the agent renders from.
 #[derive(Clone)]
 pub struct ApiStores {
-    services: Store<Service>,
+    services: Store<ServiceDigest>,
     endpoint_slices: Store<SliceDigest>,
     nodes: Store<Node>,
 }
@@ -43,52 +43,60 @@ impl ApiStores {
         Ok(())
     }
 
-    /// The current objects, in the form the translator reads: Services and the Node as the
-    /// API sent them (slimmed), EndpointSlices as digests. Shared, not copied.
-    pub fn snapshot(&self) -> (Objects, Vec<Arc<SliceDigest>>) {
+    /// The current objects, in the form the translator reads: the Node as the API sent it
+    /// (slimmed), Services and EndpointSlices as digests. Shared, not copied.
+    pub fn snapshot(&self) -> (Objects, Vec<Arc<ServiceDigest>>, Vec<Arc<SliceDigest>>) {
         (
-            Objects::from_shared(self.services.state(), Vec::new(), self.nodes.state()),
+            Objects::from_shared(Vec::new(), Vec::new(), self.nodes.state()),
+            self.services.state(),
             self.endpoint_slices.state(),
         )
     }
 }
 
-/// The watch store identifies a digest as it would the EndpointSlice it came from.
-impl Lookup for SliceDigest {
-    type DynamicType = ();
+/// A watch store identifies a digest as it would the object it came from.
+macro_rules! lookup_as {
+    ($digest:ty, $object:ty) => {
+        impl Lookup for $digest {
+            type DynamicType = ();
 
-    fn kind(_: &()) -> Cow<'_, str> {
-        <EndpointSlice as k8s_openapi::Resource>::KIND.into()
-    }
+            fn kind(_: &()) -> Cow<'_, str> {
+                <$object as k8s_openapi::Resource>::KIND.into()
+            }
 
-    fn group(_: &()) -> Cow<'_, str> {
-        <EndpointSlice as k8s_openapi::Resource>::GROUP.into()
-    }
+            fn group(_: &()) -> Cow<'_, str> {
+                <$object as k8s_openapi::Resource>::GROUP.into()
+            }
 
-    fn version(_: &()) -> Cow<'_, str> {
-        <EndpointSlice as k8s_openapi::Resource>::VERSION.into()
-    }
+            fn version(_: &()) -> Cow<'_, str> {
+                <$object as k8s_openapi::Resource>::VERSION.into()
+            }
 
-    fn plural(_: &()) -> Cow<'_, str> {
-        <EndpointSlice as k8s_openapi::Resource>::URL_PATH_SEGMENT.into()
-    }
+            fn plural(_: &()) -> Cow<'_, str> {
+                <$object as k8s_openapi::Resource>::URL_PATH_SEGMENT.into()
+            }
 
-    fn name(&self) -> Option<Cow<'_, str>> {
-        Some(self.name.as_str().into())
-    }
+            fn name(&self) -> Option<Cow<'_, str>> {
+                Some(self.name.as_str().into())
+            }
 
-    fn namespace(&self) -> Option<Cow<'_, str>> {
-        Some(self.namespace.as_str().into())
-    }
+            fn namespace(&self) -> Option<Cow<'_, str>> {
+                Some(self.namespace.as_str().into())
+            }
 
-    fn resource_version(&self) -> Option<Cow<'_, str>> {
-        self.resource_version.as_deref().map(Cow::Borrowed)
-    }
+            fn resource_version(&self) -> Option<Cow<'_, str>> {
+                self.resource_version.as_deref().map(Cow::Borrowed)
+            }
 
-    fn uid(&self) -> Option<Cow<'_, str>> {
-        self.uid.as_deref().map(Cow::Borrowed)
-    }
+            fn uid(&self) -> Option<Cow<'_, str>> {
+                self.uid.as_deref().map(Cow::Borrowed)
+            }
+        }
+    };
 }
+
+lookup_as!(SliceDigest, EndpointSlice);
+lookup_as!(ServiceDigest, Service);
 
 /// Drops what the agent never reads before an object is stored: at 10,000 Services the stores
 /// are most of the agent's memory. What is kept is exactly what `translate` reads.
@@ -111,27 +119,6 @@ pub trait Slim: Resource {
 
     /// The kind-specific part.
     fn slim_kind(&mut self) {}
-}
-
-impl Slim for Service {
-    fn slim_kind(&mut self) {
-        if let Some(spec) = self.spec.as_mut() {
-            spec.selector = None;
-        }
-        if let Some(status) = self.status.as_mut() {
-            status.conditions = None;
-        }
-    }
-}
-
-impl Slim for EndpointSlice {
-    fn slim_kind(&mut self) {
-        for ep in &mut self.endpoints {
-            ep.target_ref = None;
-            ep.hostname = None;
-            ep.deprecated_topology = None;
-        }
-    }
 }
 
 impl Slim for Node {
@@ -157,10 +144,7 @@ pub fn start(client: Client, node_name: &str, changed: Arc<Notify>) -> ApiStores
         Api::<Service>::all(client.clone()),
         labels.clone(),
         changed.clone(),
-        |mut s: Service| {
-            s.slim();
-            s
-        },
+        |s: Service| services::digest(&s, &Origin::memory()),
     );
     let mut names = NodeNames::default();
     let endpoint_slices = spawn_reflector(
@@ -232,49 +216,63 @@ where
 mod tests {
     use super::*;
 
+    /// The agent's path (objects digested as they arrive, the Node slimmed) translates exactly
+    /// as the dry-run's path (whole objects from files) does.
     #[test]
-    fn slim_keeps_what_translation_reads() {
+    fn digests_translate_as_the_objects_do() {
         let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "web-1", "namespace": "shop", "uid": "u", "resourceVersion": "7",
                          "labels": {"kubernetes.io/service-name": "web"},
-                         "annotations": {"endpoints.kubernetes.io/last-change-trigger-time": "t", "other": "x"},
                          "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": "web", "uid": "u"}]},
             "addressType": "IPv4",
             "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
             "endpoints": [{"addresses": ["10.244.1.5"], "nodeName": "node-a",
                            "conditions": {"ready": true}, "hints": {"forZones": [{"name": "z"}]},
                            "targetRef": {"kind": "Pod", "name": "web-0", "namespace": "shop"},
-                           "hostname": "web-0"}]
+                           "hostname": "web-0"},
+                          {"addresses": ["127.0.0.1"], "nodeName": "node-b"}]
         }))
         .unwrap();
-        let mut slim = slice.clone();
-        slim.slim();
-        assert!(slim.metadata.owner_references.is_none());
-        assert_eq!(slim.metadata.annotations.as_ref().unwrap().len(), 1);
-        assert_eq!(slim.metadata.resource_version.as_deref(), Some("7"));
-        assert!(slim.endpoints[0].target_ref.is_none());
-        // Everything the translator reads renders the same before and after.
+        let svc: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "shop", "resourceVersion": "3"},
+            "spec": {"clusterIP": "10.96.0.1", "selector": {"app": "web"}, "type": "NodePort",
+                     "ports": [{"name": "http", "port": 80, "protocol": "TCP", "nodePort": 30080}]}
+        }))
+        .unwrap();
+        let node: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "node-a", "labels": {"topology.kubernetes.io/zone": "z"}},
+            "status": {"addresses": [{"type": "InternalIP", "address": "192.168.1.1"}],
+                       "images": [{"names": ["busybox"], "sizeBytes": 1}]}
+        }))
+        .unwrap();
         let settings = crate::settings::Settings {
             hostname: "node-a".into(),
             ..Default::default()
         };
-        let svc: Service = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "web", "namespace": "shop"},
-            "spec": {"clusterIP": "10.96.0.1", "selector": {"app": "web"},
-                     "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}
-        }))
-        .unwrap();
-        let mut slim_svc = svc.clone();
-        slim_svc.slim();
-        let before = crate::translate::translate(
-            &Objects::from_parts(vec![svc], vec![slice], vec![]),
+        let whole = crate::translate::translate(
+            &Objects::from_parts(vec![svc.clone()], vec![slice.clone()], vec![node.clone()]),
             &settings,
         );
-        let after = crate::translate::translate(
-            &Objects::from_parts(vec![slim_svc], vec![slim], vec![]),
+        let mut slim_node = node;
+        slim_node.slim();
+        assert!(slim_node.status.as_ref().unwrap().images.is_none());
+        let service_digest = services::digest(&svc, &Origin::memory());
+        assert_eq!(service_digest.resource_version.as_deref(), Some("3"));
+        let slice_digest = digest(&slice, &Origin::memory(), &mut NodeNames::default());
+        assert_eq!(slice_digest.uid.as_deref(), Some("u"));
+        let digested = crate::translate::translate_digested(
+            &Objects::from_parts(vec![], vec![], vec![slim_node]),
+            &[service_digest],
+            &[slice_digest],
             &settings,
         );
-        assert_eq!(before.model, after.model);
-        assert_eq!(before.model.services[0].endpoints.len(), 1);
+        assert_eq!(digested, whole);
+        assert_eq!(whole.model.services[0].endpoints.len(), 1);
+        assert_eq!(
+            whole.warnings.len(),
+            1,
+            "the loopback endpoint: {:?}",
+            whole.warnings
+        );
     }
 }

@@ -8,12 +8,12 @@ use std::sync::Arc;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use rulegen::{Endpoint, Protocol, ServicePort};
 
-use super::services::{port_number, protocol, service_key};
+use super::services::{port_number, protocol};
 use super::{
     LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME, ServiceKey, label, ns_name,
 };
 use crate::addr::parse_ip_sloppy;
-use crate::objects::{Objects, Origin};
+use crate::objects::Origin;
 use crate::warning::Warning;
 
 /// One usable port of a slice.
@@ -105,16 +105,11 @@ impl SliceDigest {
 /// and are read in name order; the same `IP:port` in two slices counts once (see [`rank`]).
 pub fn attach_digests<D: Borrow<SliceDigest>>(
     services: &mut BTreeMap<ServiceKey, Vec<ServicePort>>,
-    objects: &Objects,
+    all_services: &BTreeSet<ServiceKey>,
     digests: &[D],
     node_name: &str,
     warnings: &mut Vec<Warning>,
 ) {
-    let all_services: BTreeSet<ServiceKey> = objects
-        .services
-        .iter()
-        .map(|s| service_key(&s.object))
-        .collect();
     for (key, slices) in group(digests, warnings) {
         let Some(ports) = services.get_mut(&key) else {
             // A Service that was skipped keeps its slices unused; one that is missing is worth a note.
@@ -366,8 +361,12 @@ fn slice_endpoints(
             serving,
             terminating,
             node_name: ep.node_name.as_deref().map(|n| names.get(n)),
-            zone_hints,
-            node_hints,
+            hints: (zone_hints.is_some() || node_hints.is_some()).then(|| {
+                Box::new(rulegen::model::Hints {
+                    zones: zone_hints,
+                    nodes: node_hints,
+                })
+            }),
         });
     }
     out

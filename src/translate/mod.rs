@@ -10,7 +10,7 @@ pub mod render_config;
 pub mod services;
 
 use std::borrow::Borrow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rulegen::{Model, RenderConfig};
 
@@ -18,6 +18,7 @@ use crate::objects::Objects;
 use crate::settings::Settings;
 pub use crate::warning::Warning;
 pub use endpointslices::SliceDigest;
+pub use services::ServiceDigest;
 
 /// Objects carrying this label belong to another proxy (upstream's informers filter them out).
 pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
@@ -45,29 +46,42 @@ pub struct Translation {
 /// Translates `objects` for the node and family in `settings`. Never fails: bad objects are
 /// skipped with a warning.
 pub fn translate(objects: &Objects, settings: &Settings) -> Translation {
+    let services: Vec<ServiceDigest> = objects
+        .services
+        .iter()
+        .map(|s| services::digest(&s.object, &s.origin))
+        .collect();
     let mut names = endpointslices::NodeNames::default();
-    let digests: Vec<SliceDigest> = objects
+    let slices: Vec<SliceDigest> = objects
         .endpoint_slices
         .iter()
         .map(|s| endpointslices::digest(&s.object, &s.origin, &mut names))
         .collect();
-    translate_digested(objects, &digests, settings)
+    translate_digested(objects, &services, &slices, settings)
 }
 
-/// Like [`translate`], with the EndpointSlices already digested (the agent's watch store keeps
-/// them that way); `objects.endpoint_slices` is not read.
-pub fn translate_digested<D: Borrow<SliceDigest>>(
+/// Like [`translate`], with Services and EndpointSlices already digested (the agent's watch
+/// stores keep them that way); of `objects` only the Nodes are read.
+pub fn translate_digested<S: Borrow<ServiceDigest>, D: Borrow<SliceDigest>>(
     objects: &Objects,
+    services: &[S],
     slices: &[D],
     settings: &Settings,
 ) -> Translation {
     let mut warnings = Vec::new();
     let node = node::find(objects, &settings.hostname, &mut warnings);
+    let all_services: BTreeSet<ServiceKey> = services
+        .iter()
+        .map(|s| {
+            let s = s.borrow();
+            (s.namespace.clone(), s.name.clone())
+        })
+        .collect();
     let mut services: BTreeMap<ServiceKey, Vec<rulegen::ServicePort>> =
-        services::translate_all(objects, &mut warnings);
+        services::translate_all(services, &mut warnings);
     endpointslices::attach_digests(
         &mut services,
-        objects,
+        &all_services,
         slices,
         &settings.hostname,
         &mut warnings,

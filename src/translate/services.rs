@@ -1,5 +1,6 @@
 //! Services → service ports (upstream `newBaseServiceInfo` and `ShouldSkipService`).
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
@@ -7,9 +8,9 @@ use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Service;
 use rulegen::{Protocol, ServicePort, ServicePortName, SessionAffinity, TrafficPolicy};
 
-use super::{LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME, ServiceKey, label, ns_name};
+use super::{LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME, ServiceKey, label};
 use crate::addr::{parse_cidr_sloppy, parse_ip_sloppy};
-use crate::objects::Objects;
+use crate::objects::Origin;
 use crate::warning::Warning;
 
 /// The API default of `sessionAffinityConfig.clientIP.timeoutSeconds`.
@@ -26,36 +27,64 @@ pub enum Skip {
     Invalid(String),
 }
 
-/// Translates every Service, keyed by namespace/name. The first of two Services with the same
+/// A Service reduced to its translated ports (or why it has none), translated once when it
+/// arrives: the agent's watch store keeps these instead of the API objects.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceDigest {
+    /// `metadata.namespace`.
+    pub namespace: String,
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.resourceVersion`, for the watch store.
+    pub resource_version: Option<String>,
+    /// `metadata.uid`, for the watch store.
+    pub uid: Option<String>,
+    /// Where it was read from.
+    pub origin: Origin,
+    ports: Result<Vec<ServicePort>, Skip>,
+}
+
+/// Translates one Service, read from `origin`, into its [`ServiceDigest`].
+pub fn digest(svc: &Service, origin: &Origin) -> ServiceDigest {
+    let (namespace, name) = service_key(svc);
+    ServiceDigest {
+        namespace,
+        name,
+        resource_version: svc.metadata.resource_version.clone(),
+        uid: svc.metadata.uid.clone(),
+        origin: origin.clone(),
+        ports: translate(svc),
+    }
+}
+
+/// Every Service's ports, keyed by namespace/name. The first of two Services with the same
 /// key wins (as a later apply would have replaced it, the input is inconsistent; we say so).
-pub fn translate_all(
-    objects: &Objects,
+pub fn translate_all<D: Borrow<ServiceDigest>>(
+    services: &[D],
     warnings: &mut Vec<Warning>,
 ) -> BTreeMap<ServiceKey, Vec<ServicePort>> {
     let mut out = BTreeMap::new();
     let mut seen = BTreeSet::new();
-    for sourced in &objects.services {
-        let svc = &sourced.object;
-        let origin = &sourced.origin;
-        let key = service_key(svc);
+    for d in services {
+        let d = d.borrow();
+        let origin = &d.origin;
+        let what = format!("{}/{}", d.namespace, d.name);
+        let key = (d.namespace.clone(), d.name.clone());
         if !seen.insert(key.clone()) {
             warnings.push(Warning::warn(format!(
-                "skipping Service {}: it appears more than once; the first one is used ({origin})",
-                ns_name(&svc.metadata)
+                "skipping Service {what}: it appears more than once; the first one is used ({origin})"
             )));
             continue;
         }
-        match translate(svc) {
+        match &d.ports {
             Ok(ports) => {
-                out.insert(key, ports);
+                out.insert(key, ports.clone());
             }
             Err(Skip::Expected(why)) => warnings.push(Warning::note(format!(
-                "skipping Service {}: {why} ({origin})",
-                ns_name(&svc.metadata)
+                "skipping Service {what}: {why} ({origin})"
             ))),
             Err(Skip::Invalid(why)) => warnings.push(Warning::warn(format!(
-                "skipping Service {}: {why} ({origin})",
-                ns_name(&svc.metadata)
+                "skipping Service {what}: {why} ({origin})"
             ))),
         }
     }

@@ -123,11 +123,13 @@ pub fn render_into_with(
         .sum();
     r.large_cluster = total_endpoints > LARGE_CLUSTER_ENDPOINTS_THRESHOLD;
 
-    // Roughly what each endpoint and service costs in nat text; one up-front allocation.
-    r.nat.reserve(
-        total_endpoints * 400 + ports.len() * 600,
-        total_endpoints + ports.len() * 3,
-    );
+    // Roughly what each endpoint and service costs in nat text; one up-front allocation (none
+    // when most text is dropped as it is rendered: the point there is to stay small).
+    let text = match retain {
+        Retain::All => total_endpoints * 400 + ports.len() * 600,
+        _ => 0,
+    };
+    r.nat.reserve(text, total_endpoints + ports.len() * 3);
     r.nat_services.reserve(ports.len() * 160);
     for (sp, cluster_ip) in &ports {
         r.service_port(sp, *cluster_ip);
@@ -136,6 +138,11 @@ pub fn render_into_with(
     // mangle first: a restore commits table by table, so a partial sync's canary check there
     // stops before anything is committed when every table was flushed.
     rendered.tables.insert(0, mangle);
+    // The policy only matters while rendering; holding on to it would keep a partial sync's
+    // fingerprints (megabytes) alive until the next render.
+    for t in &mut rendered.tables {
+        t.set_retain(Retain::All);
+    }
     *out = rendered;
     Ok(())
 }

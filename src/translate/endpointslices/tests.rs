@@ -236,7 +236,7 @@ fn conditions_default_like_upstream() {
     );
     assert!(
         eps.iter()
-            .all(|e| e.node_name.is_none() && e.zone_hints.is_none())
+            .all(|e| e.node_name.is_none() && e.hints.is_none())
     );
 }
 
@@ -262,12 +262,13 @@ fn zone_hints_are_kept() {
     ));
     let eps = &port(&t.model.services, "http").endpoints;
     assert_eq!(
-        eps[0].zone_hints,
-        Some(vec!["zone-a".to_string(), "zone-b".to_string()])
+        eps[0].zone_hints(),
+        Some(&["zone-a".to_string(), "zone-b".to_string()][..])
     );
-    assert_eq!(eps[1].zone_hints, None);
-    assert_eq!(eps[0].node_hints, Some(vec!["node-1".to_string()]));
-    assert_eq!(eps[1].node_hints, None);
+    assert_eq!(eps[1].zone_hints(), None);
+    assert_eq!(eps[0].node_hints(), Some(&["node-1".to_string()][..]));
+    assert_eq!(eps[1].node_hints(), None);
+    assert!(eps[1].hints.is_none(), "an empty forZones list is no hint");
 }
 
 #[test]
