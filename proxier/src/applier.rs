@@ -97,6 +97,12 @@ pub enum ApplyError {
     /// The restore failed; see [`crate::Rejected::committed`] for what it left changed.
     #[error("restore failed: {0}")]
     Restore(#[from] RestoreError),
+    /// A full sync was given a render that kept only some chains' rules (see
+    /// [`rulegen::Retain`]); sending it would leave the other chains empty. Nothing was sent.
+    #[error(
+        "a full sync needs a complete render (table {0} kept only some chains' rules); use full_sync_chunked"
+    )]
+    IncompleteRender(&'static str),
     /// Rendering a chunk of a chunked full sync failed; nothing of it was sent.
     #[error("rendering a chunk failed: {0}")]
     Render(String),
@@ -186,6 +192,9 @@ impl IptablesApplier {
     pub async fn full_sync(&mut self, rs: &Ruleset) -> Result<SyncReport, ApplyError> {
         if let Some(e) = self.family_mismatch(rs) {
             return Err(e);
+        }
+        if let Some(t) = rs.tables.iter().find(|t| !t.is_complete()) {
+            return Err(ApplyError::IncompleteRender(t.name));
         }
         // Whatever happens next, the kernel no longer provably holds the last ruleset.
         self.applied = None;

@@ -653,6 +653,31 @@ async fn a_ruleset_of_the_other_family_is_refused() {
     assert!(matches!(err, ApplyError::FamilyMismatch { .. }), "{err:?}");
 }
 
+/// A lean render (only some chains' rules kept) is refused by a full sync before any tool
+/// runs: sending it would empty every chain it did not keep.
+#[tokio::test]
+async fn a_full_sync_refuses_a_lean_render() {
+    let mut a = IptablesApplier::new(Backend::Nft, Family::V4)
+        .with_launcher(Launcher::host().with_prefix(["kprs-must-not-run"]));
+    let mut lean = Ruleset {
+        family: IpFamily::V4,
+        tables: Vec::new(),
+    };
+    rulegen::render_into_with(
+        &model(Family::V4, 2),
+        &config(Family::V4),
+        &mut lean,
+        &rulegen::Retain::Nothing,
+    )
+    .unwrap();
+    let err = a.full_sync(&lean).await.unwrap_err();
+    assert!(
+        matches!(err, ApplyError::IncompleteRender("filter" | "nat")),
+        "{err:?}"
+    );
+    assert!(!a.can_sync_partially());
+}
+
 /// (e): kubelet's marker chains decide; failing that, the back end with more rules; a tie is nft.
 #[tokio::test]
 async fn detect_backend_follows_kubelet_then_rule_counts() {
