@@ -672,7 +672,7 @@ async fn a_full_sync_refuses_a_lean_render() {
     .unwrap();
     let err = a.full_sync(&lean).await.unwrap_err();
     assert!(
-        matches!(err, ApplyError::IncompleteRender("filter" | "nat")),
+        matches!(err, ApplyError::IncompleteRender("mangle")),
         "{err:?}"
     );
     assert!(!a.can_sync_partially());
