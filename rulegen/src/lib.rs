@@ -9,6 +9,7 @@ pub mod config;
 pub mod endpoints;
 pub mod hash;
 pub mod iptables;
+pub mod ipvs;
 pub mod model;
 pub mod partial;
 pub mod payload;
