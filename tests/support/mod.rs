@@ -8,6 +8,7 @@
 //! - [`iptables`]: [`Backend`] (legacy / nft), `restore` and `save_tables`.
 //! - [`lab`]: the [`Lab`] builder (node + bridge + pods + clients) and the [`connect`] probe.
 //! - [`objects`]: Service / EndpointSlice / Node YAML and [`objects::render`] (the real binary).
+//! - [`vm`]: a qemu VM with an IPVS kernel that runs one script (this kernel has no IPVS).
 #![allow(dead_code, unused_imports)]
 
 pub mod agent;
@@ -15,6 +16,7 @@ pub mod iptables;
 pub mod lab;
 pub mod netns;
 pub mod objects;
+pub mod vm;
 
 pub use iptables::{
     Backend, Family, payload_tables, restore, restore_with, save_tables, save_tables_with,
