@@ -268,10 +268,6 @@ fn agent_heals_a_failed_restore_and_survives_sigkill_without_a_gap() {
         ),
     )
     .unwrap();
-    std::os::unix::fs::PermissionsExt::set_mode(
-        &mut fs::metadata(&wrapper).unwrap().permissions(),
-        0o755,
-    );
     fs::set_permissions(
         &wrapper,
         std::os::unix::fs::PermissionsExt::from_mode(0o755),

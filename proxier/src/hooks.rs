@@ -47,6 +47,16 @@ pub struct BuiltinRules {
     rules: BTreeMap<(String, String), Vec<Vec<String>>>,
 }
 
+/// The chain a saved declaration line (`:NAME POLICY [p:b]`, without the `:`) declares, when it
+/// is a built-in chain (it has a policy; user chains show `-`).
+pub(crate) fn builtin_declared(decl: &str) -> Option<&str> {
+    let mut words = decl.split_whitespace();
+    match (words.next(), words.next()) {
+        (Some(name), Some(policy)) if policy != "-" => Some(name),
+        _ => None,
+    }
+}
+
 impl BuiltinRules {
     /// Adds the built-in chains' rules of one `iptables-save` dump (any number of tables).
     pub fn add_save(&mut self, save: &str) {
@@ -57,10 +67,7 @@ impl BuiltinRules {
                 table = t.trim().to_string();
                 builtins.clear();
             } else if let Some(decl) = line.strip_prefix(':') {
-                let mut words = decl.split_whitespace();
-                if let (Some(name), Some(policy)) = (words.next(), words.next())
-                    && policy != "-"
-                {
+                if let Some(name) = builtin_declared(decl) {
                     builtins.push(name.to_string());
                     self.rules
                         .entry((table.clone(), name.to_string()))

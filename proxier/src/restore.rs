@@ -9,6 +9,7 @@ use thiserror::Error;
 use rulegen::Payload;
 
 use crate::command::{CommandError, FEED_CHUNK, Feed, Finished};
+use crate::hooks::builtin_declared;
 use crate::iptables::{Iptables, LOCK_WAIT_SECONDS};
 
 /// Lines of payload shown before and after the failing one in [`FailedLine::context`].
@@ -118,10 +119,7 @@ impl Iptables {
             if line.starts_with('*') {
                 builtins.clear();
             } else if let Some(decl) = line.strip_prefix(':') {
-                let mut words = decl.split_whitespace();
-                if let (Some(name), Some(policy)) = (words.next(), words.next())
-                    && policy != "-"
-                {
+                if let Some(name) = builtin_declared(decl) {
                     builtins.push(name.to_string());
                 }
             } else if let Some(rest) = line.strip_prefix("-A ") {

@@ -149,10 +149,6 @@ pub fn run_in_ipvs_vm(files: &[(&str, &str)], script: &str) -> String {
         ),
     )
     .unwrap();
-    std::os::unix::fs::PermissionsExt::set_mode(
-        &mut fs::metadata(init.join("init")).unwrap().permissions(),
-        0o755,
-    );
     fs::set_permissions(
         init.join("init"),
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
