@@ -73,9 +73,21 @@ pub struct Cli {
           default_missing_value = "true", value_parser = parse_go_bool)]
     pub iptables_localhost_nodeports: Option<bool>,
 
-    /// The proxy mode; only iptables is supported so far.
+    /// The proxy mode: iptables (default) or ipvs.
     #[arg(long, value_name = "MODE")]
     pub proxy_mode: Option<String>,
+
+    /// With --dry-run in ipvs mode, print only this part: ipvsadm, ipset or iptables.
+    #[arg(long, value_enum, value_name = "PART")]
+    pub dry_run_part: Option<DryRunPart>,
+
+    /// The IPVS scheduler (rr, wrr, lc, wlc, lblc, lblcr, sh, dh, sed, nq, mh, …) [default: rr].
+    #[arg(long, value_name = "NAME")]
+    pub ipvs_scheduler: Option<String>,
+
+    /// CIDRs whose IPVS virtual servers the proxy never deletes (comma-separated).
+    #[arg(long, value_name = "CIDR,...", value_delimiter = ',')]
+    pub ipvs_exclude_cidrs: Option<Vec<String>>,
 
     /// Path to a kubeconfig file (default: in-cluster config, then $KUBECONFIG, then ~/.kube/config).
     #[arg(long, value_name = "FILE")]
@@ -104,6 +116,17 @@ pub struct Cli {
     /// Log verbosity (0-10), as upstream's -v.
     #[arg(short = 'v', long = "v", value_name = "N")]
     pub verbosity: Option<u8>,
+}
+
+/// `--dry-run-part`: one part of an IPVS-mode dry run, in its tool's save format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DryRunPart {
+    /// The virtual servers, as `ipvsadm -Sn` prints them (loadable by `ipvsadm -R`).
+    Ipvsadm,
+    /// The ipsets, as `ipset save` prints them (loadable by `ipset restore`).
+    Ipset,
+    /// The iptables rules, as `iptables-save` prints them (loadable by `iptables-restore`).
+    Iptables,
 }
 
 /// `--ip-family`.

@@ -45,6 +45,8 @@ pub struct KubeProxyConfiguration {
     pub mode: Option<String>,
     /// `iptables` settings.
     pub iptables: Option<IptablesConfiguration>,
+    /// `ipvs` settings.
+    pub ipvs: Option<IpvsConfiguration>,
 
     // Upstream v1alpha1 fields not used yet; typed as Value so they are neither errors nor
     // "unknown field" warnings. Later issues give them real types.
@@ -57,7 +59,6 @@ pub struct KubeProxyConfiguration {
     bind_address_hard_fail: Option<Value>,
     enable_profiling: Option<Value>,
     show_hidden_metrics_for_version: Option<Value>,
-    ipvs: Option<Value>,
     nftables: Option<Value>,
     winkernel: Option<Value>,
     oom_score_adj: Option<Value>,
@@ -91,6 +92,26 @@ pub struct IptablesConfiguration {
     // Sync pacing is for the node agent; accepted now, used later.
     sync_period: Option<Value>,
     min_sync_period: Option<Value>,
+}
+
+/// `ipvs`.
+#[allow(dead_code)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IpvsConfiguration {
+    /// `scheduler` (`--ipvs-scheduler`); empty means rr.
+    pub scheduler: Option<String>,
+    /// `excludeCIDRs` (`--ipvs-exclude-cidrs`): virtual servers there are never deleted.
+    #[serde(rename = "excludeCIDRs")]
+    pub exclude_cidrs: Option<Vec<String>>,
+    // Accepted for kubeadm's file; sync pacing, ARP and timeouts are issue #7's node set-up.
+    #[serde(rename = "strictARP")]
+    strict_arp: Option<Value>,
+    sync_period: Option<Value>,
+    min_sync_period: Option<Value>,
+    tcp_timeout: Option<Value>,
+    tcp_fin_timeout: Option<Value>,
+    udp_timeout: Option<Value>,
 }
 
 /// Reads a config file; warnings name fields upstream would not know either.
@@ -193,6 +214,9 @@ winkernel:
         assert_eq!(ipt.masquerade_bit, None);
         assert_eq!(ipt.localhost_node_ports, None);
         assert_eq!(cfg.node_port_addresses, None);
+        let ipvs = cfg.ipvs.unwrap();
+        assert_eq!(ipvs.scheduler.as_deref(), Some(""));
+        assert_eq!(ipvs.exclude_cidrs, None);
         assert_eq!(
             cfg.detect_local.unwrap().bridge_interface.as_deref(),
             Some("")

@@ -1,5 +1,10 @@
 //! `--dry-run`: read objects, translate them, render, and print exactly what `iptables-save`
 //! would show after kube-proxy synced them. Nothing on the node is read or changed.
+//!
+//! In IPVS mode the node holds three things, so the output has three parts, each in its tool's
+//! save format under a header line: `# ipvsadm` (`ipvsadm -Sn`), `# ipset` (`ipset save`, minus
+//! the random `initval`) and `# iptables` (`iptables-save`). `--dry-run-part` prints one part
+//! alone, loadable as it is by `ipvsadm -R`, `ipset restore` or `iptables-restore`.
 
 use std::io::Write;
 use std::path::Path;
@@ -7,16 +12,16 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 
-use crate::cli::Cli;
+use crate::cli::{Cli, DryRunPart};
 use crate::objects;
-use crate::settings::Settings;
+use crate::settings::{ProxyMode, Settings};
 use crate::translate::{self, Translation};
 use crate::warning::Warning;
 
 /// What a dry run produced: the ruleset text for stdout and the diagnostics for stderr.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DryRunOutput {
-    /// `iptables-save` text, byte for byte what goes to stdout.
+    /// What goes to stdout: `iptables-save` text, byte for byte (IPVS mode: its parts).
     pub save_text: String,
     /// Notes and warnings from the flags, the config file, the objects and the translation.
     pub warnings: Vec<Warning>,
@@ -39,14 +44,62 @@ pub fn render(cli: &Cli) -> anyhow::Result<DryRunOutput> {
         bail!("--dry-run needs at least one --objects PATH (a YAML/JSON file or a directory)");
     }
     let (settings, mut warnings) = Settings::from_cli(cli)?;
+    if settings.mode == ProxyMode::Iptables
+        && cli.dry_run_part.is_some_and(|p| p != DryRunPart::Iptables)
+    {
+        bail!("--dry-run-part ipvsadm and ipset need --proxy-mode ipvs");
+    }
     let translation = load_model(&cli.objects, &settings)?;
     warnings.extend(translation.warnings);
-    let ruleset = rulegen::render(&translation.model, &translation.config)
-        .context("cannot render the ruleset")?;
+    let save_text = match settings.mode {
+        ProxyMode::Iptables => rulegen::render(&translation.model, &translation.config)
+            .context("cannot render the ruleset")?
+            .to_save_text(),
+        ProxyMode::Ipvs => {
+            let ipvs = rulegen::ipvs::render(
+                &translation.model,
+                &translation.config,
+                &ipvs_config(&settings),
+            )
+            .context("cannot render the IPVS dataplane")?;
+            ipvs_text(&ipvs, cli.dry_run_part)
+        }
+    };
     Ok(DryRunOutput {
-        save_text: ruleset.to_save_text(),
+        save_text,
         warnings,
     })
+}
+
+/// The IPVS-mode settings of `settings`, as the renderer takes them.
+pub fn ipvs_config(settings: &Settings) -> rulegen::ipvs::IpvsConfig {
+    rulegen::ipvs::IpvsConfig {
+        scheduler: settings.ipvs_scheduler.clone(),
+    }
+}
+
+/// An IPVS render as the dry run prints it: all three parts under their headers, or one alone.
+fn ipvs_text(ipvs: &rulegen::ipvs::IpvsRender, part: Option<DryRunPart>) -> String {
+    let mut out = String::new();
+    let parts = match part {
+        Some(p) => vec![p],
+        None => vec![DryRunPart::Ipvsadm, DryRunPart::Ipset, DryRunPart::Iptables],
+    };
+    for p in parts {
+        if part.is_none() {
+            out.push_str(match p {
+                DryRunPart::Ipvsadm => "# ipvsadm\n",
+                DryRunPart::Ipset => "# ipset\n",
+                DryRunPart::Iptables => "# iptables\n",
+            });
+        }
+        match p {
+            DryRunPart::Ipvsadm => out.push_str(&ipvs.table.to_ipvsadm_text()),
+            DryRunPart::Ipset => out.push_str(&ipvs.sets.to_save_text()),
+            DryRunPart::Iptables => out.push_str(&ipvs.ruleset.to_save_text()),
+        }
+    }
+    out
 }
 
 /// Runs a dry run and prints it: the ruleset on stdout, diagnostics on stderr. Exit 0 when the

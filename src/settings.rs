@@ -66,6 +66,22 @@ impl FromStr for DetectLocalMode {
     }
 }
 
+/// `--proxy-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum ProxyMode {
+    /// iptables mode (the default on Linux).
+    #[default]
+    Iptables,
+    /// IPVS mode: virtual servers, ipsets and a few iptables rules.
+    Ipvs,
+}
+
+/// Schedulers the kernel's IPVS has (`net/netfilter/ipvs/ip_vs_*.c`); upstream accepts any
+/// name and fails at the first sync, we refuse a typo at start.
+pub const IPVS_SCHEDULERS: &[&str] = &[
+    "rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "mh", "fo", "ovf", "twos",
+];
+
 /// Everything about the node a render needs, resolved and valid.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
@@ -89,6 +105,12 @@ pub struct Settings {
     pub masquerade_bit: u8,
     /// `--iptables-localhost-nodeports`.
     pub localhost_nodeports: bool,
+    /// `--proxy-mode`/`mode`.
+    pub mode: ProxyMode,
+    /// `--ipvs-scheduler`/`ipvs.scheduler`.
+    pub ipvs_scheduler: String,
+    /// `--ipvs-exclude-cidrs`/`ipvs.excludeCIDRs`, masked.
+    pub ipvs_exclude_cidrs: Vec<IpNet>,
 }
 
 impl Default for Settings {
@@ -104,6 +126,9 @@ impl Default for Settings {
             masquerade_all: false,
             masquerade_bit: DEFAULT_MASQUERADE_BIT,
             localhost_nodeports: true,
+            mode: ProxyMode::Iptables,
+            ipvs_scheduler: rulegen::ipvs::DEFAULT_SCHEDULER.to_string(),
+            ipvs_exclude_cidrs: Vec::new(),
         }
     }
 }
@@ -123,6 +148,8 @@ struct Raw {
     masquerade_all: Option<bool>,
     masquerade_bit: Option<i64>,
     localhost_nodeports: Option<bool>,
+    ipvs_scheduler: Option<String>,
+    ipvs_exclude_cidrs: Vec<String>,
 }
 
 impl Raw {
@@ -147,12 +174,15 @@ impl Raw {
             masquerade_all: cli.masquerade_all,
             masquerade_bit: cli.iptables_masquerade_bit,
             localhost_nodeports: cli.iptables_localhost_nodeports,
+            ipvs_scheduler: cli.ipvs_scheduler.clone(),
+            ipvs_exclude_cidrs: cli.ipvs_exclude_cidrs.clone().unwrap_or_default(),
         }
     }
 
     fn from_config(cfg: KubeProxyConfiguration, file: String) -> Raw {
         let detect_local = cfg.detect_local.unwrap_or_default();
         let iptables = cfg.iptables.unwrap_or_default();
+        let ipvs = cfg.ipvs.unwrap_or_default();
         Raw {
             from_file: Some(file),
             hostname_override: cfg.hostname_override,
@@ -165,6 +195,8 @@ impl Raw {
             masquerade_all: iptables.masquerade_all,
             masquerade_bit: iptables.masquerade_bit,
             localhost_nodeports: iptables.localhost_node_ports,
+            ipvs_scheduler: ipvs.scheduler,
+            ipvs_exclude_cidrs: ipvs.exclude_cidrs.unwrap_or_default(),
         }
     }
 }
@@ -216,6 +248,8 @@ fn ignored_flags(cli: &Cli) -> Vec<&'static str> {
             "--iptables-localhost-nodeports",
         ),
         (cli.proxy_mode.is_some(), "--proxy-mode"),
+        (cli.ipvs_scheduler.is_some(), "--ipvs-scheduler"),
+        (cli.ipvs_exclude_cidrs.is_some(), "--ipvs-exclude-cidrs"),
     ];
     given
         .into_iter()
@@ -229,7 +263,20 @@ fn resolve(
     family: IpFamily,
     hostname: impl FnOnce() -> anyhow::Result<String>,
 ) -> anyhow::Result<Settings> {
-    check_mode(&raw)?;
+    let mode = check_mode(&raw)?;
+    let ipvs_scheduler = match raw.ipvs_scheduler.as_deref().map(str::trim) {
+        None | Some("") => rulegen::ipvs::DEFAULT_SCHEDULER.to_string(),
+        Some(s) if IPVS_SCHEDULERS.contains(&s) => s.to_string(),
+        Some(s) => bail!(
+            "{} {s:?} is not an IPVS scheduler (use one of {})",
+            raw.name("ipvs-scheduler", "ipvs.scheduler"),
+            IPVS_SCHEDULERS.join(", ")
+        ),
+    };
+    let ipvs_exclude_cidrs = cidr_list(
+        &raw.ipvs_exclude_cidrs,
+        &raw.name("ipvs-exclude-cidrs", "ipvs.excludeCIDRs"),
+    )?;
 
     let masquerade_bit = match raw.masquerade_bit {
         None => DEFAULT_MASQUERADE_BIT,
@@ -294,21 +341,35 @@ fn resolve(
         masquerade_all: raw.masquerade_all.unwrap_or(false),
         masquerade_bit,
         localhost_nodeports: raw.localhost_nodeports.unwrap_or(true),
+        mode,
+        ipvs_scheduler,
+        ipvs_exclude_cidrs,
     })
 }
 
-fn check_mode(raw: &Raw) -> anyhow::Result<()> {
+fn check_mode(raw: &Raw) -> anyhow::Result<ProxyMode> {
     match raw.mode.as_deref().unwrap_or("") {
-        "" | "iptables" => Ok(()),
-        m @ ("ipvs" | "nftables" | "kernelspace") => bail!(
-            "{} {m:?} is not supported yet (only iptables is)",
+        "" | "iptables" => Ok(ProxyMode::Iptables),
+        "ipvs" => Ok(ProxyMode::Ipvs),
+        m @ ("nftables" | "kernelspace") => bail!(
+            "{} {m:?} is not supported yet (use iptables or ipvs)",
             raw.name("proxy-mode", "mode")
         ),
         m => bail!(
-            "{} {m:?} is invalid (use iptables)",
+            "{} {m:?} is invalid (use iptables or ipvs)",
             raw.name("proxy-mode", "mode")
         ),
     }
+}
+
+/// A list of CIDRs, each entry trimmed and masked; empty entries are skipped.
+fn cidr_list(entries: &[String], name: &str) -> anyhow::Result<Vec<IpNet>> {
+    entries
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .map(|e| parse_cidr_sloppy(e).ok_or_else(|| anyhow!("{name}: invalid CIDR {e:?}")))
+        .collect()
 }
 
 /// Comma-separated, at most one CIDR per family, as upstream validates `clusterCIDR`.

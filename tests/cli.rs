@@ -442,3 +442,54 @@ fn ipv6_family_renders_only_ipv6_addresses() {
     );
     assert!(!r.stdout.contains("10.244.1.5"), "{}", r.stdout);
 }
+
+/// `--proxy-mode ipvs --dry-run` prints three parts under `# ipvsadm`, `# ipset`, `# iptables`;
+/// `--dry-run-part` prints exactly one of them, without its header.
+#[test]
+fn ipvs_dry_run_parts_are_the_sections_of_the_whole() {
+    let case = Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/loadbalancer");
+    let objects = case.join("objects.yaml");
+    let base = ["--proxy-mode", "ipvs"];
+    let whole = dry_run(&[&objects], &base);
+    assert_eq!(whole.code, Some(0), "{}", whole.stderr);
+    let headers: Vec<&str> = whole
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("# "))
+        .collect();
+    assert_eq!(headers, ["# ipvsadm", "# ipset", "# iptables"]);
+    let mut joined = String::new();
+    for part in ["ipvsadm", "ipset", "iptables"] {
+        let one = dry_run(
+            &[&objects],
+            &[&base[..], &["--dry-run-part", part]].concat(),
+        );
+        assert_eq!(one.code, Some(0), "{}", one.stderr);
+        assert!(!one.stdout.is_empty(), "{part} is empty");
+        assert!(
+            !one.stdout.contains("# "),
+            "{part} has a header:\n{}",
+            one.stdout
+        );
+        joined.push_str(&format!("# {part}\n{}", one.stdout));
+    }
+    assert_eq!(joined, whole.stdout);
+}
+
+#[test]
+fn ipvs_parts_need_ipvs_mode_and_unknown_parts_are_refused() {
+    let case = Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/loadbalancer");
+    let objects = case.join("objects.yaml");
+    let r = dry_run(&[&objects], &["--dry-run-part", "ipset"]);
+    assert_eq!(r.code, Some(1));
+    assert!(r.stderr.contains("need --proxy-mode ipvs"), "{}", r.stderr);
+    let r = dry_run(&[&objects], &["--dry-run-part", "iptables"]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(r.stdout.starts_with("*mangle\n"), "{}", r.stdout);
+    let r = dry_run(
+        &[&objects],
+        &["--proxy-mode", "ipvs", "--dry-run-part", "nft"],
+    );
+    assert_eq!(r.code, Some(2));
+    assert!(r.stderr.contains("invalid value 'nft'"), "{}", r.stderr);
+}

@@ -5,6 +5,11 @@
 //! be empty. A case that also has `expected.ip6tables` is rendered a second time with
 //! `--ip-family ipv6` and compared with it (its warnings in `expected.ip6tables.stderr`).
 //!
+//! IPVS mode: each case is also rendered with `--proxy-mode ipvs` into `expected.ipvs` (and
+//! `expected.ipvs6` next to `expected.ip6tables`), warnings in `expected.ipvs.stderr`; a case
+//! whose flags choose the mode themselves (`--proxy-mode`, `--config`) is rendered once, into
+//! `expected.ipvs` when it chose IPVS.
+//!
 //! `UPDATE_GOLDEN=1 cargo test --test golden` rewrites the expected files; review the diff.
 
 mod support;
@@ -127,34 +132,51 @@ fn golden_cases_match() {
             failures.push(format!("{name}: empty ruleset"));
             continue;
         }
-        failures.extend(check_file(
-            &case.join("expected.iptables"),
-            &run.stdout,
-            update,
-        ));
-        failures.extend(check_file(
-            &case.join("expected.stderr"),
-            &run.stderr,
-            update,
-        ));
-        let v6 = case.join("expected.ip6tables");
-        if v6.exists() {
-            let mut f = flags(case);
-            f.extend(["--ip-family".to_string(), "ipv6".to_string()]);
-            let run6 = dry_run(&objects_path(case), &f);
-            if run6.code != Some(0) {
+        let f = flags(case);
+        let chooses_mode = f
+            .iter()
+            .any(|a| a.starts_with("--proxy-mode") || a.starts_with("--config"));
+        let ipvs_only = f
+            .windows(2)
+            .any(|w| w[0] == "--proxy-mode" && w[1] == "ipvs")
+            || f.iter().any(|a| a == "--proxy-mode=ipvs");
+        let (primary, primary_err) = if ipvs_only {
+            ("expected.ipvs", "expected.ipvs.stderr")
+        } else {
+            ("expected.iptables", "expected.stderr")
+        };
+        failures.extend(check_file(&case.join(primary), &run.stdout, update));
+        failures.extend(check_file(&case.join(primary_err), &run.stderr, update));
+        let mut variants: Vec<(Vec<String>, &str, &str)> = Vec::new();
+        let v6 = case.join("expected.ip6tables").exists();
+        let ipv6 = || vec!["--ip-family".to_string(), "ipv6".to_string()];
+        let ipvs = || vec!["--proxy-mode".to_string(), "ipvs".to_string()];
+        if v6 {
+            variants.push((ipv6(), "expected.ip6tables", "expected.ip6tables.stderr"));
+        }
+        if !chooses_mode {
+            variants.push((ipvs(), "expected.ipvs", "expected.ipvs.stderr"));
+            if v6 {
+                variants.push((
+                    [ipvs(), ipv6()].concat(),
+                    "expected.ipvs6",
+                    "expected.ipvs6.stderr",
+                ));
+            }
+        }
+        for (extra, out_file, err_file) in variants {
+            let run = dry_run(&objects_path(case), &[f.clone(), extra.clone()].concat());
+            if run.code != Some(0) {
                 failures.push(format!(
-                    "{name} (ipv6): exit {:?}\n{}",
-                    run6.code, run6.stderr
+                    "{name} ({}): exit {:?}\n{}",
+                    extra.join(" "),
+                    run.code,
+                    run.stderr
                 ));
                 continue;
             }
-            failures.extend(check_file(&v6, &run6.stdout, update));
-            failures.extend(check_file(
-                &case.join("expected.ip6tables.stderr"),
-                &run6.stderr,
-                update,
-            ));
+            failures.extend(check_file(&case.join(out_file), &run.stdout, update));
+            failures.extend(check_file(&case.join(err_file), &run.stderr, update));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

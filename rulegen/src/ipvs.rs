@@ -1,226 +1,76 @@
-//! IPVS mode, first part (issue #6): the virtual-server table kube-proxy's IPVS mode holds for a
-//! model, and its `ipvsadm -Sn` text. The ipsets and the iptables rules IPVS mode still needs
-//! come next; until then nothing outside tests uses this.
+//! IPVS mode (issue #6): what kube-proxy's IPVS mode holds on a node for a model — the
+//! virtual-server table ([`servers`]), the ipsets ([`ipsets`]), the addresses bound to
+//! `kube-ipvs0`, and the few iptables rules that mode still needs ([`rules`]).
 //!
-//! What upstream's IPVS proxier creates (`pkg/proxy/ipvs/proxier.go`, and
-//! `shared/reference/upstream-iptables.md` §4.1): one virtual server per cluster IP:port, per
-//! external IP:port, per load-balancer IP:port and per node IP × node port, each with weight-1
-//! masquerading real servers; session affinity is IPVS persistence with the affinity timeout.
-//! External destinations of an `externalTrafficPolicy: Local` Service use the local endpoints,
-//! and fall back to the cluster's when the node has none (unlike iptables mode, which drops).
+//! Upstream reference: `pkg/proxy/ipvs/proxier.go` (`syncProxyRules`, `writeIptablesRules`) and
+//! `shared/reference/upstream-iptables.md` §4.1.
 
-use std::collections::BTreeMap;
-use std::fmt;
+pub mod ipsets;
+pub mod rules;
+pub mod servers;
+
 use std::net::IpAddr;
 
+pub use ipsets::{IpSet, IpSets, SetId, SetKind};
+pub use servers::{
+    DEFAULT_SCHEDULER, IpvsTable, RealServer, SCHED_FLAG_MH_PORT, VirtualServer, virtual_servers,
+};
+
 use crate::config::RenderConfig;
-use crate::endpoints::{self, Categorized};
-use crate::model::{Endpoint, Model, Protocol, ServicePort, SessionAffinity};
+use crate::iptables::RenderError;
+use crate::model::Model;
+use crate::ruleset::Ruleset;
 
-/// `--ipvs-scheduler`'s default.
-pub const DEFAULT_SCHEDULER: &str = "rr";
-
-/// One real server of a virtual server.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct RealServer {
-    /// The endpoint's address.
-    pub addr: IpAddr,
-    /// The endpoint's port.
-    pub port: u16,
-    /// Its weight (upstream: always 1; 0 while it drains).
-    pub weight: u32,
-}
-
-/// One IPVS virtual server.
+/// The settings only IPVS mode has.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VirtualServer {
-    /// TCP, UDP or SCTP.
-    pub protocol: Protocol,
-    /// The service address (cluster, external, load-balancer or node IP).
-    pub addr: IpAddr,
-    /// The service port (or node port).
-    pub port: u16,
-    /// The scheduler (`--ipvs-scheduler`).
+pub struct IpvsConfig {
+    /// `--ipvs-scheduler` (rr when not given).
     pub scheduler: String,
-    /// Persistence timeout in seconds, for ClientIP session affinity.
-    pub persistence: Option<u32>,
-    /// Its real servers, sorted.
-    pub real_servers: Vec<RealServer>,
-    /// `namespace/name:port`, for messages.
-    pub service: String,
 }
 
-/// A node's whole virtual-server table, sorted by address, port and protocol.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct IpvsTable {
-    /// The virtual servers.
-    pub virtual_servers: Vec<VirtualServer>,
-}
-
-/// The virtual servers `model` needs on this node (`cfg` gives the family, node name and
-/// addresses, and the node-port address filter).
-pub fn virtual_servers(model: &Model, cfg: &RenderConfig, scheduler: &str) -> IpvsTable {
-    let mut table: BTreeMap<(IpAddr, u16, u8), VirtualServer> = BTreeMap::new();
-    let node_addrs = node_port_addresses(cfg);
-    for sp in &model.services {
-        let Some(cluster_ip) = sp.cluster_ips.iter().find(|ip| cfg.family.contains(ip)) else {
-            continue;
-        };
-        let mut eps: Vec<&Endpoint> = sp
-            .endpoints
-            .iter()
-            .filter(|e| cfg.family.contains(&e.ip))
-            .collect();
-        eps.sort_by_key(|e| (e.ip, e.port));
-        let cat = endpoints::categorize(sp, &eps, &cfg.node_name, cfg.node_zone.as_deref());
-        let internal = real_servers(
-            &eps,
-            if endpoints::internal_policy_local(sp) {
-                &cat.local
-            } else {
-                &cat.cluster
-            },
-        );
-        let external = external_real_servers(sp, &eps, &cat);
-        let mut add = |addr: IpAddr, port: u16, rs: &Vec<RealServer>| {
-            table
-                .entry((addr, port, protocol_order(sp.protocol)))
-                .or_insert_with(|| VirtualServer {
-                    protocol: sp.protocol,
-                    addr,
-                    port,
-                    scheduler: scheduler.to_string(),
-                    persistence: match sp.session_affinity {
-                        SessionAffinity::ClientIp { timeout_seconds } => Some(timeout_seconds),
-                        SessionAffinity::None => None,
-                    },
-                    real_servers: rs.clone(),
-                    service: sp.name.to_string(),
-                });
-        };
-        add(*cluster_ip, sp.port, &internal);
-        for ip in sp
-            .external_ips
-            .iter()
-            .chain(&sp.load_balancer_ips)
-            .filter(|ip| cfg.family.contains(ip))
-        {
-            add(*ip, sp.port, &external);
-        }
-        if let Some(node_port) = sp.node_port {
-            for ip in &node_addrs {
-                add(*ip, node_port, &external);
-            }
+impl Default for IpvsConfig {
+    fn default() -> Self {
+        IpvsConfig {
+            scheduler: DEFAULT_SCHEDULER.to_string(),
         }
     }
-    IpvsTable {
-        virtual_servers: table.into_values().collect(),
-    }
 }
 
-/// The real servers of external destinations: the local endpoints under
-/// `externalTrafficPolicy: Local`, or the cluster's when there are none (upstream PR #97081).
-fn external_real_servers(
-    sp: &ServicePort,
-    eps: &[&Endpoint],
-    cat: &Categorized,
-) -> Vec<RealServer> {
-    if endpoints::external_policy_local(sp) && !cat.local.is_empty() {
-        real_servers(eps, &cat.local)
-    } else {
-        real_servers(eps, &cat.cluster)
-    }
+/// Everything IPVS mode puts on a node for one family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpvsRender {
+    /// The virtual servers and their real servers.
+    pub table: IpvsTable,
+    /// The ipsets' members.
+    pub sets: IpSets,
+    /// The `filter` and `nat` rules.
+    pub ruleset: Ruleset,
+    /// The addresses `kube-ipvs0` holds (cluster IPs, and external and load-balancer IPs that
+    /// are not already the node's), sorted; the same as `KUBE-IPVS-IPS`.
+    pub bound_addresses: Vec<IpAddr>,
 }
 
-fn real_servers(eps: &[&Endpoint], picked: &[usize]) -> Vec<RealServer> {
-    let mut out: Vec<RealServer> = picked
+/// Renders IPVS mode's dataplane for `model` on the node `cfg` describes.
+pub fn render(
+    model: &Model,
+    cfg: &RenderConfig,
+    ipvs: &IpvsConfig,
+) -> Result<IpvsRender, RenderError> {
+    if cfg.masquerade_bit > 31 {
+        return Err(RenderError::MasqueradeBit(cfg.masquerade_bit));
+    }
+    let sets = IpSets::for_model(model, cfg);
+    let mut bound_addresses: Vec<IpAddr> = sets
+        .get(SetId::IpvsIps)
+        .entries
         .iter()
-        .map(|&i| RealServer {
-            addr: eps[i].ip,
-            port: eps[i].port,
-            weight: 1,
-        })
+        .filter_map(|e| e.parse().ok())
         .collect();
-    out.sort();
-    out.dedup();
-    out
+    bound_addresses.sort();
+    Ok(IpvsRender {
+        table: virtual_servers(model, cfg, &ipvs.scheduler),
+        ruleset: rules::ruleset(cfg, &sets),
+        sets,
+        bound_addresses,
+    })
 }
-
-/// The node addresses node ports are served on: the node's addresses of this family inside
-/// `--nodeport-addresses` (all of them when it is empty), loopback excluded.
-fn node_port_addresses(cfg: &RenderConfig) -> Vec<IpAddr> {
-    let mut out: Vec<IpAddr> = cfg
-        .node_ips
-        .iter()
-        .filter(|ip| cfg.family.contains(ip) && !ip.is_loopback())
-        .filter(|ip| {
-            cfg.nodeport_addresses.is_empty()
-                || cfg.nodeport_addresses.iter().any(|n| n.contains(*ip))
-        })
-        .copied()
-        .collect();
-    out.sort();
-    out.dedup();
-    out
-}
-
-fn protocol_order(p: Protocol) -> u8 {
-    match p {
-        Protocol::Tcp => 0,
-        Protocol::Udp => 1,
-        Protocol::Sctp => 2,
-    }
-}
-
-/// `ipvsadm`'s protocol option for a virtual service.
-fn protocol_flag(p: Protocol) -> &'static str {
-    match p {
-        Protocol::Tcp => "-t",
-        Protocol::Udp => "-u",
-        Protocol::Sctp => "--sctp-service",
-    }
-}
-
-/// `IP:port`, `[IP]:port` for IPv6, as `ipvsadm -Sn` prints addresses.
-fn addr_port(addr: &IpAddr, port: u16) -> String {
-    match addr {
-        IpAddr::V4(a) => format!("{a}:{port}"),
-        IpAddr::V6(a) => format!("[{a}]:{port}"),
-    }
-}
-
-impl IpvsTable {
-    /// The table as `ipvsadm -Sn` prints it (and `ipvsadm -R` reads it): each virtual service
-    /// (`-A`) followed by its real servers (`-a`, masquerading), in the table's order.
-    pub fn write_ipvsadm<W: fmt::Write>(&self, out: &mut W) -> fmt::Result {
-        for vs in &self.virtual_servers {
-            let service = addr_port(&vs.addr, vs.port);
-            let proto = protocol_flag(vs.protocol);
-            write!(out, "-A {proto} {service} -s {}", vs.scheduler)?;
-            if let Some(timeout) = vs.persistence {
-                write!(out, " -p {timeout}")?;
-            }
-            out.write_char('\n')?;
-            for rs in &vs.real_servers {
-                writeln!(
-                    out,
-                    "-a {proto} {service} -r {} -m -w {}",
-                    addr_port(&rs.addr, rs.port),
-                    rs.weight
-                )?;
-            }
-        }
-        Ok(())
-    }
-
-    /// [`IpvsTable::write_ipvsadm`] into a string.
-    pub fn to_ipvsadm_text(&self) -> String {
-        let mut s = String::new();
-        self.write_ipvsadm(&mut s)
-            .expect("writing to a String cannot fail");
-        s
-    }
-}
-
-#[cfg(test)]
-mod tests;

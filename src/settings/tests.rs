@@ -131,16 +131,54 @@ fn bad_cidrs_are_errors() {
 }
 
 #[test]
-fn proxy_modes_other_than_iptables_are_refused() {
+fn proxy_modes_other_than_iptables_and_ipvs_are_refused() {
     assert_eq!(
-        err(&["--hostname-override=n", "--proxy-mode=ipvs"]),
-        "--proxy-mode \"ipvs\" is not supported yet (only iptables is)"
+        err(&["--hostname-override=n", "--proxy-mode=nftables"]),
+        "--proxy-mode \"nftables\" is not supported yet (use iptables or ipvs)"
     );
     assert_eq!(
         err(&["--hostname-override=n", "--proxy-mode=userspace"]),
-        "--proxy-mode \"userspace\" is invalid (use iptables)"
+        "--proxy-mode \"userspace\" is invalid (use iptables or ipvs)"
     );
     assert!(resolve_args(&["--hostname-override=n", "--proxy-mode="]).is_ok());
+}
+
+#[test]
+fn ipvs_mode_and_its_settings_resolve() {
+    let (s, w) = resolve_args(&[
+        "--hostname-override=n",
+        "--proxy-mode=ipvs",
+        "--ipvs-scheduler=wlc",
+        "--ipvs-exclude-cidrs=10.0.0.1/8, 192.168.0.0/16",
+    ])
+    .unwrap();
+    assert!(w.is_empty(), "{w:?}");
+    assert_eq!(s.mode, ProxyMode::Ipvs);
+    assert_eq!(s.ipvs_scheduler, "wlc");
+    assert_eq!(
+        s.ipvs_exclude_cidrs,
+        nets(&["10.0.0.0/8", "192.168.0.0/16"])
+    );
+    let (s, _) = resolve_args(&["--hostname-override=n", "--proxy-mode=ipvs"]).unwrap();
+    assert_eq!(s.ipvs_scheduler, "rr");
+    assert_eq!(
+        err(&["--hostname-override=n", "--ipvs-scheduler=roundrobin"]),
+        "--ipvs-scheduler \"roundrobin\" is not an IPVS scheduler (use one of rr, wrr, lc, wlc, lblc, lblcr, dh, sh, sed, nq, mh, fo, ovf, twos)"
+    );
+    assert_eq!(
+        err(&["--hostname-override=n", "--ipvs-exclude-cidrs=10.0.0.0/33"]),
+        "--ipvs-exclude-cidrs: invalid CIDR \"10.0.0.0/33\""
+    );
+    let cfg = ConfigFile::new(
+        "ipvs",
+        "mode: ipvs\nipvs:\n  scheduler: sh\n  excludeCIDRs: [\"172.16.0.0/12\"]\n  strictARP: true\n",
+    );
+    let (s, w) = resolve_args(&["--config", cfg.path(), "--hostname-override=n"]).unwrap();
+    assert!(w.is_empty(), "{w:?}");
+    assert_eq!(
+        (s.mode, s.ipvs_scheduler.as_str(), s.ipvs_exclude_cidrs),
+        (ProxyMode::Ipvs, "sh", nets(&["172.16.0.0/12"]))
+    );
 }
 
 #[test]

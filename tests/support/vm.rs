@@ -1,11 +1,13 @@
 //! A throwaway VM with IPVS (this machine's kernel has none): Debian's kernel package booted
-//! under `qemu-system-x86_64 -accel tcg` with a small initramfs — busybox, `ipvsadm` and its
-//! libraries, and the modules `ip_vs_rr` needs — whose `/init` runs one script and powers off.
-//! The recipe is `shared/reference/kernel-lab.md`'s "IPVS" section; a boot takes about 5 s.
+//! under `qemu-system-x86_64 -accel tcg` with a small initramfs — busybox and the modules that
+//! reach the host's root over 9p — whose `/init` mounts this machine's root read-only under a
+//! RAM overlay, runs one script there (host tools, the test's binaries) and powers off. The
+//! recipe is `shared/reference/kernel-lab.md`'s "IPVS" section; a boot takes a few seconds.
 //!
 //! Needs `qemu-system-x86`, `busybox-static`, `ipvsadm`, `cpio` and `kmod` (`.ci/run` installs
 //! them) and fetches the kernel package with `apt-get download` into `target/ipvs-vm/` once.
-//! Nothing runs on the host's network: the VM has no network device at all.
+//! Nothing runs on the host's network: the VM has no network device at all, and its writes go
+//! to RAM.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -100,32 +102,47 @@ fn modules_for(root: &Path, version: &str, module: &str) -> Vec<String> {
 /// routes 10.0.0.0/8 and fd00::/8 (so real servers there are routable); returns what the
 /// script printed.
 pub fn run_in_ipvs_vm(files: &[(&str, &str)], script: &str) -> String {
+    let dir = TempDir::new("ipvs-vm-files");
+    for (name, text) in files {
+        fs::write(dir.path().join(name), text).unwrap();
+    }
+    let prelude = format!(
+        "cd '{}'\nip link add kube-ipvs0 type dummy\nip link set kube-ipvs0 up\n\
+         ip route add 10.0.0.0/8 dev kube-ipvs0\nip -6 route add fd00::/8 dev kube-ipvs0\n",
+        dir.path().display()
+    );
+    run_in_vm(&format!("{prelude}{script}"), 256)
+}
+
+/// Boots the VM with this machine's root directory shared read-only under a RAM overlay, so
+/// every host tool (`ipvsadm`, `ipset`, `iptables`, `ip`) and the test's own binaries run in it,
+/// at their host paths; the kernel loads modules on demand from the unpacked package (IPVS and
+/// `dummy` are loaded first). Runs `script` with `sh` as root in the VM (`lo` up, no other
+/// network device) and returns what it printed. `memory_mib` is the VM's RAM.
+pub fn run_in_vm(script: &str, memory_mib: u32) -> String {
     let (root, version) = kernel();
     let tmp = TempDir::new("ipvs-vm");
     let init = tmp.path().join("initrd");
-    for d in ["bin", "sbin", "proc", "sys", "dev", "tmp", "mods"] {
+    for d in [
+        "bin", "proc", "sys", "dev", "mods", "lower", "rw", "newroot",
+    ] {
         fs::create_dir_all(init.join(d)).unwrap();
     }
     fs::copy("/bin/busybox", init.join("bin/busybox")).expect("busybox-static is installed");
-    let ipvsadm = run(Command::new("sh").args(["-c", "command -v ipvsadm"]));
-    let ipvsadm = ipvsadm.trim();
-    fs::copy(ipvsadm, init.join("sbin/ipvsadm")).expect("ipvsadm is installed");
-    for lib in run(Command::new("ldd").arg(ipvsadm))
-        .split_whitespace()
-        .filter(|w| w.starts_with('/'))
-    {
-        let dest = init.join(lib.trim_start_matches('/'));
-        fs::create_dir_all(dest.parent().unwrap()).unwrap();
-        fs::copy(lib, &dest).unwrap();
+    // What it takes to reach the host's root: virtio-pci, 9p over virtio, and overlayfs.
+    let mut mods = Vec::new();
+    for m in [
+        "kernel/drivers/virtio/virtio_pci.ko",
+        "kernel/net/9p/9pnet_virtio.ko",
+        "kernel/fs/9p/9p.ko",
+        "kernel/fs/overlayfs/overlay.ko",
+    ] {
+        for dep in modules_for(&root, &version, m) {
+            if !mods.contains(&dep) {
+                mods.push(dep);
+            }
+        }
     }
-    // crc32c_generic first: otherwise libcrc32c (and ip_vs) fail with "Unknown symbol crc32c".
-    let mut mods = vec!["kernel/crypto/crc32c_generic.ko".to_string()];
-    mods.extend(modules_for(
-        &root,
-        &version,
-        "kernel/net/netfilter/ipvs/ip_vs_rr.ko",
-    ));
-    mods.push("kernel/drivers/net/dummy.ko".to_string());
     for (i, m) in mods.iter().enumerate() {
         let name = Path::new(m).file_name().unwrap().to_str().unwrap();
         fs::copy(
@@ -134,21 +151,31 @@ pub fn run_in_ipvs_vm(files: &[(&str, &str)], script: &str) -> String {
         )
         .unwrap();
     }
-    for (name, text) in files {
-        fs::write(init.join(name), text).unwrap();
-    }
-    fs::write(init.join("script"), script).unwrap();
-    fs::write(
-        init.join("init"),
-        format!(
-            "#!/bin/busybox sh\n/bin/busybox --install -s /bin\nmount -t proc proc /proc\n\
-             mount -t sysfs sys /sys\nfor m in /mods/*.ko; do insmod $m || echo \"insmod $m failed\"; done\n\
-             ip link set lo up\nip link add kube-ipvs0 type dummy\nip link set kube-ipvs0 up\n\
-             ip route add 10.0.0.0/8 dev kube-ipvs0\nip -6 route add fd00::/8 dev kube-ipvs0\n\
-             echo '{BEGIN}'\nsh /script 2>&1\necho '{END}'\npoweroff -f\n"
-        ),
-    )
-    .unwrap();
+    let script_path = tmp.path().join("script");
+    fs::write(&script_path, script).unwrap();
+    let modules = root.join(format!("lib/modules/{version}"));
+    let modules = modules.display();
+    // busybox's modprobe serves the kernel's on-demand module requests from the package's
+    // modules; crc32c_generic goes first or libcrc32c (and ip_vs) fail with "Unknown symbol".
+    let init_script = format!(
+        "#!/bin/busybox sh\n/bin/busybox --install -s /bin\n\
+         mount -t proc proc /proc\nmount -t sysfs sys /sys\nmount -t devtmpfs dev /dev\n\
+         for m in /mods/*.ko; do insmod $m || echo \"insmod $m failed\"; done\n\
+         mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose hostroot /lower || echo 'mount 9p failed'\n\
+         mount -t tmpfs tmpfs /rw\nmkdir -p /rw/upper /rw/work\n\
+         mount -t overlay overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work /newroot || echo 'mount overlay failed'\n\
+         mkdir -p /lib/modules/{version} /newroot/lib/modules/{version}\n\
+         mount --bind /lower{modules} /lib/modules/{version}\n\
+         mount --bind /lower{modules} /newroot/lib/modules/{version}\n\
+         echo /bin/modprobe > /proc/sys/kernel/modprobe\n\
+         for m in crc32c_generic ip_vs ip_vs_rr dummy; do modprobe $m || echo \"modprobe $m failed\"; done\n\
+         mount --bind /proc /newroot/proc\nmount --bind /sys /newroot/sys\nmount --bind /dev /newroot/dev\n\
+         mount -t tmpfs tmpfs /newroot/run\n\
+         ip link set lo up\n\
+         echo '{BEGIN}'\nchroot /newroot /bin/sh -c 'cd /tmp && sh {script}' 2>&1\necho '{END}'\npoweroff -f\n",
+        script = script_path.display(),
+    );
+    fs::write(init.join("init"), init_script).unwrap();
     fs::set_permissions(
         init.join("init"),
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
@@ -165,8 +192,14 @@ pub fn run_in_ipvs_vm(files: &[(&str, &str)], script: &str) -> String {
     ]));
     let out = Command::new("timeout")
         .arg(BOOT_TIMEOUT.as_secs().to_string())
-        .args(["qemu-system-x86_64", "-accel", "tcg", "-m", "256"])
-        .args(["-nographic", "-no-reboot", "-nic", "none", "-kernel"])
+        .args(["qemu-system-x86_64", "-accel", "tcg", "-m"])
+        .arg(memory_mib.to_string())
+        .args(["-nographic", "-no-reboot", "-nic", "none"])
+        .args([
+            "-virtfs",
+            "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+        ])
+        .arg("-kernel")
         .arg(root.join(format!("boot/vmlinuz-{version}")))
         .arg("-initrd")
         .arg(&cpio)

@@ -148,7 +148,7 @@ pub fn render_into_with(
 }
 
 /// The mark kube-proxy sets on packets to masquerade, as `iptables-save` prints it.
-fn mark_text(bit: u8) -> String {
+pub(crate) fn mark_text(bit: u8) -> String {
     format!("{:#x}", 1u32 << bit)
 }
 
@@ -237,27 +237,7 @@ impl<'c> Renderer<'c> {
 
     /// Writes `[!] -s`/`-i` for the local-traffic detector; false when there is no detector.
     fn detector_match(&self, out: &mut String, negated: bool) -> bool {
-        match &self.cfg.local_detector {
-            LocalDetector::None => false,
-            LocalDetector::Cidrs(cidrs) => {
-                // Upstream's detector takes one CIDR per family; extra ones are ignored.
-                match cidrs.iter().find(|c| self.cfg.family.contains_net(c)) {
-                    Some(c) => {
-                        rule::src_net(out, negated, c);
-                        true
-                    }
-                    None => false,
-                }
-            }
-            LocalDetector::BridgeInterface(br) => {
-                rule::in_iface(out, negated, br);
-                true
-            }
-            LocalDetector::InterfaceNamePrefix(prefix) => {
-                neg_iface_prefix(out, negated, prefix);
-                true
-            }
-        }
+        detector_match(self.cfg, out, negated)
     }
 
     fn service_port(&mut self, sp: &'c ServicePort, cluster_ip: IpAddr) {
@@ -939,6 +919,31 @@ impl<'c> Renderer<'c> {
         Ruleset {
             family: cfg.family,
             tables: vec![filter, nat],
+        }
+    }
+}
+
+/// Writes `[!] -s`/`-i` for `cfg`'s local-traffic detector; false when there is none.
+pub(crate) fn detector_match(cfg: &RenderConfig, out: &mut String, negated: bool) -> bool {
+    match &cfg.local_detector {
+        LocalDetector::None => false,
+        LocalDetector::Cidrs(cidrs) => {
+            // Upstream's detector takes one CIDR per family; extra ones are ignored.
+            match cidrs.iter().find(|c| cfg.family.contains_net(c)) {
+                Some(c) => {
+                    rule::src_net(out, negated, c);
+                    true
+                }
+                None => false,
+            }
+        }
+        LocalDetector::BridgeInterface(br) => {
+            rule::in_iface(out, negated, br);
+            true
+        }
+        LocalDetector::InterfaceNamePrefix(prefix) => {
+            neg_iface_prefix(out, negated, prefix);
+            true
         }
     }
 }

@@ -1,0 +1,461 @@
+//! The ipsets of IPVS mode: which sets exist, what each holds for a model, and their text as
+//! `ipset save` prints it and as an `ipset restore` script that replaces them atomically.
+//!
+//! Names, types and contents follow upstream (`pkg/proxy/ipvs/ipset.go` and the per-service loop
+//! of `syncProxyRules`): all 17 sets always exist; a Service without endpoints still has its
+//! entries (only `KUBE-LOOP-BACK` depends on endpoints); on IPv6 every name's `KUBE-` becomes
+//! `KUBE-6-`, cut to 31 characters.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::config::RenderConfig;
+use crate::endpoints;
+use crate::model::{IpFamily, Model, Protocol};
+
+/// The kernel's limit on a set name (`IPSET_MAXNAMELEN` − 1).
+pub const MAX_NAME_LEN: usize = 31;
+
+/// How a set stores its members (the `ipset` type name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SetKind {
+    /// `hash:ip`: an address.
+    HashIp,
+    /// `hash:ip,port`: address, protocol and port.
+    HashIpPort,
+    /// `hash:ip,port,ip`: address, protocol, port and a second address.
+    HashIpPortIp,
+    /// `hash:ip,port,net`: address, protocol, port and a network.
+    HashIpPortNet,
+    /// `bitmap:port`: a port (any protocol), 0–65535.
+    BitmapPort,
+}
+
+impl SetKind {
+    /// The type as `ipset` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SetKind::HashIp => "hash:ip",
+            SetKind::HashIpPort => "hash:ip,port",
+            SetKind::HashIpPortIp => "hash:ip,port,ip",
+            SetKind::HashIpPortNet => "hash:ip,port,net",
+            SetKind::BitmapPort => "bitmap:port",
+        }
+    }
+}
+
+/// One of IPVS mode's sets, by its upstream role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SetId {
+    /// `KUBE-LOOP-BACK`: local endpoints, for hairpin masquerade.
+    LoopBack,
+    /// `KUBE-CLUSTER-IP`: cluster IP + port.
+    ClusterIp,
+    /// `KUBE-EXTERNAL-IP`: external IP + port (Cluster policy).
+    ExternalIp,
+    /// `KUBE-EXTERNAL-IP-LOCAL`: external IP + port (Local policy).
+    ExternalIpLocal,
+    /// `KUBE-LOAD-BALANCER`: load-balancer IP + port.
+    LoadBalancer,
+    /// `KUBE-LOAD-BALANCER-FW`: load-balancer IP + port with source ranges.
+    LoadBalancerFw,
+    /// `KUBE-LOAD-BALANCER-LOCAL`: load-balancer IP + port (Local policy).
+    LoadBalancerLocal,
+    /// `KUBE-LOAD-BALANCER-SOURCE-IP`: load-balancer IP + port + the VIP, when the node may connect.
+    LoadBalancerSourceIp,
+    /// `KUBE-LOAD-BALANCER-SOURCE-CIDR`: load-balancer IP + port + an allowed source range.
+    LoadBalancerSourceCidr,
+    /// `KUBE-NODE-PORT-TCP`.
+    NodePortTcp,
+    /// `KUBE-NODE-PORT-LOCAL-TCP`.
+    NodePortLocalTcp,
+    /// `KUBE-NODE-PORT-UDP`.
+    NodePortUdp,
+    /// `KUBE-NODE-PORT-LOCAL-UDP`.
+    NodePortLocalUdp,
+    /// `KUBE-NODE-PORT-SCTP-HASH`: node IP + SCTP node port.
+    NodePortSctp,
+    /// `KUBE-NODE-PORT-LOCAL-SCTP-HASH`.
+    NodePortLocalSctp,
+    /// `KUBE-HEALTH-CHECK-NODE-PORT`.
+    HealthCheckNodePort,
+    /// `KUBE-IPVS-IPS`: every address bound to `kube-ipvs0`.
+    IpvsIps,
+}
+
+impl SetId {
+    /// Every set, in upstream's `ipsetInfo` order (the order they are created and printed in).
+    pub const ALL: [SetId; 17] = [
+        SetId::LoopBack,
+        SetId::ClusterIp,
+        SetId::ExternalIp,
+        SetId::ExternalIpLocal,
+        SetId::LoadBalancer,
+        SetId::LoadBalancerFw,
+        SetId::LoadBalancerLocal,
+        SetId::LoadBalancerSourceIp,
+        SetId::LoadBalancerSourceCidr,
+        SetId::NodePortTcp,
+        SetId::NodePortLocalTcp,
+        SetId::NodePortUdp,
+        SetId::NodePortLocalUdp,
+        SetId::NodePortSctp,
+        SetId::NodePortLocalSctp,
+        SetId::HealthCheckNodePort,
+        SetId::IpvsIps,
+    ];
+
+    /// The IPv4 name.
+    pub fn base_name(self) -> &'static str {
+        match self {
+            SetId::LoopBack => "KUBE-LOOP-BACK",
+            SetId::ClusterIp => "KUBE-CLUSTER-IP",
+            SetId::ExternalIp => "KUBE-EXTERNAL-IP",
+            SetId::ExternalIpLocal => "KUBE-EXTERNAL-IP-LOCAL",
+            SetId::LoadBalancer => "KUBE-LOAD-BALANCER",
+            SetId::LoadBalancerFw => "KUBE-LOAD-BALANCER-FW",
+            SetId::LoadBalancerLocal => "KUBE-LOAD-BALANCER-LOCAL",
+            SetId::LoadBalancerSourceIp => "KUBE-LOAD-BALANCER-SOURCE-IP",
+            SetId::LoadBalancerSourceCidr => "KUBE-LOAD-BALANCER-SOURCE-CIDR",
+            SetId::NodePortTcp => "KUBE-NODE-PORT-TCP",
+            SetId::NodePortLocalTcp => "KUBE-NODE-PORT-LOCAL-TCP",
+            SetId::NodePortUdp => "KUBE-NODE-PORT-UDP",
+            SetId::NodePortLocalUdp => "KUBE-NODE-PORT-LOCAL-UDP",
+            SetId::NodePortSctp => "KUBE-NODE-PORT-SCTP-HASH",
+            SetId::NodePortLocalSctp => "KUBE-NODE-PORT-LOCAL-SCTP-HASH",
+            SetId::HealthCheckNodePort => "KUBE-HEALTH-CHECK-NODE-PORT",
+            SetId::IpvsIps => "KUBE-IPVS-IPS",
+        }
+    }
+
+    /// The set's name for `family` (`KUBE-6-…`, at most 31 characters, on IPv6).
+    pub fn name(self, family: IpFamily) -> String {
+        match family {
+            IpFamily::V4 => self.base_name().to_string(),
+            IpFamily::V6 => {
+                let mut n = self.base_name().replacen("KUBE-", "KUBE-6-", 1);
+                n.truncate(MAX_NAME_LEN);
+                n
+            }
+        }
+    }
+
+    /// Its type.
+    pub fn kind(self) -> SetKind {
+        match self {
+            SetId::LoopBack | SetId::LoadBalancerSourceIp => SetKind::HashIpPortIp,
+            SetId::LoadBalancerSourceCidr => SetKind::HashIpPortNet,
+            SetId::NodePortTcp
+            | SetId::NodePortLocalTcp
+            | SetId::NodePortUdp
+            | SetId::NodePortLocalUdp
+            | SetId::HealthCheckNodePort => SetKind::BitmapPort,
+            SetId::IpvsIps => SetKind::HashIp,
+            _ => SetKind::HashIpPort,
+        }
+    }
+
+    /// Upstream's description, which the iptables rules carry as their comment.
+    pub fn comment(self) -> &'static str {
+        match self {
+            SetId::LoopBack => {
+                "Kubernetes endpoints dst ip:port, source ip for solving hairpin purpose"
+            }
+            SetId::ClusterIp => "Kubernetes service cluster ip + port for masquerade purpose",
+            SetId::ExternalIp => {
+                "Kubernetes service external ip + port for masquerade and filter purpose"
+            }
+            SetId::ExternalIpLocal => {
+                "Kubernetes service external ip + port with externalTrafficPolicy=local"
+            }
+            SetId::LoadBalancer => "Kubernetes service lb portal",
+            SetId::LoadBalancerFw => {
+                "Kubernetes service load balancer ip + port for load balancer with sourceRange"
+            }
+            SetId::LoadBalancerLocal => {
+                "Kubernetes service load balancer ip + port with externalTrafficPolicy=local"
+            }
+            SetId::LoadBalancerSourceIp => {
+                "Kubernetes service load balancer ip + port + source IP for packet filter purpose"
+            }
+            SetId::LoadBalancerSourceCidr => {
+                "Kubernetes service load balancer ip + port + source cidr for packet filter purpose"
+            }
+            SetId::NodePortTcp => "Kubernetes nodeport TCP port for masquerade purpose",
+            SetId::NodePortLocalTcp => {
+                "Kubernetes nodeport TCP port with externalTrafficPolicy=local"
+            }
+            SetId::NodePortUdp => "Kubernetes nodeport UDP port for masquerade purpose",
+            SetId::NodePortLocalUdp => {
+                "Kubernetes nodeport UDP port with externalTrafficPolicy=local"
+            }
+            SetId::NodePortSctp => {
+                "Kubernetes nodeport SCTP port for masquerade purpose with type 'hash ip:port'"
+            }
+            SetId::NodePortLocalSctp => {
+                "Kubernetes nodeport SCTP port with externalTrafficPolicy=local with type 'hash ip:port'"
+            }
+            SetId::HealthCheckNodePort => "Kubernetes health check node port",
+            SetId::IpvsIps => "Addresses on the ipvs interface",
+        }
+    }
+}
+
+/// One set and its members, each spelled as `ipset save` prints it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpSet {
+    /// Which set.
+    pub id: SetId,
+    /// Its name for the family.
+    pub name: String,
+    /// Its members, sorted.
+    pub entries: BTreeSet<String>,
+}
+
+/// All of IPVS mode's sets for one family, and a destination the node may not reach through a
+/// source-ranged load balancer (upstream's `KUBE-IPVS-OUT-FILTER` entries).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpSets {
+    /// The family (it decides names and `family inet|inet6`).
+    pub family: IpFamily,
+    /// The 17 sets, in [`SetId::ALL`] order.
+    pub sets: Vec<IpSet>,
+    /// Load-balancer VIP, protocol and port whose source ranges leave the node out.
+    pub no_node_access: Vec<(IpAddr, Protocol, u16)>,
+}
+
+/// `IP,proto:port` as a `hash:ip,port` member.
+fn ip_port(ip: &IpAddr, p: Protocol, port: u16) -> String {
+    format!("{ip},{}:{port}", p.as_str())
+}
+
+/// A network as `ipset` prints it: a host-length prefix loses its `/32` or `/128`, so the text
+/// matches what the kernel lists (upstream compares text and re-adds such entries every sync).
+fn net_text(net: &IpNet) -> String {
+    if net.prefix_len() == net.max_prefix_len() {
+        net.addr().to_string()
+    } else {
+        net.trunc().to_string()
+    }
+}
+
+impl IpSets {
+    /// The sets `model` needs on this node.
+    pub fn for_model(model: &Model, cfg: &RenderConfig) -> IpSets {
+        let family = cfg.family;
+        let mut entries: Vec<BTreeSet<String>> = vec![BTreeSet::new(); SetId::ALL.len()];
+        let mut add = |id: SetId, e: String| {
+            entries[id as usize].insert(e);
+        };
+        let mut no_node_access = Vec::new();
+        let node_ips = super::servers::node_port_addresses(cfg);
+        // Upstream's "primary node IP": the first address of the family the Node reports.
+        let primary = cfg.node_ips.iter().find(|ip| family.contains(ip));
+        for sp in &model.services {
+            let Some(cluster_ip) = sp.cluster_ips.iter().find(|ip| family.contains(ip)) else {
+                continue;
+            };
+            let p = sp.protocol;
+            for e in sp.endpoints.iter().filter(|e| family.contains(&e.ip)) {
+                // Every local endpoint, ready or not: upstream does not look at conditions here.
+                if !cfg.node_name.is_empty() && e.node_name.as_deref() == Some(&cfg.node_name) {
+                    add(
+                        SetId::LoopBack,
+                        format!("{},{}:{},{}", e.ip, p.as_str(), e.port, e.ip),
+                    );
+                }
+            }
+            add(SetId::ClusterIp, ip_port(cluster_ip, p, sp.port));
+            add(SetId::IpvsIps, cluster_ip.to_string());
+            let local = endpoints::external_policy_local(sp);
+            for ip in sp.external_ips.iter().filter(|ip| family.contains(ip)) {
+                let id = if local {
+                    SetId::ExternalIpLocal
+                } else {
+                    SetId::ExternalIp
+                };
+                add(id, ip_port(ip, p, sp.port));
+                if !cfg.node_ips.contains(ip) {
+                    add(SetId::IpvsIps, ip.to_string());
+                }
+            }
+            for ip in sp.load_balancer_ips.iter().filter(|ip| family.contains(ip)) {
+                let entry = ip_port(ip, p, sp.port);
+                add(SetId::LoadBalancer, entry.clone());
+                if local {
+                    add(SetId::LoadBalancerLocal, entry.clone());
+                }
+                let ranges: Vec<&IpNet> = sp
+                    .load_balancer_source_ranges
+                    .iter()
+                    .filter(|n| family.contains_net(n))
+                    .collect();
+                if !ranges.is_empty() {
+                    add(SetId::LoadBalancerFw, entry.clone());
+                    let mut from_node = false;
+                    for n in ranges {
+                        add(
+                            SetId::LoadBalancerSourceCidr,
+                            format!("{entry},{}", net_text(n)),
+                        );
+                        from_node |= primary.is_some_and(|ip| n.contains(ip));
+                    }
+                    if from_node {
+                        add(SetId::LoadBalancerSourceIp, format!("{entry},{ip}"));
+                    } else {
+                        no_node_access.push((*ip, p, sp.port));
+                    }
+                }
+                if !cfg.node_ips.contains(ip) {
+                    add(SetId::IpvsIps, ip.to_string());
+                }
+            }
+            if let Some(node_port) = sp.node_port {
+                // Upstream skips the rest of the service port (its health-check port too)
+                // when no node address serves node ports.
+                if node_ips.is_empty() {
+                    continue;
+                }
+                let (all, locals) = match p {
+                    Protocol::Tcp => (SetId::NodePortTcp, SetId::NodePortLocalTcp),
+                    Protocol::Udp => (SetId::NodePortUdp, SetId::NodePortLocalUdp),
+                    Protocol::Sctp => (SetId::NodePortSctp, SetId::NodePortLocalSctp),
+                };
+                let members: Vec<String> = match p {
+                    Protocol::Sctp => node_ips
+                        .iter()
+                        .map(|ip| ip_port(ip, p, node_port))
+                        .collect(),
+                    _ => vec![node_port.to_string()],
+                };
+                for m in members {
+                    if local {
+                        add(locals, m.clone());
+                    }
+                    add(all, m);
+                }
+            }
+            if let Some(hc) = sp.health_check_node_port {
+                add(SetId::HealthCheckNodePort, hc.to_string());
+            }
+        }
+        no_node_access
+            .sort_by_key(|(ip, p, port)| (*ip, super::servers::protocol_order(*p), *port));
+        no_node_access.dedup();
+        IpSets {
+            family,
+            sets: SetId::ALL
+                .iter()
+                .zip(entries)
+                .map(|(&id, entries)| IpSet {
+                    id,
+                    name: id.name(family),
+                    entries,
+                })
+                .collect(),
+            no_node_access,
+        }
+    }
+
+    /// The set `id`.
+    pub fn get(&self, id: SetId) -> &IpSet {
+        &self.sets[id as usize]
+    }
+
+    /// Whether set `id` has no members (upstream leaves out the iptables rules of empty sets).
+    pub fn is_empty(&self, id: SetId) -> bool {
+        self.get(id).entries.is_empty()
+    }
+
+    fn family_word(&self) -> &'static str {
+        match self.family {
+            IpFamily::V4 => "inet",
+            IpFamily::V6 => "inet6",
+        }
+    }
+
+    /// `create NAME TYPE OPTIONS` with upstream's options: as `ipset save` prints it (which
+    /// adds `bucketsize 12` to hash types), or for a script (`-exist`, nothing version-specific).
+    fn write_create<W: fmt::Write>(
+        &self,
+        out: &mut W,
+        name: &str,
+        kind: SetKind,
+        as_saved: bool,
+    ) -> fmt::Result {
+        write!(out, "create {name} {}", kind.as_str())?;
+        match kind {
+            SetKind::BitmapPort => out.write_str(" range 0-65535")?,
+            _ => {
+                write!(
+                    out,
+                    " family {} hashsize 1024 maxelem 65536",
+                    self.family_word()
+                )?;
+                if as_saved {
+                    out.write_str(" bucketsize 12")?;
+                }
+            }
+        }
+        if !as_saved {
+            out.write_str(" -exist")?;
+        }
+        out.write_char('\n')
+    }
+
+    /// The sets as `ipset save` prints them (ipset 7.x), without the random `initval` the kernel
+    /// picks for each hash set; `ipset restore` loads it as it is.
+    pub fn write_save<W: fmt::Write>(&self, out: &mut W) -> fmt::Result {
+        for set in &self.sets {
+            self.write_create(out, &set.name, set.id.kind(), true)?;
+            for e in &set.entries {
+                writeln!(out, "add {} {e}", set.name)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// [`IpSets::write_save`] into a string.
+    pub fn to_save_text(&self) -> String {
+        let mut s = String::new();
+        self.write_save(&mut s)
+            .expect("writing to a String cannot fail");
+        s
+    }
+
+    /// An `ipset restore` script that makes every set hold exactly its members, atomically per
+    /// set: each is created if missing, a temporary copy is filled, swapped in and destroyed.
+    /// A set the iptables rules reference can be swapped but not destroyed, which is why the
+    /// live set is never re-created. `temp_prefix` names the copies (`KUBE-TMP-` + a number).
+    pub fn write_restore_script<W: fmt::Write>(
+        &self,
+        out: &mut W,
+        temp_prefix: &str,
+    ) -> fmt::Result {
+        for (i, set) in self.sets.iter().enumerate() {
+            let kind = set.id.kind();
+            // `-exist` on create keeps an existing set as it is (same type), as upstream's does.
+            self.write_create(out, &set.name, kind, false)?;
+            let tmp = format!("{temp_prefix}{i}");
+            self.write_create(out, &tmp, kind, false)?;
+            writeln!(out, "flush {tmp}")?;
+            for e in &set.entries {
+                writeln!(out, "add {tmp} {e}")?;
+            }
+            writeln!(out, "swap {tmp} {}", set.name)?;
+            writeln!(out, "destroy {tmp}")?;
+        }
+        Ok(())
+    }
+
+    /// How many members all sets hold.
+    pub fn entry_count(&self) -> usize {
+        self.sets.iter().map(|s| s.entries.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests;
