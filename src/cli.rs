@@ -113,6 +113,14 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION")]
     pub iptables_min_sync_period: Option<String>,
 
+    /// IPVS mode: the longest time between two syncs (e.g. 30s) [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    pub ipvs_sync_period: Option<String>,
+
+    /// IPVS mode: the shortest time between two syncs (e.g. 1s) [default: 1s].
+    #[arg(long, value_name = "DURATION")]
+    pub ipvs_min_sync_period: Option<String>,
+
     /// Log verbosity (0-10), as upstream's -v.
     #[arg(short = 'v', long = "v", value_name = "N")]
     pub verbosity: Option<u8>,

@@ -143,34 +143,6 @@ fn parts(text: &str) -> BTreeMap<String, String> {
     out
 }
 
-/// `ipset save` text with the random `initval`s removed and each set's members sorted.
-fn normalize_ipset(text: &str) -> String {
-    let mut out = String::new();
-    let mut members: Vec<&str> = Vec::new();
-    let flush = |out: &mut String, members: &mut Vec<&str>| {
-        members.sort();
-        for m in members.drain(..) {
-            out.push_str(m);
-            out.push('\n');
-        }
-    };
-    for line in text.lines() {
-        if line.starts_with("create ") {
-            flush(&mut out, &mut members);
-            let line = match line.find(" initval ") {
-                Some(i) => &line[..i],
-                None => line,
-            };
-            out.push_str(line);
-            out.push('\n');
-        } else if line.starts_with("add ") {
-            members.push(line);
-        }
-    }
-    flush(&mut out, &mut members);
-    out
-}
-
 /// `iptables-save` text as table name → its lines (no `#` lines, counters zeroed).
 fn iptables_tables(text: &str) -> BTreeMap<String, String> {
     let mut out: BTreeMap<String, String> = BTreeMap::new();
@@ -274,7 +246,10 @@ fn every_golden_ipvs_case_loads_into_a_real_kernel_and_saves_back_unchanged() {
                 support::unified_diff(&p["ipvsadm"], &got("ipvsadm"), "ours", "kernel")
             ));
         }
-        let (ours, kernel) = (normalize_ipset(&p["ipset"]), normalize_ipset(&got("ipset")));
+        let (ours, kernel) = (
+            rulegen::ipvs::ipsets::comparable_save(&p["ipset"]),
+            rulegen::ipvs::ipsets::comparable_save(&got("ipset")),
+        );
         if ours != kernel {
             failures.push(format!(
                 "{name}: ipset save differs:\n{}",
@@ -294,4 +269,243 @@ fn every_golden_ipvs_case_loads_into_a_real_kernel_and_saves_back_unchanged() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The `key=value` fields of the last agent log line that says `rules synced`, and how many
+/// such lines there were.
+fn last_sync_fields(log: &str) -> (usize, BTreeMap<String, String>) {
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("rules synced")).collect();
+    let fields = lines
+        .last()
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|w| w.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    (lines.len(), fields)
+}
+
+/// The agent itself in IPVS mode, in the VM: it applies `golden/example` with its own netlink
+/// client, ipset script and iptables restore, and the kernel then holds exactly what the dry
+/// run prints (virtual servers, sets, rules, `kube-ipvs0`'s addresses). Then one endpoint of a
+/// three-port Service goes away: the agent sends exactly the three real-server deletions, and
+/// the kernel matches the new dry run.
+#[test]
+fn the_agent_applies_ipvs_mode_and_then_only_what_changed() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let v1 = fs::read_to_string(root.join("golden/example/objects.yaml")).unwrap();
+    let gone = "- addresses: [10.244.2.7]\n  conditions: {ready: true, serving: true, terminating: false}\n  nodeName: node-b\n  zone: zone-b\n";
+    assert!(v1.contains(gone));
+    let v2 = v1.replacen(gone, "", 1);
+    let dir = support::TempDir::new("ipvs-agent");
+    let d = dir.path().display().to_string();
+    fs::write(dir.path().join("v1.yaml"), &v1).unwrap();
+    fs::write(dir.path().join("v2.yaml"), &v2).unwrap();
+    let flags = [
+        "--hostname-override",
+        "node-a",
+        "--cluster-cidr",
+        "10.244.0.0/16",
+        "--proxy-mode",
+        "ipvs",
+    ];
+    let bin = env!("CARGO_BIN_EXE_kube-proxy-rs");
+    let dry = |file: &str| {
+        let out = std::process::Command::new(bin)
+            .args(["--dry-run", "--objects", &format!("{d}/{file}")])
+            .args(flags)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        parts(&String::from_utf8(out.stdout).unwrap())
+    };
+    let (want1, want2) = (dry("v1.yaml"), dry("v2.yaml"));
+    let wait = |n: usize| {
+        format!(
+            "i=0; while [ $(grep -c 'rules synced' /run/agent.log) -lt {n} ] && [ $i -lt 600 ]; do \
+             sleep 0.1; i=$((i+1)); done\n"
+        )
+    };
+    let dump = |tag: &str| {
+        format!(
+            "echo '@@@ {tag} ipvsadm'; ipvsadm -Sn; echo '@@@ {tag} ipset'; ipset save; \
+             echo '@@@ {tag} iptables'; iptables-save; \
+             echo '@@@ {tag} addr'; ip -o addr show dev kube-ipvs0\n"
+        )
+    };
+    let script = format!(
+        "ip link add rs type dummy\nip link set rs up\nip route add default dev rs\n\
+         cp {d}/v1.yaml /run/objects.yaml\n\
+         {bin} --objects /run/objects.yaml {} > /run/agent.log 2>&1 &\nAGENT=$!\n{}{}\
+         cp {d}/v2.yaml /run/objects.yaml\n{}{}\
+         kill $AGENT; wait $AGENT\necho '@@@ log'; cat /run/agent.log\n",
+        flags.join(" "),
+        wait(1),
+        dump("1"),
+        wait(2),
+        dump("2"),
+    );
+    let out = support::vm::run_in_vm(&script, 512);
+    let mut got: BTreeMap<String, String> = BTreeMap::new();
+    let mut key = String::new();
+    for line in out.lines() {
+        if let Some(h) = line.strip_prefix("@@@ ") {
+            key = h.to_string();
+            got.entry(key.clone()).or_default();
+        } else if !key.is_empty() {
+            let t = got.get_mut(&key).unwrap();
+            t.push_str(line);
+            t.push('\n');
+        }
+    }
+    let log = got.get("log").cloned().unwrap_or_default();
+    let (syncs, fields) = last_sync_fields(&log);
+    assert_eq!(syncs, 2, "expected two syncs:\n{out}");
+    for (tag, want) in [("1", &want1), ("2", &want2)] {
+        let k = |p: &str| got.get(&format!("{tag} {p}")).cloned().unwrap_or_default();
+        assert_eq!(
+            parse(&k("ipvsadm")),
+            parse(&want["ipvsadm"]),
+            "sync {tag}: ipvsadm -Sn:\n{}\n--- dry run:\n{}\n--- log:\n{log}",
+            k("ipvsadm"),
+            want["ipvsadm"]
+        );
+        assert_eq!(
+            rulegen::ipvs::ipsets::comparable_save(&k("ipset")),
+            rulegen::ipvs::ipsets::comparable_save(&want["ipset"]),
+            "sync {tag}: ipset save"
+        );
+        let kernel = iptables_tables(&k("iptables"));
+        for (table, text) in iptables_tables(&want["iptables"]) {
+            assert_eq!(
+                kernel.get(&table),
+                Some(&text),
+                "sync {tag}: iptables-save -t {table}"
+            );
+        }
+        let bound: BTreeSet<String> = k("addr")
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(3))
+            .map(|a| a.split('/').next().unwrap().to_string())
+            .collect();
+        let wanted: BTreeSet<String> = want["ipset"]
+            .lines()
+            .filter_map(|l| l.strip_prefix("add KUBE-IPVS-IPS "))
+            .map(str::to_string)
+            .collect();
+        assert_eq!(bound, wanted, "sync {tag}: kube-ipvs0's addresses");
+    }
+    // Only the difference went over netlink: the three real servers of 10.244.2.7.
+    let lines = |t: &str| -> BTreeSet<String> { t.lines().map(str::to_string).collect() };
+    let changed = lines(&want1["ipvsadm"])
+        .symmetric_difference(&lines(&want2["ipvsadm"]))
+        .count();
+    assert_eq!(changed, 3);
+    assert_eq!(
+        fields.get("netlink_messages").map(String::as_str),
+        Some("3"),
+        "{log}"
+    );
+    assert_eq!(
+        fields.get("dests_deleted").map(String::as_str),
+        Some("3"),
+        "{log}"
+    );
+    assert_eq!(
+        fields.get("services_added").map(String::as_str),
+        Some("0"),
+        "{log}"
+    );
+}
+
+/// `N` ClusterIP Services with `per` endpoints each, as one JSON `List`; `moved` shifts the
+/// addresses of Service 0's endpoints (a one-endpoint-set change).
+fn scale_objects(n: u32, per: u32, moved: u32) -> String {
+    let mut items = Vec::new();
+    items.push(
+        "{\"apiVersion\":\"v1\",\"kind\":\"Node\",\"metadata\":{\"name\":\"node-a\"},\
+         \"status\":{\"addresses\":[{\"type\":\"InternalIP\",\"address\":\"192.168.0.10\"}]}}"
+            .to_string(),
+    );
+    for i in 0..n {
+        let ip = format!("10.96.{}.{}", i / 250, i % 250 + 1);
+        items.push(format!(
+            "{{\"apiVersion\":\"v1\",\"kind\":\"Service\",\"metadata\":{{\"name\":\"svc{i}\",\"namespace\":\"ns\"}},\
+             \"spec\":{{\"clusterIP\":\"{ip}\",\"clusterIPs\":[\"{ip}\"],\"ports\":[{{\"name\":\"http\",\"port\":80,\"protocol\":\"TCP\",\"targetPort\":8080}}]}}}}"
+        ));
+        let eps: Vec<String> = (0..per)
+            .map(|e| {
+                let k = i * per + e + if i == 0 { moved } else { 0 };
+                format!(
+                    "{{\"addresses\":[\"10.{}.{}.{}\"],\"nodeName\":\"node-{}\",\"conditions\":{{\"ready\":true}}}}",
+                    128 + k / 65536 % 64,
+                    k / 256 % 256,
+                    k % 256,
+                    e % 3
+                )
+            })
+            .collect();
+        items.push(format!(
+            "{{\"apiVersion\":\"discovery.k8s.io/v1\",\"kind\":\"EndpointSlice\",\"metadata\":{{\"name\":\"svc{i}-1\",\"namespace\":\"ns\",\
+             \"labels\":{{\"kubernetes.io/service-name\":\"svc{i}\"}}}},\"addressType\":\"IPv4\",\
+             \"ports\":[{{\"name\":\"http\",\"port\":8080,\"protocol\":\"TCP\"}}],\"endpoints\":[{}]}}",
+            eps.join(",")
+        ));
+    }
+    format!(
+        "{{\"apiVersion\":\"v1\",\"kind\":\"List\",\"items\":[{}]}}\n",
+        items.join(",\n")
+    )
+}
+
+/// By hand, for the figures in `benches/README.md` (TCG emulation: slower than a real node):
+/// `KPRS_VM_SCALE_SERVICES=10000 cargo test --release --test ipvs_vm -- --ignored --nocapture`.
+/// The agent syncs N Services × 10 endpoints into the VM's empty IPVS table, then one Service's
+/// endpoint set changes (one real server replaced); prints both syncs' log lines.
+#[test]
+#[ignore]
+fn ipvs_sync_at_scale_in_the_vm() {
+    let n: u32 = std::env::var("KPRS_VM_SCALE_SERVICES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
+    let dir = support::TempDir::new("ipvs-scale");
+    let d = dir.path().display().to_string();
+    fs::write(dir.path().join("v1.json"), scale_objects(n, 10, 0)).unwrap();
+    // Service 0's endpoints shift by one address: one real server out, one in.
+    fs::write(dir.path().join("v2.json"), scale_objects(n, 10, 1)).unwrap();
+    let bin = env!("CARGO_BIN_EXE_kube-proxy-rs");
+    let wait = |k: usize| {
+        format!(
+            "i=0; while [ $(grep -c 'rules synced' /run/agent.log) -lt {k} ] && [ $i -lt 6000 ]; do \
+             sleep 0.1; i=$((i+1)); done\n"
+        )
+    };
+    let script = format!(
+        "ip link add rs type dummy\nip link set rs up\nip route add default dev rs\n\
+         cp {d}/v1.json /run/objects.json\n\
+         {bin} --objects /run/objects.json --hostname-override node-a --proxy-mode ipvs \
+         --ipvs-min-sync-period 0s > /run/agent.log 2>&1 &\nAGENT=$!\n{}\
+         cp {d}/v2.json /run/objects.json\n{}\
+         echo VS=$(ipvsadm -Sn | grep -c '^-A') RS=$(ipvsadm -Sn | grep -c '^-a')\n\
+         kill $AGENT; wait $AGENT\ncat /run/agent.log\n",
+        wait(1),
+        wait(2),
+    );
+    let out = support::vm::run_in_vm_for(&script, 3072, std::time::Duration::from_secs(3600));
+    println!("{out}");
+    let (syncs, fields) = last_sync_fields(&out);
+    assert_eq!(syncs, 2, "{out}");
+    assert!(out.contains(&format!("VS={n} RS={}", n * 10)), "{out}");
+    assert_eq!(
+        fields.get("netlink_messages").map(String::as_str),
+        Some("2"),
+        "{out}"
+    );
 }

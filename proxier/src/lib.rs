@@ -11,7 +11,11 @@ pub mod backend;
 pub mod command;
 pub mod detect;
 pub mod hooks;
+pub mod interface;
+pub mod ipset;
 pub mod iptables;
+pub mod ipvs;
+mod netlink;
 pub mod restore;
 pub mod runner;
 
@@ -20,6 +24,11 @@ pub use backend::{Backend, Family};
 pub use command::{CommandError, Finished, Launcher};
 pub use detect::{Detection, detect_backend};
 pub use hooks::{BuiltinRules, HookError, HookReport};
+pub use interface::{DummyInterface, IPVS_INTERFACE, InterfaceError, local_addresses_except};
+pub use ipset::{Ipset, IpsetError, IpsetReport};
 pub use iptables::{DEFAULT_TIMEOUT, Iptables};
+pub use ipvs::{
+    FakeIpvs, IpvsError, IpvsHandle, IpvsSocket, IpvsSyncConfig, IpvsSyncReport, IpvsSyncer,
+};
 pub use restore::{FailedLine, Rejected, RestoreError};
 pub use runner::{Runner, Trigger};

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod duration;
 pub mod files;
+pub mod ipvs;
 pub mod logging;
 pub mod ratelimit;
 pub mod run;

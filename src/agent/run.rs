@@ -14,9 +14,10 @@ use tokio::sync::{Mutex, Notify, watch};
 use super::api::{self, ApiStores};
 use super::duration::parse_go_duration;
 use super::files::{self, FileSnapshot};
+use super::ipvs::IpvsDataplane;
 use super::{logging, ratelimit};
 use crate::cli::Cli;
-use crate::settings::Settings;
+use crate::settings::{ProxyMode, Settings};
 use crate::translate;
 
 /// Upstream's defaults for `--iptables-min-sync-period` and `--iptables-sync-period`.
@@ -74,6 +75,8 @@ struct SyncState {
     last_warnings: Vec<String>,
     // When the kernel was last read back in full (stale chains, hooks); redone hourly.
     last_full_sync: Option<Instant>,
+    // IPVS mode's dataplane (`--proxy-mode ipvs`); iptables mode when absent.
+    ipvs: Option<IpvsDataplane>,
 }
 
 impl SyncState {
@@ -101,7 +104,48 @@ impl SyncState {
         translation
     }
 
+    /// IPVS mode: the whole (small) iptables part and the sets every time, the virtual servers
+    /// as a netlink diff.
+    async fn sync_ipvs(&mut self) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let translation = self.translate();
+        let service_ports = translation.model.services.len();
+        let Some(ipvs) = self.ipvs.as_mut() else {
+            anyhow::bail!("IPVS mode without its dataplane");
+        };
+        let s = ipvs.sync(&translation, &mut self.applier).await?;
+        let n = &s.netlink;
+        tracing::info!(
+            service_ports,
+            kind = "ipvs",
+            virtual_servers = s.virtual_servers,
+            real_servers = s.real_servers,
+            services_added = n.services_added,
+            services_changed = n.services_changed,
+            services_deleted = n.services_deleted,
+            dests_added = n.dests_added,
+            dests_changed = n.dests_changed,
+            dests_deleted = n.dests_deleted,
+            dests_draining = n.draining,
+            netlink_messages = n.messages_sent,
+            dump_ms = n.dump_duration.as_millis() as u64,
+            netlink_ms = n.apply_duration.as_millis() as u64,
+            addresses_bound = s.bound,
+            addresses_unbound = s.unbound,
+            set_entries = s.set_entries,
+            ipset_ms = s.ipset.as_millis() as u64,
+            restore_ms = s.iptables.as_millis() as u64,
+            render_ms = s.render.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "rules synced"
+        );
+        Ok(())
+    }
+
     async fn sync_once(&mut self) -> anyhow::Result<()> {
+        if self.ipvs.is_some() {
+            return self.sync_ipvs().await;
+        }
         let started = Instant::now();
         let full_due = self
             .last_full_sync
@@ -311,19 +355,28 @@ async fn run_async(cli: &Cli) -> anyhow::Result<()> {
     for w in &warnings {
         tracing::warn!("{w}");
     }
+    let (min_flag, sync_flag, prefix) = match settings.mode {
+        ProxyMode::Iptables => (
+            &cli.iptables_min_sync_period,
+            &cli.iptables_sync_period,
+            "iptables",
+        ),
+        ProxyMode::Ipvs => (&cli.ipvs_min_sync_period, &cli.ipvs_sync_period, "ipvs"),
+    };
     let min_sync = period(
-        &cli.iptables_min_sync_period,
-        "iptables-min-sync-period",
+        min_flag,
+        &format!("{prefix}-min-sync-period"),
         DEFAULT_MIN_SYNC,
     )?;
-    let sync = period(
-        &cli.iptables_sync_period,
-        "iptables-sync-period",
-        DEFAULT_SYNC,
-    )?;
+    let sync = period(sync_flag, &format!("{prefix}-sync-period"), DEFAULT_SYNC)?;
     if sync.is_zero() {
-        anyhow::bail!("--iptables-sync-period must be above zero");
+        anyhow::bail!("--{prefix}-sync-period must be above zero");
     }
+    // IPVS mode needs the kernel's IPVS: checked before anything else is started.
+    let ipvs = match settings.mode {
+        ProxyMode::Ipvs => Some(IpvsDataplane::open(&settings)?),
+        ProxyMode::Iptables => None,
+    };
     let runner = Runner::new(min_sync, sync);
     let trigger = runner.trigger();
     let source = if !cli.objects.is_empty() {
@@ -373,6 +426,7 @@ async fn run_async(cli: &Cli) -> anyhow::Result<()> {
         applier,
         last_warnings: Vec::new(),
         last_full_sync: None,
+        ipvs,
     }));
     trigger.run();
     runner

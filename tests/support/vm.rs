@@ -120,6 +120,11 @@ pub fn run_in_ipvs_vm(files: &[(&str, &str)], script: &str) -> String {
 /// `dummy` are loaded first). Runs `script` with `sh` as root in the VM (`lo` up, no other
 /// network device) and returns what it printed. `memory_mib` is the VM's RAM.
 pub fn run_in_vm(script: &str, memory_mib: u32) -> String {
+    run_in_vm_for(script, memory_mib, BOOT_TIMEOUT)
+}
+
+/// [`run_in_vm`] with its own time limit (by-hand scale runs take minutes under TCG).
+pub fn run_in_vm_for(script: &str, memory_mib: u32, limit: Duration) -> String {
     let (root, version) = kernel();
     let tmp = TempDir::new("ipvs-vm");
     let init = tmp.path().join("initrd");
@@ -191,7 +196,7 @@ pub fn run_in_vm(script: &str, memory_mib: u32) -> String {
         ),
     ]));
     let out = Command::new("timeout")
-        .arg(BOOT_TIMEOUT.as_secs().to_string())
+        .arg(limit.as_secs().to_string())
         .args(["qemu-system-x86_64", "-accel", "tcg", "-m"])
         .arg(memory_mib.to_string())
         .args(["-nographic", "-no-reboot", "-nic", "none"])

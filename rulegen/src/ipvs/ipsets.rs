@@ -457,5 +457,30 @@ impl IpSets {
     }
 }
 
+/// An `ipset save` text made comparable with [`IpSets::to_save_text`]: the kernel's random
+/// `initval`s left out and each set's members sorted (the kernel lists them in hash order).
+pub fn comparable_save(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut members: Vec<&str> = Vec::new();
+    let flush = |out: &mut String, members: &mut Vec<&str>| {
+        members.sort_unstable();
+        for m in members.drain(..) {
+            out.push_str(m);
+            out.push('\n');
+        }
+    };
+    for line in text.lines() {
+        if line.starts_with("create ") {
+            flush(&mut out, &mut members);
+            out.push_str(line.split(" initval ").next().unwrap_or(line));
+            out.push('\n');
+        } else if line.starts_with("add ") {
+            members.push(line);
+        }
+    }
+    flush(&mut out, &mut members);
+    out
+}
+
 #[cfg(test)]
 mod tests;

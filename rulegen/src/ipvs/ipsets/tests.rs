@@ -205,3 +205,27 @@ fn the_restore_script_swaps_a_filled_copy_into_each_set() {
     );
     assert!(script.contains("create KUBE-6-NODE-PORT-TCP bitmap:port range 0-65535 -exist\n"));
 }
+
+#[test]
+fn a_kernel_save_compares_equal_to_ours_up_to_initval_and_member_order() {
+    let mut web = svc("web", Protocol::Tcp, "10.96.0.10");
+    web.external_ips = vec![ip("192.0.2.1")];
+    let sets = IpSets::for_model(
+        &Model {
+            services: vec![web, svc("db", Protocol::Tcp, "10.96.0.9")],
+        },
+        &cfg(IpFamily::V4, &[]),
+    );
+    let ours = sets.to_save_text();
+    let kernel = ours
+        .replace(" bucketsize 12\n", " bucketsize 12 initval 0x1234abcd\n")
+        .replace(
+            "add KUBE-CLUSTER-IP 10.96.0.10,tcp:80\nadd KUBE-CLUSTER-IP 10.96.0.9,tcp:80\n",
+            "add KUBE-CLUSTER-IP 10.96.0.9,tcp:80\nadd KUBE-CLUSTER-IP 10.96.0.10,tcp:80\n",
+        );
+    assert_ne!(kernel, ours);
+    assert_eq!(comparable_save(&kernel), comparable_save(&ours));
+    assert_eq!(comparable_save(&ours), ours);
+    let other = kernel.replace("10.96.0.9,tcp:80", "10.96.0.8,tcp:80");
+    assert_ne!(comparable_save(&other), ours);
+}

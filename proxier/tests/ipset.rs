@@ -1,0 +1,164 @@
+//! IPVS mode's ipsets applied with one `ipset restore` (`proxier::Ipset`) in a network namespace
+//! the test creates: the kernel then holds exactly the rendered sets, a change replaces the
+//! members, and a set an iptables rule references is replaced too (it is swapped, not
+//! destroyed).
+
+#[allow(dead_code)]
+#[path = "../../tests/support/netns.rs"]
+mod netns;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use netns::Netns;
+use proxier::{Ipset, Launcher};
+use rulegen::ipvs::{IpSets, SetId};
+use rulegen::{
+    Endpoint, IpFamily, Model, Protocol, RenderConfig, ServicePort, ServicePortName, TrafficPolicy,
+};
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn model(family: IpFamily, n: u16) -> Model {
+    let mut services = Vec::new();
+    for i in 0..n {
+        let (cluster, ep) = match family {
+            IpFamily::V4 => (
+                format!("10.96.{}.{}", i / 250, i % 250 + 1),
+                format!("10.244.1.{}", i % 250 + 1),
+            ),
+            IpFamily::V6 => (
+                format!("fd00:96::{:x}", i + 1),
+                format!("fd00:244::{:x}", i + 1),
+            ),
+        };
+        let mut sp = ServicePort::cluster_ip(
+            ServicePortName::new("ns", format!("svc-{i}").as_str(), "p"),
+            if i % 3 == 0 {
+                Protocol::Udp
+            } else {
+                Protocol::Tcp
+            },
+            ip(&cluster),
+            80,
+        );
+        sp.endpoints = vec![Endpoint {
+            node_name: Some("node-a".into()),
+            ..Endpoint::ready(ip(&ep), 8080)
+        }];
+        if i % 5 == 0 {
+            sp.node_port = Some(30000 + i);
+            sp.external_traffic_policy = TrafficPolicy::Local;
+        }
+        services.push(sp);
+    }
+    Model { services }
+}
+
+fn sets(family: IpFamily, n: u16) -> IpSets {
+    let cfg = RenderConfig {
+        family,
+        node_name: "node-a".into(),
+        node_ips: vec![if family == IpFamily::V4 {
+            ip("192.168.0.10")
+        } else {
+            ip("fd00:1::10")
+        }],
+        ..RenderConfig::default()
+    };
+    IpSets::for_model(&model(family, n), &cfg)
+}
+
+#[tokio::test]
+async fn the_kernel_holds_exactly_the_rendered_sets_after_each_restore() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this kernel test needs root (it creates a network namespace)"
+    );
+    let ns = Netns::new("ipset");
+    let ipset = Ipset::new(Launcher::netns(ns.name()), Duration::from_secs(30));
+    for family in [IpFamily::V4, IpFamily::V6] {
+        for n in [300, 40, 0, 300] {
+            let want = sets(family, n);
+            let report = ipset.restore(&want).await.unwrap();
+            assert_eq!(report.sets, SetId::ALL.len());
+            assert_eq!(report.entries, want.entry_count());
+            let saved = ipset.save().await.unwrap();
+            // Only this family's sets: the other family's stay as they are.
+            let ours: String = saved
+                .lines()
+                .filter(|l| {
+                    let name = l.split_whitespace().nth(1).unwrap_or("");
+                    want.sets.iter().any(|s| s.name == name)
+                })
+                .map(|l| format!("{l}\n"))
+                .collect();
+            assert_eq!(
+                rulegen::ipvs::ipsets::comparable_save(&ours),
+                rulegen::ipvs::ipsets::comparable_save(&want.to_save_text()),
+                "{family:?} n={n}"
+            );
+            assert!(!saved.contains("TMP"), "a temporary set was left:\n{saved}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_set_an_iptables_rule_references_is_replaced_in_place() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this kernel test needs root (it creates a network namespace)"
+    );
+    let ns = Netns::new("ipset-ref");
+    let ipset = Ipset::new(Launcher::netns(ns.name()), Duration::from_secs(30));
+    ipset.restore(&sets(IpFamily::V4, 10)).await.unwrap();
+    ns.exec_ok([
+        "iptables",
+        "-w",
+        "-t",
+        "nat",
+        "-A",
+        "OUTPUT",
+        "-m",
+        "set",
+        "--match-set",
+        "KUBE-CLUSTER-IP",
+        "dst,dst",
+        "-j",
+        "ACCEPT",
+    ]);
+    ipset.restore(&sets(IpFamily::V4, 3)).await.unwrap();
+    let listed = ns.exec_ok(["ipset", "list", "KUBE-CLUSTER-IP"]);
+    assert!(listed.contains("References: 1"), "{listed}");
+    assert!(listed.contains("Number of entries: 3"), "{listed}");
+}
+
+#[tokio::test]
+async fn a_refused_script_is_a_clear_error() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this kernel test needs root (it creates a network namespace)"
+    );
+    let ns = Netns::new("ipset-bad");
+    // A set of the same name but another type: `create -exist` refuses it.
+    ns.exec_ok(["ipset", "create", "KUBE-CLUSTER-IP", "hash:ip"]);
+    let ipset = Ipset::new(Launcher::netns(ns.name()), Duration::from_secs(30));
+    let err = ipset
+        .restore(&sets(IpFamily::V4, 3))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("ipset restore"), "{err}");
+    assert!(
+        err.contains("KUBE-CLUSTER-IP") || err.contains("line"),
+        "{err}"
+    );
+}
