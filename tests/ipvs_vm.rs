@@ -509,3 +509,104 @@ fn ipvs_sync_at_scale_in_the_vm() {
         "{out}"
     );
 }
+
+const LAB_OBJECTS: &str = r#"apiVersion: v1
+kind: Node
+metadata: {name: node-a}
+status:
+  addresses:
+  - {type: InternalIP, address: 192.168.0.10}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.80
+  clusterIPs: [10.96.0.80]
+  ports:
+  - {name: http, port: 80, protocol: TCP, targetPort: 8080, nodePort: 30080}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-1
+  namespace: shop
+  labels: {kubernetes.io/service-name: web}
+addressType: IPv4
+ports:
+- {name: http, port: 8080, protocol: TCP}
+endpoints:
+- addresses: [10.244.1.5]
+  conditions: {ready: true}
+  nodeName: node-a
+- addresses: [10.244.1.6]
+  conditions: {ready: true}
+  nodeName: node-a
+"#;
+
+/// Real connections through the agent's virtual servers, in the VM: two pods (network
+/// namespaces behind veths) serve a Service; the node connects to its cluster IP and to its node
+/// port and reaches both pods round-robin. A node-wide listener on another port answers on the
+/// node's address but not on the cluster IP: `KUBE-IPVS-FILTER` refuses new connections to
+/// `kube-ipvs0` addresses on ports no Service has (upstream issue #72236).
+#[test]
+fn connections_reach_the_pods_through_the_virtual_servers() {
+    let dir = support::TempDir::new("ipvs-lab");
+    let d = dir.path().display().to_string();
+    fs::write(dir.path().join("objects.yaml"), LAB_OBJECTS).unwrap();
+    let bin = env!("CARGO_BIN_EXE_kube-proxy-rs");
+    let mut script = String::from(
+        "ip link add eth0 type dummy\nip link set eth0 up\nip addr add 192.168.0.10/24 dev eth0\n",
+    );
+    for (i, pod) in ["pod-a", "pod-b"].iter().enumerate() {
+        let host = format!("veth{i}");
+        let addr = format!("10.244.1.{}", 5 + i);
+        write!(
+            script,
+            "ip netns add {pod}\nip link add {host} type veth peer name eth0 netns {pod}\n\
+             ip link set {host} up\nip route add {addr}/32 dev {host}\n\
+             ip netns exec {pod} ip link set lo up\nip netns exec {pod} ip link set eth0 up\n\
+             ip netns exec {pod} ip addr add {addr}/24 dev eth0\n\
+             ip netns exec {pod} ip route add default dev eth0\n\
+             echo 1 > /proc/sys/net/ipv4/conf/{host}/proxy_arp\n\
+             ip netns exec {pod} socat TCP-LISTEN:8080,fork,reuseaddr SYSTEM:'echo {pod}' &\n"
+        )
+        .unwrap();
+    }
+    script.push_str("socat TCP-LISTEN:81,fork,reuseaddr SYSTEM:'echo node' &\n");
+    write!(
+        script,
+        "{bin} --objects {d}/objects.yaml --hostname-override node-a --cluster-cidr 10.244.0.0/16 \
+         --proxy-mode ipvs > /run/agent.log 2>&1 &\nAGENT=$!\n\
+         i=0; while ! grep -q 'rules synced' /run/agent.log && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done\n\
+         sleep 0.5\n\
+         for n in 1 2 3 4; do echo \"cluster $(socat -T2 - TCP:10.96.0.80:80,connect-timeout=2 </dev/null 2>&1)\"; done\n\
+         for n in 1 2 3 4; do echo \"nodeport $(socat -T2 - TCP:192.168.0.10:30080,connect-timeout=2 </dev/null 2>&1)\"; done\n\
+         echo \"other-port $(socat -T2 - TCP:10.96.0.80:81,connect-timeout=2 </dev/null 2>&1 | grep -o 'Connection refused\\|timed out' | head -1)\"\n\
+         echo \"node-port-81 $(socat -T2 - TCP:192.168.0.10:81,connect-timeout=2 </dev/null 2>&1)\"\n\
+         ipvsadm -Ln --stats\nkill $AGENT; wait $AGENT\ncat /run/agent.log\n"
+    )
+    .unwrap();
+    let out = support::vm::run_in_vm(&script, 512);
+    let count = |prefix: &str, pod: &str| {
+        out.lines()
+            .filter(|l| l.trim() == format!("{prefix} {pod}"))
+            .count()
+    };
+    for prefix in ["cluster", "nodeport"] {
+        assert_eq!(
+            (count(prefix, "pod-a"), count(prefix, "pod-b")),
+            (2, 2),
+            "{prefix}: round-robin over both pods expected:\n{out}"
+        );
+    }
+    assert!(
+        out.lines().any(|l| l.trim() == "node-port-81 node"),
+        "the node's own listener must answer on the node's address:\n{out}"
+    );
+    assert!(
+        out.contains("other-port Connection refused"),
+        "a port no Service has must be refused on the cluster IP:\n{out}"
+    );
+}
