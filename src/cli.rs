@@ -113,6 +113,12 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION")]
     pub iptables_min_sync_period: Option<String>,
 
+    /// IPVS mode: set arp_ignore=1 and arp_announce=2, so the node does not answer ARP for the
+    /// addresses on kube-ipvs0 (needed by MetalLB's L2 mode).
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = parse_go_bool)]
+    pub ipvs_strict_arp: Option<bool>,
+
     /// IPVS mode: the longest time between two syncs (e.g. 30s) [default: 30s].
     #[arg(long, value_name = "DURATION")]
     pub ipvs_sync_period: Option<String>,

@@ -104,14 +104,19 @@ pub struct IpvsConfiguration {
     /// `excludeCIDRs` (`--ipvs-exclude-cidrs`): virtual servers there are never deleted.
     #[serde(rename = "excludeCIDRs")]
     pub exclude_cidrs: Option<Vec<String>>,
-    // Accepted for kubeadm's file; sync pacing, ARP and timeouts are issue #7's node set-up.
+    /// `strictARP` (`--ipvs-strict-arp`).
     #[serde(rename = "strictARP")]
-    strict_arp: Option<Value>,
-    sync_period: Option<Value>,
-    min_sync_period: Option<Value>,
-    tcp_timeout: Option<Value>,
-    tcp_fin_timeout: Option<Value>,
-    udp_timeout: Option<Value>,
+    pub strict_arp: Option<bool>,
+    /// `syncPeriod`: not read yet (the flags are); a non-zero value draws a warning.
+    pub sync_period: Option<Value>,
+    /// `minSyncPeriod`: as `syncPeriod`.
+    pub min_sync_period: Option<Value>,
+    /// `tcpTimeout`: IPVS's connection time-outs are not set yet; a non-zero value warns.
+    pub tcp_timeout: Option<Value>,
+    /// `tcpFinTimeout`: as `tcpTimeout`.
+    pub tcp_fin_timeout: Option<Value>,
+    /// `udpTimeout`: as `tcpTimeout`.
+    pub udp_timeout: Option<Value>,
 }
 
 /// Reads a config file; warnings name fields upstream would not know either.

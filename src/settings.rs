@@ -111,6 +111,8 @@ pub struct Settings {
     pub ipvs_scheduler: String,
     /// `--ipvs-exclude-cidrs`/`ipvs.excludeCIDRs`, masked.
     pub ipvs_exclude_cidrs: Vec<IpNet>,
+    /// `--ipvs-strict-arp`/`ipvs.strictARP`.
+    pub ipvs_strict_arp: bool,
 }
 
 impl Default for Settings {
@@ -129,6 +131,7 @@ impl Default for Settings {
             mode: ProxyMode::Iptables,
             ipvs_scheduler: rulegen::ipvs::DEFAULT_SCHEDULER.to_string(),
             ipvs_exclude_cidrs: Vec::new(),
+            ipvs_strict_arp: false,
         }
     }
 }
@@ -150,6 +153,7 @@ struct Raw {
     localhost_nodeports: Option<bool>,
     ipvs_scheduler: Option<String>,
     ipvs_exclude_cidrs: Vec<String>,
+    ipvs_strict_arp: Option<bool>,
 }
 
 impl Raw {
@@ -176,6 +180,7 @@ impl Raw {
             localhost_nodeports: cli.iptables_localhost_nodeports,
             ipvs_scheduler: cli.ipvs_scheduler.clone(),
             ipvs_exclude_cidrs: cli.ipvs_exclude_cidrs.clone().unwrap_or_default(),
+            ipvs_strict_arp: cli.ipvs_strict_arp,
         }
     }
 
@@ -197,6 +202,7 @@ impl Raw {
             localhost_nodeports: iptables.localhost_node_ports,
             ipvs_scheduler: ipvs.scheduler,
             ipvs_exclude_cidrs: ipvs.exclude_cidrs.unwrap_or_default(),
+            ipvs_strict_arp: ipvs.strict_arp,
         }
     }
 }
@@ -211,6 +217,7 @@ impl Settings {
             Some(path) => {
                 let (cfg, config_warnings) = config::load(path)?;
                 warnings.extend(config_warnings);
+                warnings.extend(unsupported_ipvs_fields(&cfg, path));
                 warnings.extend(ignored_flags(cli).into_iter().map(|flag| {
                     Warning::warn(format!(
                         "{flag} is ignored because --config is given (as upstream kube-proxy does)"
@@ -225,6 +232,56 @@ impl Settings {
         let settings = resolve(raw, cli.ip_family.into(), machine_hostname)?;
         Ok((settings, warnings))
     }
+}
+
+/// `ipvs` fields the file sets that nothing reads yet: a warning each, so an operator does not
+/// believe a time-out is in force when it is not. Zero values (kubeadm writes `0s`) are quiet.
+fn unsupported_ipvs_fields(cfg: &KubeProxyConfiguration, path: &std::path::Path) -> Vec<Warning> {
+    let Some(ipvs) = &cfg.ipvs else {
+        return Vec::new();
+    };
+    let set = |v: &Option<serde_json::Value>| match v {
+        None | Some(serde_json::Value::Null) => false,
+        Some(serde_json::Value::String(s)) => !matches!(s.as_str(), "" | "0" | "0s"),
+        Some(serde_json::Value::Number(n)) => n.as_f64() != Some(0.0),
+        Some(_) => true,
+    };
+    [
+        (
+            &ipvs.sync_period,
+            "ipvs.syncPeriod",
+            "use --ipvs-sync-period",
+        ),
+        (
+            &ipvs.min_sync_period,
+            "ipvs.minSyncPeriod",
+            "use --ipvs-min-sync-period",
+        ),
+        (
+            &ipvs.tcp_timeout,
+            "ipvs.tcpTimeout",
+            "the kernel's default applies",
+        ),
+        (
+            &ipvs.tcp_fin_timeout,
+            "ipvs.tcpFinTimeout",
+            "the kernel's default applies",
+        ),
+        (
+            &ipvs.udp_timeout,
+            "ipvs.udpTimeout",
+            "the kernel's default applies",
+        ),
+    ]
+    .into_iter()
+    .filter(|(v, _, _)| set(v))
+    .map(|(_, field, instead)| {
+        Warning::warn(format!(
+            "{}: {field} is not supported yet and is ignored ({instead})",
+            path.display()
+        ))
+    })
+    .collect()
 }
 
 /// Flags the user gave that `--config` overrides.
@@ -250,6 +307,7 @@ fn ignored_flags(cli: &Cli) -> Vec<&'static str> {
         (cli.proxy_mode.is_some(), "--proxy-mode"),
         (cli.ipvs_scheduler.is_some(), "--ipvs-scheduler"),
         (cli.ipvs_exclude_cidrs.is_some(), "--ipvs-exclude-cidrs"),
+        (cli.ipvs_strict_arp.is_some(), "--ipvs-strict-arp"),
     ];
     given
         .into_iter()
@@ -344,6 +402,7 @@ fn resolve(
         mode,
         ipvs_scheduler,
         ipvs_exclude_cidrs,
+        ipvs_strict_arp: raw.ipvs_strict_arp.unwrap_or(false),
     })
 }
 

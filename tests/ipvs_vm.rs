@@ -328,7 +328,7 @@ fn the_agent_applies_ipvs_mode_and_then_only_what_changed() {
     let (want1, want2) = (dry("v1.yaml"), dry("v2.yaml"));
     let wait = |n: usize| {
         format!(
-            "i=0; while [ $(grep -c 'rules synced' /run/agent.log) -lt {n} ] && [ $i -lt 600 ]; do \
+            "i=0; while [ $(grep -c 'rules synced' /run/agent.log) -lt {n} ] && [ $i -lt 250 ]; do \
              sleep 0.1; i=$((i+1)); done\n"
         )
     };
@@ -341,6 +341,7 @@ fn the_agent_applies_ipvs_mode_and_then_only_what_changed() {
     };
     let script = format!(
         "ip link add rs type dummy\nip link set rs up\nip route add default dev rs\n\
+         ip link add eth0 type dummy\nip link set eth0 up\nip addr add 192.168.0.10/24 dev eth0\n\
          cp {d}/v1.yaml /run/objects.yaml\n\
          {bin} --objects /run/objects.yaml {} > /run/agent.log 2>&1 &\nAGENT=$!\n{}{}\
          cp {d}/v2.yaml /run/objects.yaml\n{}{}\
@@ -609,4 +610,111 @@ fn connections_reach_the_pods_through_the_virtual_servers() {
         out.contains("other-port Connection refused"),
         "a port no Service has must be refused on the cluster IP:\n{out}"
     );
+}
+
+/// Two things that must not stop IPVS mode, with the agent in the VM: (1) the node ran
+/// iptables mode before (`golden/example`'s ruleset is loaded first: its chains stay, as
+/// upstream leaves them, and nothing fails); (2) the kernel refuses one real server (its
+/// address is the pod network's broadcast address on this node, which the API accepts): that
+/// one is logged, and every other virtual server, address, set and rule is applied, in the
+/// first sync and in the next one.
+#[test]
+fn the_agent_takes_over_an_iptables_node_and_survives_a_refused_real_server() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let unroutable =
+        "- addresses: [10.244.255.255]\n  conditions: {ready: true}\n  nodeName: node-b\n";
+    let v1 = fs::read_to_string(root.join("golden/example/objects.yaml"))
+        .unwrap()
+        .replacen(
+            "- addresses: [10.244.2.7]\n",
+            &format!("{unroutable}- addresses: [10.244.2.7]\n"),
+            1,
+        );
+    assert!(v1.contains("10.244.255.255"));
+    let gone = "- addresses: [10.244.2.7]\n  conditions: {ready: true, serving: true, terminating: false}\n  nodeName: node-b\n  zone: zone-b\n";
+    let v2 = v1.replacen(gone, "", 1);
+    assert_ne!(v1, v2);
+    let dir = support::TempDir::new("ipvs-takeover");
+    let d = dir.path().display().to_string();
+    fs::write(dir.path().join("v1.yaml"), &v1).unwrap();
+    fs::write(dir.path().join("v2.yaml"), &v2).unwrap();
+    // The node's pod-network address must not serve node ports here, as the Node object says.
+    let flags = "--hostname-override node-a --cluster-cidr 10.244.0.0/16 --proxy-mode ipvs --nodeport-addresses 192.168.0.0/24";
+    let bin = env!("CARGO_BIN_EXE_kube-proxy-rs");
+    let dry = |file: &str| {
+        let out = std::process::Command::new(bin)
+            .args(["--dry-run", "--objects", &format!("{d}/{file}")])
+            .args(flags.split(' '))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        parts(&String::from_utf8(out.stdout).unwrap())
+    };
+    let without_unroutable = |p: &BTreeMap<String, String>| -> String {
+        p["ipvsadm"]
+            .lines()
+            .filter(|l| !l.contains("10.244.255.255"))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    };
+    let (want1, want2) = (dry("v1.yaml"), dry("v2.yaml"));
+    let wait = |n: usize| {
+        format!(
+            "i=0; while [ $(grep -c 'rules synced' /run/agent.log) -lt {n} ] && [ $i -lt 250 ]; do \
+             sleep 0.1; i=$((i+1)); done\n"
+        )
+    };
+    let script = format!(
+        // 10.244.255.255 is this node's broadcast address on the pod network: IPVS refuses it.
+        "ip link add rs type dummy\nip link set rs up\nip addr add 10.244.0.1/16 dev rs\n\
+         ip link add eth0 type dummy\nip link set eth0 up\nip addr add 192.168.0.10/24 dev eth0\n\
+         iptables-restore -w < {root}/golden/example/expected.iptables && echo IPTABLES-MODE-LOADED\n\
+         cp {d}/v1.yaml /run/objects.yaml\n\
+         {bin} --objects /run/objects.yaml {flags} > /run/agent.log 2>&1 &\nAGENT=$!\n{}\
+         echo '@@@ 1'; ipvsadm -Sn\n\
+         cp {d}/v2.yaml /run/objects.yaml\n{}\
+         echo '@@@ 2'; ipvsadm -Sn\necho '@@@ save'; iptables-save -t nat\n\
+         kill $AGENT; wait $AGENT\necho '@@@ log'; cat /run/agent.log\n",
+        wait(1),
+        wait(2),
+        root = root.display(),
+    );
+    let out = support::vm::run_in_vm(&script, 512);
+    assert!(out.contains("IPTABLES-MODE-LOADED"), "{out}");
+    let section = |name: &str| -> String {
+        let start = out
+            .find(&format!("@@@ {name}\n"))
+            .unwrap_or_else(|| panic!("no {name} in:\n{out}"));
+        let rest = &out[start + name.len() + 5..];
+        rest[..rest.find("@@@ ").unwrap_or(rest.len())].to_string()
+    };
+    let log = section("log");
+    assert_eq!(
+        last_sync_fields(&log).0,
+        2,
+        "both syncs must succeed:\n{log}"
+    );
+    assert!(!log.contains("sync failed"), "{log}");
+    assert!(
+        log.contains("refused"),
+        "the refused real server is logged:\n{log}"
+    );
+    assert_eq!(
+        parse(&section("1")),
+        parse(&without_unroutable(&want1)),
+        "{log}"
+    );
+    assert_eq!(
+        parse(&section("2")),
+        parse(&without_unroutable(&want2)),
+        "{log}"
+    );
+    // iptables mode's chains are still there, and IPVS mode's KUBE-SERVICES replaced its own.
+    let nat = section("save");
+    assert!(nat.contains(":KUBE-NODEPORTS"), "{nat}");
+    assert!(
+        nat.contains("-A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODE-PORT"),
+        "{nat}"
+    );
+    assert!(!nat.contains("-A KUBE-SERVICES -d 10.96.0.10/32"), "{nat}");
 }

@@ -27,6 +27,10 @@ pub struct IptablesApplier {
     applied: Option<Arc<AppliedState>>,
     // How long the last partial attempt's restore took (added to a fallback's report).
     last_attempt: Duration,
+    // Whether full syncs delete the per-service chains no Service owns (iptables mode's
+    // takeover). IPVS mode leaves them, as upstream does: iptables mode's `KUBE-NODEPORTS`
+    // still jumps to them, and IPVS mode never rewrites that chain.
+    delete_stale: bool,
 }
 
 /// Whether a sync rewrote every owned chain or only the changed ones.
@@ -95,8 +99,9 @@ pub enum ApplyError {
         source: CommandError,
     },
     /// The restore failed; see [`crate::Rejected::committed`] for what it left changed.
+    // Not a `#[source]`: the message already carries it, and `{:#}` would print it twice.
     #[error("restore failed: {0}")]
-    Restore(#[from] RestoreError),
+    Restore(RestoreError),
     /// A full sync was given a render that kept only some chains' rules (see
     /// [`rulegen::Retain`]); sending it would leave the other chains empty. Nothing was sent.
     #[error(
@@ -121,6 +126,12 @@ impl ApplyError {
     }
 }
 
+impl From<RestoreError> for ApplyError {
+    fn from(e: RestoreError) -> Self {
+        ApplyError::Restore(e)
+    }
+}
+
 impl SyncReport {
     /// The whole sync's duration (save + restore + hooks).
     pub fn total(&self) -> Duration {
@@ -140,7 +151,15 @@ impl IptablesApplier {
             iptables,
             applied: None,
             last_attempt: Duration::ZERO,
+            delete_stale: true,
         }
+    }
+
+    /// The same applier, leaving other per-service chains alone on full syncs (IPVS mode: the
+    /// chains iptables mode left behind are still referenced by its other chains).
+    pub fn keeping_stale_chains(mut self) -> Self {
+        self.delete_stale = false;
+        self
     }
 
     /// The same applier, starting the tools through `launcher`.
@@ -291,7 +310,11 @@ impl IptablesApplier {
             existing.extend(saved_chains(&outline));
             builtins.add_save(&outline);
         }
-        let stale = rs.stale_chains(&existing);
+        let stale = if self.delete_stale {
+            rs.stale_chains(&existing)
+        } else {
+            StaleChains::default()
+        };
         report.save = started.elapsed();
         report.stale_chains_deleted = stale.values().map(Vec::len).sum();
         Ok((stale, builtins))

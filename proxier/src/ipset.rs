@@ -25,9 +25,9 @@ pub enum IpsetError {
 /// What one [`Ipset::restore`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IpsetReport {
-    /// Sets written.
+    /// Sets written (those that changed).
     pub sets: usize,
-    /// Members written, over all sets.
+    /// Members written, over the sets written.
     pub entries: usize,
     /// Size of the script.
     pub script_bytes: usize,
@@ -56,19 +56,32 @@ impl Ipset {
         Ipset { launcher, timeout }
     }
 
-    /// Makes every set of `sets` hold exactly its members, creating the missing ones.
-    pub async fn restore(&self, sets: &IpSets) -> Result<IpsetReport, IpsetError> {
+    /// Makes every set of `sets` hold exactly its members, creating the missing ones; with
+    /// `applied` (what the kernel was last given), only the sets that differ are written, and
+    /// nothing runs when none does.
+    pub async fn restore(
+        &self,
+        sets: &IpSets,
+        applied: Option<&IpSets>,
+    ) -> Result<IpsetReport, IpsetError> {
         let mut script = String::new();
-        sets.write_restore_script(&mut script, temp_prefix(sets.family))
+        sets.write_restore_script(&mut script, temp_prefix(sets.family), applied)
             .expect("writing to a String cannot fail");
+        if script.is_empty() {
+            return Ok(IpsetReport::default());
+        }
         let started = Instant::now();
         self.launcher
             .run("ipset", &["restore"], Some(script.as_bytes()), self.timeout)
             .await
             .map_err(IpsetError::Tool)?;
+        let written = |i: usize| applied.is_none_or(|a| a.sets.get(i) != sets.sets.get(i));
         Ok(IpsetReport {
-            sets: sets.sets.len(),
-            entries: sets.entry_count(),
+            sets: (0..sets.sets.len()).filter(|&i| written(i)).count(),
+            entries: (0..sets.sets.len())
+                .filter(|&i| written(i))
+                .map(|i| sets.sets[i].entries.len())
+                .sum(),
             script_bytes: script.len(),
             elapsed: started.elapsed(),
         })

@@ -132,7 +132,7 @@ impl Runner {
                     failures += 1;
                     let at = (Instant::now() + backoff).max(started + self.min_interval);
                     tracing::warn!(
-                        error = %e,
+                        error = format!("{e:#}"),
                         failures,
                         retry_in = ?at.saturating_duration_since(Instant::now()),
                         "sync failed; will retry"

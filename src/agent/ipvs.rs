@@ -10,10 +10,11 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
-use proxier::interface::{DummyInterface, IPVS_INTERFACE};
-use proxier::ipvs::{IpvsSocket, IpvsSyncConfig, IpvsSyncReport, IpvsSyncer};
+use proxier::interface::{DummyInterface, IPVS_INTERFACE, local_addresses_except};
+use proxier::ipvs::{IpvsError, IpvsSocket, IpvsSyncConfig, IpvsSyncReport, IpvsSyncer};
 use proxier::{Ipset, IptablesApplier, Launcher};
 use rulegen::IpFamily;
+use rulegen::ipvs::IpvsTable;
 
 use crate::settings::Settings;
 use crate::translate::Translation;
@@ -31,9 +32,17 @@ const SYSCTLS: [(&str, &str); 4] = [
     ("net/ipv4/ip_forward", "1"),
 ];
 
-/// Writes each of [`SYSCTLS`] that differs; a failure is logged, not fatal (as upstream).
-fn set_sysctls() {
-    for (key, value) in SYSCTLS {
+/// `--ipvs-strict-arp`: answer ARP only for addresses on the interface asked, and announce the
+/// best local source, so the node does not claim the load-balancer IPs bound to kube-ipvs0.
+const STRICT_ARP_SYSCTLS: [(&str, &str); 2] = [
+    ("net/ipv4/conf/all/arp_ignore", "1"),
+    ("net/ipv4/conf/all/arp_announce", "2"),
+];
+
+/// Writes each sysctl that differs; a failure is logged, not fatal (as upstream).
+fn set_sysctls(strict_arp: bool) {
+    let extra: &[(&str, &str)] = if strict_arp { &STRICT_ARP_SYSCTLS } else { &[] };
+    for &(key, value) in SYSCTLS.iter().chain(extra) {
         let path = format!("/proc/sys/{key}");
         match std::fs::read_to_string(&path) {
             Ok(v) if v.trim() == value => {}
@@ -51,8 +60,13 @@ pub struct IpvsDataplane {
     config: rulegen::ipvs::IpvsConfig,
     // Taken out while a blocking netlink exchange runs on the blocking pool.
     syncer: Option<IpvsSyncer<IpvsSocket>>,
+    sync_config: IpvsSyncConfig,
     ipset: Ipset,
     interface: DummyInterface,
+    // The sets the kernel was last given, so a sync writes only the sets that changed; cleared
+    // after a failure and by `forget_applied` (the hourly full sync), which rewrite them all.
+    applied_sets: Option<rulegen::ipvs::IpSets>,
+    wrote_all: bool,
 }
 
 /// What one IPVS-mode sync did, for the log.
@@ -66,6 +80,8 @@ pub struct IpvsSyncSummary {
     pub bound: usize,
     /// Addresses removed from `kube-ipvs0`.
     pub unbound: usize,
+    /// Sets written (the ones that changed).
+    pub sets_written: usize,
     /// Members written to the ipsets.
     pub set_entries: usize,
     /// How long `ipset restore` took.
@@ -85,32 +101,57 @@ impl IpvsDataplane {
         let socket = IpvsSocket::open().map_err(|e| {
             anyhow!("--proxy-mode ipvs: {e} (load the ip_vs module, or use --proxy-mode iptables)")
         })?;
-        set_sysctls();
-        let syncer = IpvsSyncer::new(
-            socket,
-            IpvsSyncConfig {
-                family: settings.family,
-                exclude_cidrs: settings.ipvs_exclude_cidrs.clone(),
-                ..IpvsSyncConfig::default()
-            },
-        );
+        set_sysctls(settings.ipvs_strict_arp);
+        let sync_config = IpvsSyncConfig {
+            family: settings.family,
+            exclude_cidrs: settings.ipvs_exclude_cidrs.clone(),
+            // As upstream: a draining real server stays until its last connection is gone.
+            grace_timeout: Duration::MAX,
+        };
+        let syncer = IpvsSyncer::new(socket, sync_config.clone());
         Ok(IpvsDataplane {
             family: settings.family,
             config: crate::dryrun::ipvs_config(settings),
             syncer: Some(syncer),
+            sync_config,
             ipset: Ipset::new(Launcher::host(), IPSET_TIMEOUT),
             interface: DummyInterface::new(IPVS_INTERFACE),
+            applied_sets: None,
+            wrote_all: false,
         })
     }
 
     /// Renders `translation` and applies it; `applier` restores the iptables part.
+    ///
+    /// Upstream's order: virtual servers first, then their addresses bound (an address is never
+    /// local without its virtual server, or a host listener could take its connections), then
+    /// the sets, then the rules that match on them; addresses are unbound only once the rules
+    /// no longer name them. One step failing does not hold back the others (a refused real
+    /// server must not stop every other Service's changes): each is attempted, and the sync
+    /// fails afterwards if any did, so the runner retries.
     pub async fn sync(
         &mut self,
         translation: &Translation,
         applier: &mut IptablesApplier,
     ) -> anyhow::Result<IpvsSyncSummary> {
         let started = Instant::now();
-        let render = rulegen::ipvs::render(&translation.model, &translation.config, &self.config)
+        // Node ports are served on the node's own addresses, as upstream reads them from its
+        // interfaces (the Node object may not list every one); `--nodeport-addresses` still
+        // filters them.
+        let family = self.family;
+        let mut cfg = translation.config.clone();
+        match tokio::task::spawn_blocking(move || local_addresses_except(IPVS_INTERFACE, family))
+            .await
+        {
+            Ok(Ok(local)) => cfg.node_ips = local,
+            Ok(Err(e)) => {
+                tracing::warn!("cannot list the node's addresses ({e}); using the Node object's")
+            }
+            Err(e) => {
+                tracing::warn!("cannot list the node's addresses ({e}); using the Node object's")
+            }
+        }
+        let render = rulegen::ipvs::render(&translation.model, &cfg, &self.config)
             .context("cannot render the IPVS dataplane")?;
         let mut summary = IpvsSyncSummary {
             virtual_servers: render.table.virtual_servers.len(),
@@ -123,51 +164,126 @@ impl IpvsDataplane {
             render: started.elapsed(),
             ..IpvsSyncSummary::default()
         };
-        let bound = render.bound_addresses.clone();
-        summary.bound = self.on_interface(bound.clone(), Bind::Missing).await?;
-        let sets = self
-            .ipset
-            .restore(&render.sets)
-            .await
-            .context("cannot apply the ipsets")?;
-        summary.set_entries = sets.entries;
-        summary.ipset = sets.elapsed;
-        let rules = applier
-            .full_sync(&render.ruleset)
-            .await
-            .context("cannot apply IPVS mode's iptables rules")?;
-        summary.iptables = rules.restore;
-        let table = render.table;
-        let mut syncer = self
-            .syncer
-            .take()
-            .context("a previous IPVS sync panicked")?;
-        let (syncer, result) = tokio::task::spawn_blocking(move || {
+        let mut failures: Vec<anyhow::Error> = Vec::new();
+
+        // 1. Virtual servers.
+        let netlink_ok = match self.sync_table(render.table).await {
+            Ok(report) => {
+                summary.netlink = report;
+                true
+            }
+            Err(IpvsError::Incomplete {
+                failed,
+                first,
+                report,
+            }) => {
+                // The rest was applied: a refused request is that one object's problem.
+                tracing::warn!(
+                    refused = failed,
+                    "the kernel refused {failed} IPVS request(s), first: {first}; the others were applied"
+                );
+                summary.netlink = *report;
+                true
+            }
+            Err(e) => {
+                failures.push(anyhow!(e).context("cannot apply the IPVS virtual servers"));
+                false
+            }
+        };
+        // 2. Their addresses, only once the virtual servers are in place.
+        let bound = render.bound_addresses;
+        if netlink_ok {
+            match self.on_interface(bound.clone(), Bind::Missing).await {
+                Ok(n) => summary.bound = n,
+                Err(e) => failures.push(e),
+            }
+        }
+        // 3. The sets, 4. the rules naming them.
+        let applied = self.applied_sets.take();
+        self.wrote_all = applied.is_none();
+        match self.ipset.restore(&render.sets, applied.as_ref()).await {
+            Ok(sets) => {
+                self.applied_sets = Some(render.sets);
+                summary.set_entries = sets.entries;
+                summary.sets_written = sets.sets;
+                summary.ipset = sets.elapsed;
+            }
+            Err(e) => failures.push(anyhow!(e).context("cannot apply the ipsets")),
+        }
+        drop(applied);
+        let rules_ok = match applier.full_sync(&render.ruleset).await {
+            Ok(report) => {
+                summary.iptables = report.restore;
+                true
+            }
+            Err(e) => {
+                if let Some(line) = e.failed_line() {
+                    tracing::error!(
+                        line = line.number,
+                        chain = line.chain.as_deref().unwrap_or("-"),
+                        text = %line.text,
+                        "iptables-restore rejected a line of IPVS mode's rules\n{}",
+                        line.context
+                    );
+                }
+                failures.push(anyhow!(e).context("cannot apply IPVS mode's iptables rules"));
+                false
+            }
+        };
+        // 5. Addresses no Service has, once no rule names them (upstream skips this after a
+        // failed restore too).
+        if netlink_ok && rules_ok {
+            match self.on_interface(bound, Bind::Surplus).await {
+                Ok(n) => summary.unbound = n,
+                Err(e) => failures.push(e),
+            }
+        }
+        match failures.len() {
+            0 => Ok(summary),
+            1 => Err(failures.remove(0)),
+            n => {
+                let all: Vec<String> = failures.iter().map(|e| format!("{e:#}")).collect();
+                Err(anyhow!(
+                    "{n} steps of the IPVS sync failed: {}",
+                    all.join("; ")
+                ))
+            }
+        }
+    }
+
+    /// Runs the netlink sync on the blocking pool. A panic there loses the syncer; a fresh one
+    /// takes its place (it re-reads the kernel on every sync anyway; only the draining list's
+    /// start times are lost).
+    async fn sync_table(&mut self, table: IpvsTable) -> Result<IpvsSyncReport, IpvsError> {
+        let mut syncer = match self.syncer.take() {
+            Some(s) => s,
+            None => IpvsSyncer::new(IpvsSocket::open()?, self.sync_config.clone()),
+        };
+        match tokio::task::spawn_blocking(move || {
             let r = syncer.sync(&table, Instant::now());
             (syncer, r)
         })
         .await
-        .context("the IPVS sync task failed")?;
-        self.syncer = Some(syncer);
-        summary.netlink = result.context("cannot apply the IPVS virtual servers")?;
-        summary.unbound = self.on_interface(bound, Bind::Surplus).await?;
-        Ok(summary)
+        {
+            Ok((syncer, result)) => {
+                self.syncer = Some(syncer);
+                result
+            }
+            Err(e) => Err(IpvsError::Socket(std::io::Error::other(format!(
+                "the IPVS sync task failed: {e}"
+            )))),
+        }
     }
 
-    /// Deletes the drained real servers whose connections are gone (or whose time is up).
-    pub async fn drain(&mut self) -> anyhow::Result<IpvsSyncReport> {
-        let mut syncer = self
-            .syncer
-            .take()
-            .context("a previous IPVS sync panicked")?;
-        let (syncer, result) = tokio::task::spawn_blocking(move || {
-            let r = syncer.drain(Instant::now());
-            (syncer, r)
-        })
-        .await
-        .context("the IPVS drain task failed")?;
-        self.syncer = Some(syncer);
-        Ok(result?)
+    /// Whether the last sync wrote every set (it had nothing applied to compare with).
+    pub fn wrote_every_set(&self) -> bool {
+        self.wrote_all
+    }
+
+    /// Makes the next sync write every set again (a periodic full resync: repairs sets changed
+    /// behind the proxy's back).
+    pub fn forget_applied(&mut self) {
+        self.applied_sets = None;
     }
 
     async fn on_interface(&self, addrs: Vec<IpAddr>, what: Bind) -> anyhow::Result<usize> {

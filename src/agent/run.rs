@@ -113,7 +113,25 @@ impl SyncState {
         let Some(ipvs) = self.ipvs.as_mut() else {
             anyhow::bail!("IPVS mode without its dataplane");
         };
-        let s = ipvs.sync(&translation, &mut self.applier).await?;
+        // Hourly, and after any failure, every set is written again (as the iptables part and
+        // the IPVS table always are: those are read back on every sync).
+        if self
+            .last_full_sync
+            .is_none_or(|t| t.elapsed() >= FULL_SYNC_PERIOD)
+        {
+            ipvs.forget_applied();
+        }
+        let s = match ipvs.sync(&translation, &mut self.applier).await {
+            Ok(s) => s,
+            Err(e) => {
+                ipvs.forget_applied();
+                self.last_full_sync = None;
+                return Err(e);
+            }
+        };
+        if ipvs.wrote_every_set() {
+            self.last_full_sync = Some(Instant::now());
+        }
         let n = &s.netlink;
         tracing::info!(
             service_ports,
@@ -132,6 +150,7 @@ impl SyncState {
             netlink_ms = n.apply_duration.as_millis() as u64,
             addresses_bound = s.bound,
             addresses_unbound = s.unbound,
+            sets_written = s.sets_written,
             set_entries = s.set_entries,
             ipset_ms = s.ipset.as_millis() as u64,
             restore_ms = s.iptables.as_millis() as u64,
@@ -414,7 +433,10 @@ async fn run_async(cli: &Cli) -> anyhow::Result<()> {
     let family: proxier::Family = settings.family.into();
     let detection = proxier::detect_backend(&Launcher::host(), family).await;
     tracing::info!(backend = detection.backend.name(), reason = %detection.reason, "iptables back end chosen");
-    let applier = IptablesApplier::new(detection.backend, family).with_timeout(RESTORE_TIMEOUT);
+    let mut applier = IptablesApplier::new(detection.backend, family).with_timeout(RESTORE_TIMEOUT);
+    if ipvs.is_some() {
+        applier = applier.keeping_stale_chains();
+    }
 
     let state = Arc::new(Mutex::new(SyncState {
         spare: Ruleset {

@@ -176,8 +176,38 @@ fn ipvs_mode_and_its_settings_resolve() {
     let (s, w) = resolve_args(&["--config", cfg.path(), "--hostname-override=n"]).unwrap();
     assert!(w.is_empty(), "{w:?}");
     assert_eq!(
-        (s.mode, s.ipvs_scheduler.as_str(), s.ipvs_exclude_cidrs),
-        (ProxyMode::Ipvs, "sh", nets(&["172.16.0.0/12"]))
+        (
+            s.mode,
+            s.ipvs_scheduler.as_str(),
+            s.ipvs_exclude_cidrs,
+            s.ipvs_strict_arp
+        ),
+        (ProxyMode::Ipvs, "sh", nets(&["172.16.0.0/12"]), true)
+    );
+    let (s, _) = resolve_args(&["--hostname-override=n", "--ipvs-strict-arp"]).unwrap();
+    assert!(s.ipvs_strict_arp);
+    assert!(!Settings::default().ipvs_strict_arp);
+}
+
+#[test]
+fn ipvs_config_fields_not_supported_yet_warn_unless_zero() {
+    let cfg = ConfigFile::new(
+        "ipvs-unsupported",
+        "mode: ipvs\nipvs:\n  syncPeriod: 15s\n  minSyncPeriod: 0s\n  tcpTimeout: 900s\n  udpTimeout: 0s\n",
+    );
+    let (_, w) = resolve_args(&["--config", cfg.path(), "--hostname-override=n"]).unwrap();
+    assert_eq!(
+        w,
+        [
+            format!(
+                "warning: {}: ipvs.syncPeriod is not supported yet and is ignored (use --ipvs-sync-period)",
+                cfg.path()
+            ),
+            format!(
+                "warning: {}: ipvs.tcpTimeout is not supported yet and is ignored (the kernel's default applies)",
+                cfg.path()
+            ),
+        ]
     );
 }
 

@@ -383,6 +383,12 @@ fn unroutable(ip: &IpAddr) -> Option<&'static str> {
         IpAddr::V6(v6) => v6.is_unicast_link_local(),
     } {
         Some("link-local")
+    } else if match ip {
+        // The API's ValidateEndpointIP also refuses link-local multicast.
+        IpAddr::V4(v4) => v4.octets()[..3] == [224, 0, 0],
+        IpAddr::V6(v6) => v6.segments()[0] & 0xff0f == 0xff02,
+    } {
+        Some("link-local multicast")
     } else {
         None
     }

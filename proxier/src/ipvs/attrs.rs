@@ -278,8 +278,9 @@ impl IpvsStats {
             let value = match v.len() {
                 4 => u64::from(parse_u32(v)?),
                 8 => parse_u64(v)?,
-                _ if nla.kind() == IPVS_STATS_ATTR_PAD => continue,
-                n => return Err(DecodeError::invalid_number(8, n)),
+                // Statistics are informational: a counter of a width this code does not know
+                // (a newer kernel) is skipped rather than failing the whole dump.
+                _ => continue,
             };
             match nla.kind() {
                 IPVS_STATS_ATTR_CONNS => s.conns = value,

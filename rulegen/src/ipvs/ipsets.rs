@@ -430,12 +430,18 @@ impl IpSets {
     /// set: each is created if missing, a temporary copy is filled, swapped in and destroyed.
     /// A set the iptables rules reference can be swapped but not destroyed, which is why the
     /// live set is never re-created. `temp_prefix` names the copies (`KUBE-TMP-` + a number).
+    /// Sets equal to their counterpart in `applied` (what the kernel was last given) are left
+    /// out; without `applied`, every set is written.
     pub fn write_restore_script<W: fmt::Write>(
         &self,
         out: &mut W,
         temp_prefix: &str,
+        applied: Option<&IpSets>,
     ) -> fmt::Result {
         for (i, set) in self.sets.iter().enumerate() {
+            if applied.is_some_and(|a| a.family == self.family && a.sets.get(i) == Some(set)) {
+                continue;
+            }
             let kind = set.id.kind();
             // `-exist` on create keeps an existing set as it is (same type), as upstream's does.
             self.write_create(out, &set.name, kind, false)?;

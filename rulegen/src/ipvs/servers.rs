@@ -4,8 +4,9 @@
 //! `shared/reference/upstream-iptables.md` §4.1): one virtual server per cluster IP:port, per
 //! external IP:port, per load-balancer IP:port and per node IP × node port, each with weight-1
 //! masquerading real servers; session affinity is IPVS persistence with the affinity timeout.
-//! External destinations of an `externalTrafficPolicy: Local` Service use the local endpoints,
-//! and fall back to the cluster's when the node has none (unlike iptables mode, which drops).
+//! Destinations under a Local traffic policy (internal for the cluster IP, external for the
+//! rest) use the local endpoints, and fall back to the cluster's when the node has none
+//! (unlike iptables mode, which drops).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -13,7 +14,7 @@ use std::net::IpAddr;
 
 use crate::config::RenderConfig;
 use crate::endpoints::{self, Categorized};
-use crate::model::{Endpoint, Model, Protocol, ServicePort, SessionAffinity};
+use crate::model::{Endpoint, Model, Protocol, SessionAffinity};
 
 /// `--ipvs-scheduler`'s default.
 pub const DEFAULT_SCHEDULER: &str = "rr";
@@ -77,15 +78,8 @@ pub fn virtual_servers(model: &Model, cfg: &RenderConfig, scheduler: &str) -> Ip
             .collect();
         eps.sort_by_key(|e| (e.ip, e.port));
         let cat = endpoints::categorize(sp, &eps, &cfg.node_name, cfg.node_zone.as_deref());
-        let internal = real_servers(
-            &eps,
-            if endpoints::internal_policy_local(sp) {
-                &cat.local
-            } else {
-                &cat.cluster
-            },
-        );
-        let external = external_real_servers(sp, &eps, &cat);
+        let internal = policy_real_servers(endpoints::internal_policy_local(sp), &eps, &cat);
+        let external = policy_real_servers(endpoints::external_policy_local(sp), &eps, &cat);
         let mut add = |addr: IpAddr, port: u16, rs: &Vec<RealServer>| {
             table
                 .entry((addr, port, protocol_order(sp.protocol)))
@@ -127,14 +121,11 @@ pub fn virtual_servers(model: &Model, cfg: &RenderConfig, scheduler: &str) -> Ip
     }
 }
 
-/// The real servers of external destinations: the local endpoints under
-/// `externalTrafficPolicy: Local`, or the cluster's when there are none (upstream PR #97081).
-fn external_real_servers(
-    sp: &ServicePort,
-    eps: &[&Endpoint],
-    cat: &Categorized,
-) -> Vec<RealServer> {
-    if endpoints::external_policy_local(sp) && !cat.local.is_empty() {
+/// The real servers under a traffic policy: for Local, the local endpoints, or the cluster's
+/// when there are none (upstream's `syncEndpoint`, PR #97081: unlike iptables mode, which
+/// drops); for Cluster, the cluster's. A Local-only Service has no cluster endpoints at all.
+fn policy_real_servers(local: bool, eps: &[&Endpoint], cat: &Categorized) -> Vec<RealServer> {
+    if local && !cat.local.is_empty() {
         real_servers(eps, &cat.local)
     } else {
         real_servers(eps, &cat.cluster)

@@ -186,7 +186,8 @@ fn the_restore_script_swaps_a_filled_copy_into_each_set() {
         &cfg(IpFamily::V6, &[]),
     );
     let mut script = String::new();
-    sets.write_restore_script(&mut script, "KUBE-TMP-").unwrap();
+    sets.write_restore_script(&mut script, "KUBE-TMP-", None)
+        .unwrap();
     let lines: Vec<&str> = script.lines().collect();
     assert_eq!(
         &lines[5..11],
@@ -228,4 +229,34 @@ fn a_kernel_save_compares_equal_to_ours_up_to_initval_and_member_order() {
     assert_eq!(comparable_save(&ours), ours);
     let other = kernel.replace("10.96.0.9,tcp:80", "10.96.0.8,tcp:80");
     assert_ne!(comparable_save(&other), ours);
+}
+
+#[test]
+fn the_restore_script_leaves_out_the_sets_the_kernel_already_holds() {
+    let one = Model {
+        services: vec![svc("web", Protocol::Tcp, "10.96.0.10")],
+    };
+    let mut two = one.clone();
+    two.services.push(svc("db", Protocol::Udp, "10.96.0.9"));
+    let c = cfg(IpFamily::V4, &[]);
+    let (a, b) = (IpSets::for_model(&one, &c), IpSets::for_model(&two, &c));
+    let script = |sets: &IpSets, applied: Option<&IpSets>| {
+        let mut s = String::new();
+        sets.write_restore_script(&mut s, "T-", applied).unwrap();
+        s
+    };
+    assert_eq!(script(&a, Some(&a)), "");
+    let changed = script(&b, Some(&a));
+    let swapped: Vec<&str> = changed
+        .lines()
+        .filter_map(|l| l.strip_prefix("swap "))
+        .collect();
+    assert_eq!(swapped, ["T-1 KUBE-CLUSTER-IP", "T-16 KUBE-IPVS-IPS"]);
+    // Another family's sets are never "already there".
+    let v6 = IpSets::for_model(&Model::default(), &cfg(IpFamily::V6, &[]));
+    let v4 = IpSets::for_model(&Model::default(), &c);
+    assert_eq!(
+        script(&v4, Some(&v6)).matches("swap ").count(),
+        SetId::ALL.len()
+    );
 }

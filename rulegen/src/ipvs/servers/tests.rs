@@ -1,5 +1,5 @@
 use super::*;
-use crate::model::{ServicePortName, TrafficPolicy};
+use crate::model::{ServicePort, ServicePortName, TrafficPolicy};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -185,4 +185,37 @@ fn the_table_does_not_depend_on_model_order() {
     let two = table(vec![b, a], &cfg());
     assert_eq!(one, two);
     assert!(one.starts_with("-A -t 10.96.0.3:80"), "{one}");
+}
+
+#[test]
+fn internal_traffic_policy_local_falls_back_like_upstream() {
+    // Only a remote endpoint, internalTrafficPolicy Local.
+    let mut sp = svc("itp", "10.96.0.14", vec![ep("10.244.2.5", "node-b")]);
+    sp.internal_traffic_policy = TrafficPolicy::Local;
+    let reals = |sp: &ServicePort| -> Vec<Vec<IpAddr>> {
+        virtual_servers(
+            &Model {
+                services: vec![sp.clone()],
+            },
+            &cfg(),
+            "rr",
+        )
+        .virtual_servers
+        .iter()
+        .map(|v| v.real_servers.iter().map(|r| r.addr).collect())
+        .collect()
+    };
+    // A cluster-only Service has no cluster endpoints to fall back on: the VS stays empty.
+    assert_eq!(reals(&sp), [Vec::<IpAddr>::new()]);
+    // Reachable from outside (Cluster policy there), it has: the cluster IP's VS falls back to
+    // them (upstream's syncEndpoint), as the node port's VSs use them.
+    sp.node_port = Some(30500);
+    assert_eq!(
+        reals(&sp),
+        [
+            vec![ip("10.244.2.5")],
+            vec![ip("10.244.2.5")],
+            vec![ip("10.244.2.5")]
+        ]
+    );
 }
