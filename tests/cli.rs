@@ -373,11 +373,11 @@ fn dry_run_needs_objects() {
 fn other_proxy_modes_are_refused() {
     let dir = Scratch::new("mode");
     let f = dir.write("objects.yaml", WEB);
-    let r = dry_run(&[&f], &["--proxy-mode", "ipvs"]);
+    let r = dry_run(&[&f], &["--proxy-mode", "nftables"]);
     assert_eq!(r.code, Some(1));
     assert_eq!(
         r.stderr,
-        "error: --proxy-mode \"ipvs\" is not supported yet (only iptables is)\n"
+        "error: --proxy-mode \"nftables\" is not supported yet (use iptables or ipvs)\n"
     );
 }
 
