@@ -127,9 +127,139 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION")]
     pub ipvs_min_sync_period: Option<String>,
 
+    /// Where /healthz and /livez are served, IP:port [default: 0.0.0.0:10256]; empty disables.
+    #[arg(long, value_name = "IP:PORT")]
+    pub healthz_bind_address: Option<String>,
+
+    /// Where /metrics is served, IP:port [default: 127.0.0.1:10249]; empty disables.
+    #[arg(long, value_name = "IP:PORT")]
+    pub metrics_bind_address: Option<String>,
+
+    /// The most conntrack entries per CPU; 0 leaves the limit as it is [default: 32768].
+    #[arg(long, value_name = "N")]
+    pub conntrack_max_per_core: Option<i64>,
+
+    /// The floor for --conntrack-max-per-core × CPUs [default: 131072].
+    #[arg(long, value_name = "N")]
+    pub conntrack_min: Option<i64>,
+
+    /// The conntrack time-out of established TCP connections; 0 leaves it [default: 24h0m0s].
+    #[arg(long, value_name = "DURATION")]
+    pub conntrack_tcp_timeout_established: Option<String>,
+
+    /// The conntrack time-out of TCP connections in CLOSE_WAIT; 0 leaves it [default: 1h0m0s].
+    #[arg(long, value_name = "DURATION")]
+    pub conntrack_tcp_timeout_close_wait: Option<String>,
+
+    /// Set nf_conntrack_tcp_be_liberal (and leave out the INVALID-drop rule, as upstream).
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = parse_go_bool)]
+    pub conntrack_tcp_be_liberal: Option<bool>,
+
+    /// The conntrack time-out of UDP flows; 0 leaves it [default: 0].
+    #[arg(long, value_name = "DURATION")]
+    pub conntrack_udp_timeout: Option<String>,
+
+    /// The conntrack time-out of UDP streams; 0 leaves it [default: 0].
+    #[arg(long, value_name = "DURATION")]
+    pub conntrack_udp_timeout_stream: Option<String>,
+
+    /// Log format: text or json.
+    #[arg(long, value_name = "FORMAT")]
+    pub logging_format: Option<String>,
+
+    /// Write the effective configuration (flags and defaults) to FILE as a KubeProxyConfiguration, and exit.
+    #[arg(long, value_name = "FILE")]
+    pub write_config_to: Option<PathBuf>,
+
+    /// Set up the node (sysctls) and exit: for the privileged init container of an unprivileged DaemonSet.
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", value_parser = parse_go_bool)]
+    pub init_only: bool,
+
+    /// Remove every chain, set, virtual server and interface kube-proxy (or kube-proxy-rs) created, and exit.
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", value_parser = parse_go_bool)]
+    pub cleanup: bool,
+
+    /// Upstream flags accepted for compatibility that have no effect here (a warning says so).
+    #[command(flatten)]
+    pub ignored: IgnoredFlags,
+
     /// Log verbosity (0-10), as upstream's -v.
     #[arg(short = 'v', long = "v", value_name = "N")]
     pub verbosity: Option<u8>,
+}
+
+/// Upstream kube-proxy flags that manifests pass and kube-proxy-rs has no use for: accepted (so
+/// a DaemonSet keeps starting) and reported as ignored.
+#[derive(clap::Args, Debug, Clone, Default, PartialEq, Eq)]
+pub struct IgnoredFlags {
+    /// Accepted, no effect: the proxy does not bind one address for everything.
+    #[arg(long, value_name = "IP")]
+    pub bind_address: Option<String>,
+    /// Accepted, no effect.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub bind_address_hard_fail: Option<String>,
+    /// Accepted, no effect (set the container's oom_score_adj in the manifest instead).
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub oom_score_adj: Option<String>,
+    /// Accepted, no effect: no pprof handlers.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub profiling: Option<String>,
+    /// Accepted, no effect: no feature gates change behaviour here.
+    #[arg(long, value_name = "GATES")]
+    pub feature_gates: Option<String>,
+    /// Accepted, no effect: the watch caches never resync.
+    #[arg(long, value_name = "DURATION")]
+    pub config_sync_period: Option<String>,
+    /// Accepted, no effect: the client speaks JSON.
+    #[arg(long, value_name = "TYPE")]
+    pub kube_api_content_type: Option<String>,
+    /// Accepted, no effect.
+    #[arg(long, value_name = "VERSION")]
+    pub show_hidden_metrics_for_version: Option<String>,
+    /// Accepted, no effect yet: IPVS's TCP time-out is left as the kernel has it.
+    #[arg(long, value_name = "DURATION")]
+    pub ipvs_tcp_timeout: Option<String>,
+    /// Accepted, no effect yet: IPVS's TCP FIN time-out is left as the kernel has it.
+    #[arg(long, value_name = "DURATION")]
+    pub ipvs_tcpfin_timeout: Option<String>,
+    /// Accepted, no effect yet: IPVS's UDP time-out is left as the kernel has it.
+    #[arg(long, value_name = "DURATION")]
+    pub ipvs_udp_timeout: Option<String>,
+}
+
+impl IgnoredFlags {
+    /// The flags given, by name.
+    pub fn given(&self) -> Vec<&'static str> {
+        [
+            (self.bind_address.is_some(), "--bind-address"),
+            (
+                self.bind_address_hard_fail.is_some(),
+                "--bind-address-hard-fail",
+            ),
+            (self.oom_score_adj.is_some(), "--oom-score-adj"),
+            (self.profiling.is_some(), "--profiling"),
+            (self.feature_gates.is_some(), "--feature-gates"),
+            (self.config_sync_period.is_some(), "--config-sync-period"),
+            (
+                self.kube_api_content_type.is_some(),
+                "--kube-api-content-type",
+            ),
+            (
+                self.show_hidden_metrics_for_version.is_some(),
+                "--show-hidden-metrics-for-version",
+            ),
+            (self.ipvs_tcp_timeout.is_some(), "--ipvs-tcp-timeout"),
+            (self.ipvs_tcpfin_timeout.is_some(), "--ipvs-tcpfin-timeout"),
+            (self.ipvs_udp_timeout.is_some(), "--ipvs-udp-timeout"),
+        ]
+        .into_iter()
+        .filter(|(g, _)| *g)
+        .map(|(_, f)| f)
+        .collect()
+    }
 }
 
 /// `--dry-run-part`: one part of an IPVS-mode dry run, in its tool's save format.

@@ -11,6 +11,9 @@ pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod dryrun;
+pub mod health;
+pub mod metrics;
+pub mod nodesetup;
 pub mod objects;
 pub mod settings;
 pub mod translate;
@@ -30,6 +33,15 @@ pub use warning::Warning;
 pub fn run(cli: &Cli) -> ExitCode {
     if cli.dry_run {
         return dryrun::run(cli);
+    }
+    if let Some(path) = &cli.write_config_to {
+        return config::write_effective(cli, path);
+    }
+    if cli.init_only {
+        return agent::run_init_only(cli);
+    }
+    if cli.cleanup {
+        return agent::cleanup::run_cleanup(cli);
     }
     agent::run(cli)
 }

@@ -3,7 +3,10 @@
 //! `--hostname-override` (kubeadm passes `--config … --hostname-override=$(NODE_NAME)`).
 
 use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::str::FromStr;
+use std::time::Duration;
 
 use anyhow::{anyhow, bail};
 use ipnet::IpNet;
@@ -83,7 +86,7 @@ pub const IPVS_SCHEDULERS: &[&str] = &[
 ];
 
 /// Everything about the node a render needs, resolved and valid.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     /// The node's name: `--hostname-override`, else `hostnameOverride`, else the hostname; lower-case.
     pub hostname: String,
@@ -113,7 +116,81 @@ pub struct Settings {
     pub ipvs_exclude_cidrs: Vec<IpNet>,
     /// `--ipvs-strict-arp`/`ipvs.strictARP`.
     pub ipvs_strict_arp: bool,
+    /// `--healthz-bind-address`/`healthzBindAddress`; `None` when disabled.
+    pub healthz_bind_address: Option<SocketAddr>,
+    /// `--metrics-bind-address`/`metricsBindAddress`; `None` when disabled.
+    pub metrics_bind_address: Option<SocketAddr>,
+    /// The mode's `--*-sync-period`/`syncPeriod`: the longest time between two syncs.
+    pub sync_period: Duration,
+    /// The mode's `--*-min-sync-period`/`minSyncPeriod`: the shortest time between two syncs.
+    pub min_sync_period: Duration,
+    /// `--conntrack-*`/`conntrack`.
+    pub conntrack: ConntrackSettings,
+    /// `--logging-format`/`logging.format` (the flag wins, as upstream's logging flags do).
+    pub log_format: LogFormat,
+    /// `-v`/`logging.verbosity` (the flag wins).
+    pub verbosity: u8,
+    /// `--kubeconfig`/`clientConnection.kubeconfig`.
+    pub kubeconfig: Option<PathBuf>,
+    /// `--kube-api-qps`/`clientConnection.qps`; `None` means the default.
+    pub kube_api_qps: Option<f64>,
+    /// `--kube-api-burst`/`clientConnection.burst`; `None` means the default.
+    pub kube_api_burst: Option<u32>,
 }
+
+/// `--logging-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum LogFormat {
+    /// Plain text lines (the default).
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The node's connection-tracking set-up (`--conntrack-*`, `conntrack` in the config file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConntrackSettings {
+    /// Entries per CPU; 0 leaves `nf_conntrack_max` alone.
+    pub max_per_core: u64,
+    /// The floor for `max_per_core` × CPUs.
+    pub min: u64,
+    /// `nf_conntrack_tcp_timeout_established`; zero leaves it.
+    pub tcp_established_timeout: Duration,
+    /// `nf_conntrack_tcp_timeout_close_wait`; zero leaves it.
+    pub tcp_close_wait_timeout: Duration,
+    /// `nf_conntrack_tcp_be_liberal`.
+    pub tcp_be_liberal: bool,
+    /// `nf_conntrack_udp_timeout`; zero leaves it.
+    pub udp_timeout: Duration,
+    /// `nf_conntrack_udp_timeout_stream`; zero leaves it.
+    pub udp_stream_timeout: Duration,
+}
+
+impl Default for ConntrackSettings {
+    /// Upstream's defaults (`pkg/proxy/apis/config/v1alpha1/defaults.go`).
+    fn default() -> Self {
+        ConntrackSettings {
+            max_per_core: 32 * 1024,
+            min: 128 * 1024,
+            tcp_established_timeout: Duration::from_secs(24 * 3600),
+            tcp_close_wait_timeout: Duration::from_secs(3600),
+            tcp_be_liberal: false,
+            udp_timeout: Duration::ZERO,
+            udp_stream_timeout: Duration::ZERO,
+        }
+    }
+}
+
+/// Upstream's default sync period (both modes).
+pub const DEFAULT_SYNC_PERIOD: Duration = Duration::from_secs(30);
+/// Upstream's default min sync period (both modes).
+pub const DEFAULT_MIN_SYNC_PERIOD: Duration = Duration::from_secs(1);
+
+/// Upstream's default `--healthz-bind-address`.
+pub const DEFAULT_HEALTHZ_BIND_ADDRESS: &str = "0.0.0.0:10256";
+/// Upstream's default `--metrics-bind-address`.
+pub const DEFAULT_METRICS_BIND_ADDRESS: &str = "127.0.0.1:10249";
 
 impl Default for Settings {
     fn default() -> Self {
@@ -132,6 +209,16 @@ impl Default for Settings {
             ipvs_scheduler: rulegen::ipvs::DEFAULT_SCHEDULER.to_string(),
             ipvs_exclude_cidrs: Vec::new(),
             ipvs_strict_arp: false,
+            healthz_bind_address: DEFAULT_HEALTHZ_BIND_ADDRESS.parse().ok(),
+            metrics_bind_address: DEFAULT_METRICS_BIND_ADDRESS.parse().ok(),
+            sync_period: DEFAULT_SYNC_PERIOD,
+            min_sync_period: DEFAULT_MIN_SYNC_PERIOD,
+            conntrack: ConntrackSettings::default(),
+            log_format: LogFormat::Text,
+            verbosity: 0,
+            kubeconfig: None,
+            kube_api_qps: None,
+            kube_api_burst: None,
         }
     }
 }
@@ -154,6 +241,18 @@ struct Raw {
     ipvs_scheduler: Option<String>,
     ipvs_exclude_cidrs: Vec<String>,
     ipvs_strict_arp: Option<bool>,
+    healthz_bind_address: Option<String>,
+    metrics_bind_address: Option<String>,
+    iptables_sync_period: Option<String>,
+    iptables_min_sync_period: Option<String>,
+    ipvs_sync_period: Option<String>,
+    ipvs_min_sync_period: Option<String>,
+    conntrack: crate::config::ConntrackConfiguration,
+    log_format: Option<String>,
+    verbosity: Option<u8>,
+    kubeconfig: Option<String>,
+    kube_api_qps: Option<String>,
+    kube_api_burst: Option<i64>,
 }
 
 impl Raw {
@@ -181,6 +280,26 @@ impl Raw {
             ipvs_scheduler: cli.ipvs_scheduler.clone(),
             ipvs_exclude_cidrs: cli.ipvs_exclude_cidrs.clone().unwrap_or_default(),
             ipvs_strict_arp: cli.ipvs_strict_arp,
+            healthz_bind_address: cli.healthz_bind_address.clone(),
+            metrics_bind_address: cli.metrics_bind_address.clone(),
+            iptables_sync_period: cli.iptables_sync_period.clone(),
+            iptables_min_sync_period: cli.iptables_min_sync_period.clone(),
+            ipvs_sync_period: cli.ipvs_sync_period.clone(),
+            ipvs_min_sync_period: cli.ipvs_min_sync_period.clone(),
+            conntrack: crate::config::ConntrackConfiguration {
+                max_per_core: cli.conntrack_max_per_core,
+                min: cli.conntrack_min,
+                tcp_established_timeout: cli.conntrack_tcp_timeout_established.clone(),
+                tcp_close_wait_timeout: cli.conntrack_tcp_timeout_close_wait.clone(),
+                tcp_be_liberal: cli.conntrack_tcp_be_liberal,
+                udp_timeout: cli.conntrack_udp_timeout.clone(),
+                udp_stream_timeout: cli.conntrack_udp_timeout_stream.clone(),
+            },
+            log_format: cli.logging_format.clone(),
+            verbosity: cli.verbosity,
+            kubeconfig: cli.kubeconfig.as_ref().map(|p| p.display().to_string()),
+            kube_api_qps: cli.kube_api_qps.clone(),
+            kube_api_burst: cli.kube_api_burst.map(i64::from),
         }
     }
 
@@ -188,6 +307,8 @@ impl Raw {
         let detect_local = cfg.detect_local.unwrap_or_default();
         let iptables = cfg.iptables.unwrap_or_default();
         let ipvs = cfg.ipvs.unwrap_or_default();
+        let logging = cfg.logging.unwrap_or_default();
+        let client = cfg.client_connection.unwrap_or_default();
         Raw {
             from_file: Some(file),
             hostname_override: cfg.hostname_override,
@@ -203,6 +324,18 @@ impl Raw {
             ipvs_scheduler: ipvs.scheduler,
             ipvs_exclude_cidrs: ipvs.exclude_cidrs.unwrap_or_default(),
             ipvs_strict_arp: ipvs.strict_arp,
+            healthz_bind_address: cfg.healthz_bind_address,
+            metrics_bind_address: cfg.metrics_bind_address,
+            iptables_sync_period: iptables.sync_period,
+            iptables_min_sync_period: iptables.min_sync_period,
+            ipvs_sync_period: ipvs.sync_period,
+            ipvs_min_sync_period: ipvs.min_sync_period,
+            conntrack: cfg.conntrack.unwrap_or_default(),
+            log_format: logging.format,
+            verbosity: logging.verbosity,
+            kubeconfig: client.kubeconfig,
+            kube_api_qps: client.qps.map(|q| q.to_string()),
+            kube_api_burst: client.burst,
         }
     }
 }
@@ -226,9 +359,21 @@ impl Settings {
                 Raw::from_config(cfg, path.display().to_string())
             }
         };
+        // As upstream: with --config only the host name and logging flags still count.
         if cli.hostname_override.is_some() {
             raw.hostname_override.clone_from(&cli.hostname_override);
         }
+        if cli.logging_format.is_some() {
+            raw.log_format.clone_from(&cli.logging_format);
+        }
+        if cli.verbosity.is_some() {
+            raw.verbosity = cli.verbosity;
+        }
+        warnings.extend(cli.ignored.given().into_iter().map(|flag| {
+            Warning::warn(format!(
+                "{flag} is accepted for compatibility and has no effect"
+            ))
+        }));
         let settings = resolve(raw, cli.ip_family.into(), machine_hostname)?;
         Ok((settings, warnings))
     }
@@ -247,37 +392,15 @@ fn unsupported_ipvs_fields(cfg: &KubeProxyConfiguration, path: &std::path::Path)
         Some(_) => true,
     };
     [
-        (
-            &ipvs.sync_period,
-            "ipvs.syncPeriod",
-            "use --ipvs-sync-period",
-        ),
-        (
-            &ipvs.min_sync_period,
-            "ipvs.minSyncPeriod",
-            "use --ipvs-min-sync-period",
-        ),
-        (
-            &ipvs.tcp_timeout,
-            "ipvs.tcpTimeout",
-            "the kernel's default applies",
-        ),
-        (
-            &ipvs.tcp_fin_timeout,
-            "ipvs.tcpFinTimeout",
-            "the kernel's default applies",
-        ),
-        (
-            &ipvs.udp_timeout,
-            "ipvs.udpTimeout",
-            "the kernel's default applies",
-        ),
+        (&ipvs.tcp_timeout, "ipvs.tcpTimeout"),
+        (&ipvs.tcp_fin_timeout, "ipvs.tcpFinTimeout"),
+        (&ipvs.udp_timeout, "ipvs.udpTimeout"),
     ]
     .into_iter()
-    .filter(|(v, _, _)| set(v))
-    .map(|(_, field, instead)| {
+    .filter(|(v, _)| set(v))
+    .map(|(_, field)| {
         Warning::warn(format!(
-            "{}: {field} is not supported yet and is ignored ({instead})",
+            "{}: {field} is not supported yet and is ignored (the kernel's default applies)",
             path.display()
         ))
     })
@@ -308,6 +431,43 @@ fn ignored_flags(cli: &Cli) -> Vec<&'static str> {
         (cli.ipvs_scheduler.is_some(), "--ipvs-scheduler"),
         (cli.ipvs_exclude_cidrs.is_some(), "--ipvs-exclude-cidrs"),
         (cli.ipvs_strict_arp.is_some(), "--ipvs-strict-arp"),
+        (cli.healthz_bind_address.is_some(), "--healthz-bind-address"),
+        (cli.metrics_bind_address.is_some(), "--metrics-bind-address"),
+        (cli.iptables_sync_period.is_some(), "--iptables-sync-period"),
+        (
+            cli.iptables_min_sync_period.is_some(),
+            "--iptables-min-sync-period",
+        ),
+        (cli.ipvs_sync_period.is_some(), "--ipvs-sync-period"),
+        (cli.ipvs_min_sync_period.is_some(), "--ipvs-min-sync-period"),
+        (
+            cli.conntrack_max_per_core.is_some(),
+            "--conntrack-max-per-core",
+        ),
+        (cli.conntrack_min.is_some(), "--conntrack-min"),
+        (
+            cli.conntrack_tcp_timeout_established.is_some(),
+            "--conntrack-tcp-timeout-established",
+        ),
+        (
+            cli.conntrack_tcp_timeout_close_wait.is_some(),
+            "--conntrack-tcp-timeout-close-wait",
+        ),
+        (
+            cli.conntrack_tcp_be_liberal.is_some(),
+            "--conntrack-tcp-be-liberal",
+        ),
+        (
+            cli.conntrack_udp_timeout.is_some(),
+            "--conntrack-udp-timeout",
+        ),
+        (
+            cli.conntrack_udp_timeout_stream.is_some(),
+            "--conntrack-udp-timeout-stream",
+        ),
+        (cli.kubeconfig.is_some(), "--kubeconfig"),
+        (cli.kube_api_qps.is_some(), "--kube-api-qps"),
+        (cli.kube_api_burst.is_some(), "--kube-api-burst"),
     ];
     given
         .into_iter()
@@ -403,6 +563,71 @@ fn resolve(
         ipvs_scheduler,
         ipvs_exclude_cidrs,
         ipvs_strict_arp: raw.ipvs_strict_arp.unwrap_or(false),
+        sync_period: go_duration(
+            match mode {
+                ProxyMode::Iptables => raw.iptables_sync_period.as_deref(),
+                ProxyMode::Ipvs => raw.ipvs_sync_period.as_deref(),
+            },
+            DEFAULT_SYNC_PERIOD,
+            &sync_names(&raw, mode, false),
+            false,
+        )?,
+        min_sync_period: go_duration(
+            match mode {
+                ProxyMode::Iptables => raw.iptables_min_sync_period.as_deref(),
+                ProxyMode::Ipvs => raw.ipvs_min_sync_period.as_deref(),
+            },
+            DEFAULT_MIN_SYNC_PERIOD,
+            &sync_names(&raw, mode, true),
+            true,
+        )?,
+        conntrack: conntrack(&raw)?,
+        log_format: match raw.log_format.as_deref().map(str::trim) {
+            None | Some("") | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(f) => bail!(
+                "{} {f:?} is invalid (use text or json)",
+                raw.name("logging-format", "logging.format")
+            ),
+        },
+        verbosity: raw.verbosity.unwrap_or(0),
+        kubeconfig: raw
+            .kubeconfig
+            .as_deref()
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(PathBuf::from),
+        kube_api_qps: match raw.kube_api_qps.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(v) => match v.parse::<f64>() {
+                // As upstream: 0 means the default.
+                Ok(0.0) => None,
+                Ok(q) if q > 0.0 && q.is_finite() => Some(q),
+                _ => bail!(
+                    "{} {v:?} must be a positive number",
+                    raw.name("kube-api-qps", "clientConnection.qps")
+                ),
+            },
+        },
+        kube_api_burst: match raw.kube_api_burst {
+            None | Some(0) => None,
+            Some(b) => Some(u32::try_from(b).ok().filter(|b| *b > 0).ok_or_else(|| {
+                anyhow!(
+                    "{} {b} must be a positive number",
+                    raw.name("kube-api-burst", "clientConnection.burst")
+                )
+            })?),
+        },
+        healthz_bind_address: bind_address(
+            raw.healthz_bind_address.as_deref(),
+            DEFAULT_HEALTHZ_BIND_ADDRESS,
+            &raw.name("healthz-bind-address", "healthzBindAddress"),
+        )?,
+        metrics_bind_address: bind_address(
+            raw.metrics_bind_address.as_deref(),
+            DEFAULT_METRICS_BIND_ADDRESS,
+            &raw.name("metrics-bind-address", "metricsBindAddress"),
+        )?,
     })
 }
 
@@ -419,6 +644,116 @@ fn check_mode(raw: &Raw) -> anyhow::Result<ProxyMode> {
             raw.name("proxy-mode", "mode")
         ),
     }
+}
+
+/// The name of the sync-period setting `raw` took for `mode`, for messages.
+fn sync_names(raw: &Raw, mode: ProxyMode, min: bool) -> String {
+    let (flag, field) = match (mode, min) {
+        (ProxyMode::Iptables, false) => ("iptables-sync-period", "iptables.syncPeriod"),
+        (ProxyMode::Iptables, true) => ("iptables-min-sync-period", "iptables.minSyncPeriod"),
+        (ProxyMode::Ipvs, false) => ("ipvs-sync-period", "ipvs.syncPeriod"),
+        (ProxyMode::Ipvs, true) => ("ipvs-min-sync-period", "ipvs.minSyncPeriod"),
+    };
+    raw.name(flag, field)
+}
+
+/// A Go duration; absent, empty or (in a config file, where kubeadm writes `0s` for "unset")
+/// zero means `default`. A zero sync period is refused; a zero min sync period is allowed.
+fn go_duration(
+    value: Option<&str>,
+    default: Duration,
+    name: &str,
+    zero_ok: bool,
+) -> anyhow::Result<Duration> {
+    let Some(text) = value.map(str::trim).filter(|t| !t.is_empty()) else {
+        return Ok(default);
+    };
+    let d = crate::agent::duration::parse_go_duration(text).map_err(|e| anyhow!("{name}: {e}"))?;
+    if d.is_zero() && name.contains("(in ") {
+        return Ok(default);
+    }
+    if d.is_zero() && !zero_ok {
+        bail!("{name} must be above zero");
+    }
+    Ok(d)
+}
+
+/// The conntrack settings: upstream's defaults, then what was given (durations checked).
+fn conntrack(raw: &Raw) -> anyhow::Result<ConntrackSettings> {
+    let c = &raw.conntrack;
+    let d = ConntrackSettings::default();
+    let count = |v: Option<i64>, default: u64, flag: &str, field: &str| match v {
+        None => Ok(default),
+        Some(n) => u64::try_from(n)
+            .map_err(|_| anyhow!("{} {n} must not be negative", raw.name(flag, field))),
+    };
+    let timeout = |v: &Option<String>, default: Duration, flag: &str, field: &str| match v
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
+        None => Ok(default),
+        Some(t) => crate::agent::duration::parse_go_duration(t)
+            .map_err(|e| anyhow!("{}: {e}", raw.name(flag, field))),
+    };
+    Ok(ConntrackSettings {
+        max_per_core: count(
+            c.max_per_core,
+            d.max_per_core,
+            "conntrack-max-per-core",
+            "conntrack.maxPerCore",
+        )?,
+        min: count(c.min, d.min, "conntrack-min", "conntrack.min")?,
+        tcp_established_timeout: timeout(
+            &c.tcp_established_timeout,
+            d.tcp_established_timeout,
+            "conntrack-tcp-timeout-established",
+            "conntrack.tcpEstablishedTimeout",
+        )?,
+        tcp_close_wait_timeout: timeout(
+            &c.tcp_close_wait_timeout,
+            d.tcp_close_wait_timeout,
+            "conntrack-tcp-timeout-close-wait",
+            "conntrack.tcpCloseWaitTimeout",
+        )?,
+        tcp_be_liberal: c.tcp_be_liberal.unwrap_or(false),
+        udp_timeout: timeout(
+            &c.udp_timeout,
+            d.udp_timeout,
+            "conntrack-udp-timeout",
+            "conntrack.udpTimeout",
+        )?,
+        udp_stream_timeout: timeout(
+            &c.udp_stream_timeout,
+            d.udp_stream_timeout,
+            "conntrack-udp-timeout-stream",
+            "conntrack.udpStreamTimeout",
+        )?,
+    })
+}
+
+/// A server's `IP:port`. Not given (or empty in the config file, which kubeadm writes) means the
+/// default; an explicitly empty flag disables the server, as upstream's does. An IP without a
+/// port gets the default port (upstream's flag accepts both).
+fn bind_address(
+    value: Option<&str>,
+    default: &str,
+    name: &str,
+) -> anyhow::Result<Option<SocketAddr>> {
+    let default: SocketAddr = default.parse().expect("valid default");
+    let text = match value.map(str::trim) {
+        None => return Ok(Some(default)),
+        Some("") if name.contains("(in ") => return Ok(Some(default)),
+        Some("") => return Ok(None),
+        Some(t) => t,
+    };
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(Some(addr));
+    }
+    if let Ok(ip) = text.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+        return Ok(Some(SocketAddr::new(ip, default.port())));
+    }
+    bail!("{name}: {text:?} is not an IP:port (e.g. {default})")
 }
 
 /// A list of CIDRs, each entry trimmed and masked; empty entries are skipped.

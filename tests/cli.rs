@@ -493,3 +493,45 @@ fn ipvs_parts_need_ipvs_mode_and_unknown_parts_are_refused() {
     assert_eq!(r.code, Some(2));
     assert!(r.stderr.contains("invalid value 'nft'"), "{}", r.stderr);
 }
+
+/// `--write-config-to FILE` writes the effective configuration and exits; the dry run with
+/// `--config FILE` renders exactly what the flags rendered, without a warning.
+#[test]
+fn write_config_to_round_trips_through_the_dry_run() {
+    let dir = Scratch::new("write-config");
+    let objects = Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/example");
+    let config = dir.0.join("config.conf");
+    let flags = [
+        "--hostname-override=node-a",
+        "--cluster-cidr=10.244.0.0/16",
+        "--masquerade-all",
+        "--nodeport-addresses=192.168.0.0/16",
+    ];
+    let w = run(["--write-config-to", config.to_str().unwrap()]
+        .into_iter()
+        .chain(flags));
+    assert_eq!(w.code, Some(0), "{}", w.stderr);
+    assert!(w.stdout.is_empty());
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        text.starts_with("apiVersion: kubeproxy.config.k8s.io/v1alpha1\n"),
+        "{text}"
+    );
+    assert!(text.contains("masqueradeAll: true\n"), "{text}");
+    let by_flags = run(["--dry-run", "--objects", objects.to_str().unwrap()]
+        .into_iter()
+        .chain(flags));
+    let by_file = run([
+        "--dry-run",
+        "--objects",
+        objects.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "--hostname-override=node-a",
+    ]);
+    assert_eq!(by_file.code, Some(0), "{}", by_file.stderr);
+    assert_eq!(by_file.stderr, "");
+    assert_eq!(by_file.stdout, by_flags.stdout);
+    let stdout = run(["--write-config-to", "-", "--hostname-override=node-a"]);
+    assert!(stdout.stdout.contains("kind: KubeProxyConfiguration\n"));
+}

@@ -9,6 +9,7 @@
 pub mod applier;
 pub mod backend;
 pub mod command;
+pub mod conntrack;
 pub mod detect;
 pub mod hooks;
 pub mod interface;
@@ -18,10 +19,12 @@ pub mod ipvs;
 mod netlink;
 pub mod restore;
 pub mod runner;
+pub mod sysctl;
 
 pub use applier::{ApplyError, IptablesApplier, SyncKind, SyncReport};
 pub use backend::{Backend, Family};
 pub use command::{CommandError, Finished, Launcher};
+pub use conntrack::{Conntrack, ConntrackError, ConntrackReport};
 pub use detect::{Detection, detect_backend};
 pub use hooks::{BuiltinRules, HookError, HookReport};
 pub use interface::{DummyInterface, IPVS_INTERFACE, InterfaceError, local_addresses_except};

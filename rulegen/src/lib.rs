@@ -5,7 +5,9 @@
 //! byte-identical output, whatever order the model lists its services and endpoints in.
 
 pub mod chains;
+pub mod cleanup;
 pub mod config;
+pub mod conntrack;
 pub mod endpoints;
 pub mod hash;
 pub mod iptables;

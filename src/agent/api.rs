@@ -14,6 +14,7 @@ use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
+use crate::metrics::{Change, Metrics, changes};
 use crate::objects::{Objects, Origin};
 use crate::translate::endpointslices::{NodeNames, digest};
 use crate::translate::{ServiceDigest, SliceDigest, services};
@@ -51,6 +52,11 @@ impl ApiStores {
             self.services.state(),
             self.endpoint_slices.state(),
         )
+    }
+
+    /// This node's Node object, if the API server has one.
+    pub fn node(&self) -> Option<Arc<Node>> {
+        self.nodes.state().into_iter().next()
     }
 }
 
@@ -139,12 +145,28 @@ impl Slim for Node {
 /// Starts one watcher per kind on `client`, each feeding a store and waking `changed` on every
 /// change. The tasks run until the process ends, reconnecting with back-off.
 pub fn start(client: Client, node_name: &str, changed: Arc<Notify>) -> ApiStores {
+    start_counting(client, node_name, changed, None)
+}
+
+/// [`start`], also counting Service and EndpointSlice changes in `metrics` as they arrive.
+pub fn start_counting(
+    client: Client,
+    node_name: &str,
+    changed: Arc<Notify>,
+    metrics: Option<Arc<Metrics>>,
+) -> ApiStores {
     let labels = watcher::Config::default().labels(PROXY_LABEL_SELECTOR);
+    let m = metrics.clone();
     let services = spawn_reflector(
         Api::<Service>::all(client.clone()),
         labels.clone(),
         changed.clone(),
         |s: Service| services::digest(&s, &Origin::memory()),
+        move |s, change| {
+            if let Some(m) = &m {
+                changes::service_event(m, s, change)
+            }
+        },
     );
     let mut names = NodeNames::default();
     let endpoint_slices = spawn_reflector(
@@ -152,6 +174,11 @@ pub fn start(client: Client, node_name: &str, changed: Arc<Notify>) -> ApiStores
         labels,
         changed.clone(),
         move |s: EndpointSlice| digest(&s, &Origin::memory(), &mut names),
+        move |s, change| {
+            if let Some(m) = &metrics {
+                changes::endpoint_slice_event(m, s, change)
+            }
+        },
     );
     let nodes = spawn_reflector(
         Api::<Node>::all(client),
@@ -161,6 +188,7 @@ pub fn start(client: Client, node_name: &str, changed: Arc<Notify>) -> ApiStores
             n.slim();
             n
         },
+        |_, _| {},
     );
     ApiStores {
         services,
@@ -169,12 +197,14 @@ pub fn start(client: Client, node_name: &str, changed: Arc<Notify>) -> ApiStores
     }
 }
 
-/// A watcher on `api` whose objects, turned into `T` by `keep` as they arrive, fill a store.
+/// A watcher on `api` whose objects, turned into `T` by `keep` as they arrive, fill a store;
+/// `observe` sees each object first, with what happened to it.
 fn spawn_reflector<K, T>(
     api: Api<K>,
     config: watcher::Config,
     changed: Arc<Notify>,
     mut keep: impl FnMut(K) -> T + Send + 'static,
+    mut observe: impl FnMut(&K, Change) + Send + 'static,
 ) -> Store<T>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
@@ -188,9 +218,18 @@ where
         watcher(api, config)
             .default_backoff()
             .map_ok(move |event| match event {
-                watcher::Event::Apply(o) => watcher::Event::Apply(keep(o)),
-                watcher::Event::Delete(o) => watcher::Event::Delete(keep(o)),
-                watcher::Event::InitApply(o) => watcher::Event::InitApply(keep(o)),
+                watcher::Event::Apply(o) => {
+                    observe(&o, Change::Applied);
+                    watcher::Event::Apply(keep(o))
+                }
+                watcher::Event::Delete(o) => {
+                    observe(&o, Change::Deleted);
+                    watcher::Event::Delete(keep(o))
+                }
+                watcher::Event::InitApply(o) => {
+                    observe(&o, Change::Listed);
+                    watcher::Event::InitApply(keep(o))
+                }
                 watcher::Event::Init => watcher::Event::Init,
                 watcher::Event::InitDone => watcher::Event::InitDone,
             }),

@@ -3,6 +3,40 @@
 
 use std::time::Duration;
 
+/// Formats a duration as Go's `time.Duration.String` does (`30s`, `1m0s`, `24h0m0s`, `1.5s`,
+/// `0s`), which is how upstream writes its config file.
+pub fn format_go_duration(d: Duration) -> String {
+    if d.is_zero() {
+        return "0s".into();
+    }
+    if d < Duration::from_secs(1) {
+        let ns = d.as_nanos();
+        return if ns.is_multiple_of(1_000_000) {
+            format!("{}ms", ns / 1_000_000)
+        } else if ns.is_multiple_of(1_000) {
+            format!("{}µs", ns / 1_000)
+        } else {
+            format!("{ns}ns")
+        };
+    }
+    let total = d.as_secs();
+    let (h, m, s) = (total / 3600, total / 60 % 60, total % 60);
+    let frac = d.subsec_nanos();
+    let secs = if frac == 0 {
+        format!("{s}s")
+    } else {
+        let f = format!("{:09}", frac);
+        format!("{s}.{}s", f.trim_end_matches('0'))
+    };
+    if h > 0 {
+        format!("{h}h{m}m{secs}")
+    } else if m > 0 {
+        format!("{m}m{secs}")
+    } else {
+        secs
+    }
+}
+
 /// Parses a Go duration string; a bare `0` is zero.
 pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -46,6 +80,23 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_format_as_go_does_and_parse_back() {
+        for (d, text) in [
+            (Duration::ZERO, "0s"),
+            (Duration::from_secs(30), "30s"),
+            (Duration::from_secs(60), "1m0s"),
+            (Duration::from_secs(3600), "1h0m0s"),
+            (Duration::from_secs(86400), "24h0m0s"),
+            (Duration::from_millis(1500), "1.5s"),
+            (Duration::from_millis(250), "250ms"),
+            (Duration::from_secs(3725), "1h2m5s"),
+        ] {
+            assert_eq!(format_go_duration(d), text);
+            assert_eq!(parse_go_duration(text), Ok(d), "{text}");
+        }
+    }
 
     #[test]
     fn go_spellings() {

@@ -22,38 +22,6 @@ use crate::translate::Translation;
 /// How long one `ipset restore` may take.
 const IPSET_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// The sysctls upstream's IPVS proxier sets at start (`NewProxier`): conntrack for IPVS
-/// connections (so the masquerade rules see them), dropping connections to deleted real
-/// servers, expiring persistence templates of quiesced ones, and forwarding.
-const SYSCTLS: [(&str, &str); 4] = [
-    ("net/ipv4/vs/conntrack", "1"),
-    ("net/ipv4/vs/expire_nodest_conn", "1"),
-    ("net/ipv4/vs/expire_quiescent_template", "1"),
-    ("net/ipv4/ip_forward", "1"),
-];
-
-/// `--ipvs-strict-arp`: answer ARP only for addresses on the interface asked, and announce the
-/// best local source, so the node does not claim the load-balancer IPs bound to kube-ipvs0.
-const STRICT_ARP_SYSCTLS: [(&str, &str); 2] = [
-    ("net/ipv4/conf/all/arp_ignore", "1"),
-    ("net/ipv4/conf/all/arp_announce", "2"),
-];
-
-/// Writes each sysctl that differs; a failure is logged, not fatal (as upstream).
-fn set_sysctls(strict_arp: bool) {
-    let extra: &[(&str, &str)] = if strict_arp { &STRICT_ARP_SYSCTLS } else { &[] };
-    for &(key, value) in SYSCTLS.iter().chain(extra) {
-        let path = format!("/proc/sys/{key}");
-        match std::fs::read_to_string(&path) {
-            Ok(v) if v.trim() == value => {}
-            _ => match std::fs::write(&path, value) {
-                Ok(()) => tracing::info!(sysctl = key, value, "sysctl set"),
-                Err(e) => tracing::warn!(sysctl = key, value, "cannot set sysctl: {e}"),
-            },
-        }
-    }
-}
-
 /// What IPVS mode keeps between syncs: the netlink syncer (with its draining list) and the tools.
 pub struct IpvsDataplane {
     family: IpFamily,
@@ -67,6 +35,8 @@ pub struct IpvsDataplane {
     // after a failure and by `forget_applied` (the hourly full sync), which rewrite them all.
     applied_sets: Option<rulegen::ipvs::IpSets>,
     wrote_all: bool,
+    // Whether the last sync's iptables restore failed (for the restore-failures metric).
+    restore_failed: bool,
 }
 
 /// What one IPVS-mode sync did, for the log.
@@ -101,7 +71,6 @@ impl IpvsDataplane {
         let socket = IpvsSocket::open().map_err(|e| {
             anyhow!("--proxy-mode ipvs: {e} (load the ip_vs module, or use --proxy-mode iptables)")
         })?;
-        set_sysctls(settings.ipvs_strict_arp);
         let sync_config = IpvsSyncConfig {
             family: settings.family,
             exclude_cidrs: settings.ipvs_exclude_cidrs.clone(),
@@ -118,6 +87,7 @@ impl IpvsDataplane {
             interface: DummyInterface::new(IPVS_INTERFACE),
             applied_sets: None,
             wrote_all: false,
+            restore_failed: false,
         })
     }
 
@@ -135,6 +105,7 @@ impl IpvsDataplane {
         applier: &mut IptablesApplier,
     ) -> anyhow::Result<IpvsSyncSummary> {
         let started = Instant::now();
+        self.restore_failed = false;
         // Node ports are served on the node's own addresses, as upstream reads them from its
         // interfaces (the Node object may not list every one); `--nodeport-addresses` still
         // filters them.
@@ -217,6 +188,7 @@ impl IpvsDataplane {
                 true
             }
             Err(e) => {
+                self.restore_failed = matches!(e, proxier::ApplyError::Restore(_));
                 if let Some(line) = e.failed_line() {
                     tracing::error!(
                         line = line.number,
@@ -273,6 +245,11 @@ impl IpvsDataplane {
                 "the IPVS sync task failed: {e}"
             )))),
         }
+    }
+
+    /// Whether the last sync's `iptables-restore` failed.
+    pub fn restore_failed(&self) -> bool {
+        self.restore_failed
     }
 
     /// Whether the last sync wrote every set (it had nothing applied to compare with).

@@ -3,6 +3,8 @@
 
 use tracing_subscriber::EnvFilter;
 
+use crate::settings::LogFormat;
+
 /// The tracing filter for upstream's `-v N`: 0–1 info, 2–4 debug, 5+ trace.
 pub fn filter_for(verbosity: u8) -> &'static str {
     match verbosity {
@@ -12,17 +14,28 @@ pub fn filter_for(verbosity: u8) -> &'static str {
     }
 }
 
-/// Installs the global subscriber once; later calls are no-ops.
+/// Installs the global subscriber (text) once; later calls are no-ops.
 pub fn init(verbosity: u8) {
+    init_with(verbosity, LogFormat::Text);
+}
+
+/// Installs the global subscriber once, in `format` (`--logging-format`); later calls are
+/// no-ops.
+pub fn init_with(verbosity: u8, format: LogFormat) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter_for(verbosity)));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_target(false);
+    let _ = match format {
+        // One JSON object per line, fields flattened, as log shippers expect.
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
         // Colours only on a terminal: a DaemonSet's log (and a test's capture) stays plain.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+    };
 }
 
 #[cfg(test)]

@@ -2,6 +2,8 @@
 //! and applies it to this node's kernel, paced like upstream's bounded-frequency runner.
 
 pub mod api;
+pub mod cleanup;
+pub mod conntrack;
 pub mod duration;
 pub mod files;
 pub mod ipvs;
@@ -10,3 +12,31 @@ pub mod ratelimit;
 pub mod run;
 
 pub use run::run;
+
+/// `--init-only`: set up the node (sysctls) as the agent would at start, then exit; non-zero
+/// when a setting could not be applied (the init container's whole job).
+pub fn run_init_only(cli: &crate::Cli) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let (settings, warnings) = match crate::Settings::from_cli(cli) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    logging::init_with(settings.verbosity, settings.log_format);
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    let failed = crate::nodesetup::set_up_and_log(&settings);
+    if failed.is_empty() {
+        tracing::info!("node set up (--init-only); exiting");
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "error: {} node setting(s) could not be applied (see above)",
+            failed.len()
+        );
+        ExitCode::FAILURE
+    }
+}

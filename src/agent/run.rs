@@ -12,17 +12,16 @@ use rulegen::{Retain, Ruleset};
 use tokio::sync::{Mutex, Notify, watch};
 
 use super::api::{self, ApiStores};
-use super::duration::parse_go_duration;
+use super::conntrack::{ConntrackPlan, ConntrackReconciler};
 use super::files::{self, FileSnapshot};
 use super::ipvs::IpvsDataplane;
 use super::{logging, ratelimit};
 use crate::cli::Cli;
+use crate::metrics::changes;
+use crate::metrics::sync::SyncTelemetry;
 use crate::settings::{ProxyMode, Settings};
 use crate::translate;
 
-/// Upstream's defaults for `--iptables-min-sync-period` and `--iptables-sync-period`.
-const DEFAULT_MIN_SYNC: Duration = Duration::from_secs(1);
-const DEFAULT_SYNC: Duration = Duration::from_secs(30);
 /// How often a sync reads the kernel back and rewrites every chain (stale chains, hooks) even
 /// when nothing failed, as upstream's hourly full sync does; other syncs send only what changed.
 const FULL_SYNC_PERIOD: Duration = Duration::from_secs(3600);
@@ -77,13 +76,35 @@ struct SyncState {
     last_full_sync: Option<Instant>,
     // IPVS mode's dataplane (`--proxy-mode ipvs`); iptables mode when absent.
     ipvs: Option<IpvsDataplane>,
+    // Metrics, health and the Services' health-check node ports.
+    telemetry: SyncTelemetry,
+    // Stale UDP conntrack flows, deleted after each successful sync that changed UDP Services.
+    conntrack: ConntrackReconciler,
+    conntrack_plan: Option<ConntrackPlan>,
 }
 
 impl SyncState {
     async fn sync(&mut self) -> anyhow::Result<()> {
         // Before (what the watchers freed: the initial list's JSON and objects) and after.
         release_free_memory();
+        self.telemetry.begin();
+        let started = Instant::now();
         let result = self.sync_once().await;
+        self.telemetry
+            .finish(result.is_ok(), started.elapsed())
+            .await;
+        if let Some(plan) = self.conntrack_plan.take().filter(|_| result.is_ok()) {
+            // A failed cleanup does not fail the sync: the rules are in place, and the next
+            // sync plans the same cleanup again.
+            let at = Instant::now();
+            match self.conntrack.run(plan).await {
+                Ok(r) => self
+                    .telemetry
+                    .metrics()
+                    .conntrack_reconciled(at.elapsed(), r.flows_deleted as u64),
+                Err(e) => tracing::warn!("{e:#}"),
+            }
+        }
         // Between syncs the render is not needed: a partial sync's render then never sits
         // next to the last one's buffers (100,000+ chain entries at 10,000 Services).
         self.spare.tables = Vec::new();
@@ -94,6 +115,8 @@ impl SyncState {
     /// Translates the current objects, logging the warnings when they changed.
     fn translate(&mut self) -> translate::Translation {
         let (translation, mut warnings) = self.source.translate(&self.settings);
+        self.telemetry.translated(&translation);
+        self.conntrack_plan = self.conntrack.plan(&translation.model, &translation.config);
         warnings.extend(translation.warnings.iter().map(ToString::to_string));
         if warnings != self.last_warnings {
             for w in &warnings {
@@ -124,6 +147,9 @@ impl SyncState {
         let s = match ipvs.sync(&translation, &mut self.applier).await {
             Ok(s) => s,
             Err(e) => {
+                if ipvs.restore_failed() {
+                    self.telemetry.ipvs_restore_failed();
+                }
                 ipvs.forget_applied();
                 self.last_full_sync = None;
                 return Err(e);
@@ -174,6 +200,7 @@ impl SyncState {
         // at a time. Either way a large node's whole ruleset is never in memory at once.
         let mut fallback = None;
         if let Some(applied) = self.applier.applied().filter(|_| !full_due) {
+            self.telemetry.attempt(SyncKind::Partial);
             let translation = self.translate();
             let service_ports = translation.model.services.len();
             rulegen::render_into_with(
@@ -189,20 +216,27 @@ impl SyncState {
             let rendered = started.elapsed();
             match self.applier.try_partial_sync(&self.spare).await {
                 Ok(Ok(report)) => return self.report(Ok(report), service_ports, rendered, started),
-                Ok(Err(why)) => fallback = Some(why),
+                Ok(Err(why)) => {
+                    self.telemetry.partial_fallback(&why);
+                    fallback = Some(why);
+                }
                 Err(e) => return self.report(Err(e), service_ports, rendered, started),
             }
         }
+        self.telemetry.attempt(SyncKind::Full);
         let translation = self.translate();
         let (model, cfg) = (&translation.model, &translation.config);
         let service_ports = model.services.len();
         rulegen::render_into_with(model, cfg, &mut self.spare, &Retain::Nothing)
             .context("cannot render the ruleset")?;
         let rendered = started.elapsed();
+        let counts = self.telemetry.rule_counts();
         let result = self
             .applier
             .full_sync_chunked(&mut self.spare, FULL_SYNC_CHUNK_BYTES, |retain, out| {
-                rulegen::render_into_with(model, cfg, out, retain).map_err(|e| e.to_string())
+                rulegen::render_into_with(model, cfg, out, retain).map_err(|e| e.to_string())?;
+                counts.observe(out);
+                Ok(())
             })
             .await
             .map(|mut r| {
@@ -225,6 +259,7 @@ impl SyncState {
                 if report.kind == SyncKind::Full {
                     self.last_full_sync = Some(Instant::now());
                 }
+                self.telemetry.applied(&report, &self.spare);
                 tracing::info!(
                     service_ports,
                     kind = report.kind.as_str(),
@@ -244,6 +279,7 @@ impl SyncState {
             Err(e) => {
                 // After any failure the next sync reads the kernel back in full.
                 self.last_full_sync = None;
+                self.telemetry.apply_failed(&e);
                 if let Some(line) = e.failed_line() {
                     tracing::error!(
                         line = line.number,
@@ -262,7 +298,15 @@ impl SyncState {
 
 /// Runs the node agent until SIGTERM or SIGINT; returns its exit status.
 pub fn run(cli: &Cli) -> ExitCode {
-    logging::init(cli.verbosity.unwrap_or(0));
+    // The logging settings may come from --config: resolve first (an error here is printed).
+    let (settings, warnings) = match Settings::from_cli(cli) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    logging::init_with(settings.verbosity, settings.log_format);
     tune_allocator();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -275,7 +319,7 @@ pub fn run(cli: &Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run_async(cli)) {
+    match runtime.block_on(run_async(cli, settings, warnings)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -309,15 +353,10 @@ fn release_free_memory() {
     }
 }
 
-fn period(flag: &Option<String>, name: &str, default: Duration) -> anyhow::Result<Duration> {
-    match flag {
-        None => Ok(default),
-        Some(v) => parse_go_duration(v).map_err(|e| anyhow::anyhow!("--{name}: {e}")),
-    }
-}
-
-async fn connect(cli: &Cli) -> anyhow::Result<kube::Client> {
-    let mut config = match &cli.kubeconfig {
+async fn connect(cli: &Cli, settings: &Settings) -> anyhow::Result<kube::Client> {
+    // `clientConnection.kubeconfig` (kubeadm's file) or `--kubeconfig`: with kubeadm the API
+    // server is reached directly, never through the `kubernetes` Service this agent programs.
+    let mut config = match &settings.kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
@@ -334,19 +373,8 @@ async fn connect(cli: &Cli) -> anyhow::Result<kube::Client> {
             .parse()
             .with_context(|| format!("--master {master:?} is not a URL"))?;
     }
-    let qps = match &cli.kube_api_qps {
-        None => ratelimit::DEFAULT_QPS,
-        Some(v) => match v.parse::<f64>() {
-            // As upstream: 0 means the default.
-            Ok(0.0) => ratelimit::DEFAULT_QPS,
-            Ok(q) if q > 0.0 && q.is_finite() => q,
-            _ => anyhow::bail!("--kube-api-qps {v:?} must be a positive number"),
-        },
-    };
-    let burst = match cli.kube_api_burst {
-        None | Some(0) => ratelimit::DEFAULT_BURST,
-        Some(b) => b,
-    };
+    let qps = settings.kube_api_qps.unwrap_or(ratelimit::DEFAULT_QPS);
+    let burst = settings.kube_api_burst.unwrap_or(ratelimit::DEFAULT_BURST);
     Ok(kube::client::ClientBuilder::try_from(config)
         .context("cannot build the API client")?
         .with_layer(&ratelimit::RateLimitLayer::new(qps, burst))
@@ -369,33 +397,34 @@ async fn shutdown_signal() {
     }
 }
 
-async fn run_async(cli: &Cli) -> anyhow::Result<()> {
-    let (settings, warnings) = Settings::from_cli(cli)?;
+/// The objects of the files' current snapshot.
+fn objects_of(rx: &watch::Receiver<Option<FileSnapshot>>) -> crate::objects::Objects {
+    rx.borrow()
+        .as_ref()
+        .map(|s| s.objects.clone())
+        .unwrap_or_default()
+}
+
+async fn run_async(
+    cli: &Cli,
+    settings: Settings,
+    warnings: Vec<crate::warning::Warning>,
+) -> anyhow::Result<()> {
     for w in &warnings {
         tracing::warn!("{w}");
     }
-    let (min_flag, sync_flag, prefix) = match settings.mode {
-        ProxyMode::Iptables => (
-            &cli.iptables_min_sync_period,
-            &cli.iptables_sync_period,
-            "iptables",
-        ),
-        ProxyMode::Ipvs => (&cli.ipvs_min_sync_period, &cli.ipvs_sync_period, "ipvs"),
-    };
-    let min_sync = period(
-        min_flag,
-        &format!("{prefix}-min-sync-period"),
-        DEFAULT_MIN_SYNC,
-    )?;
-    let sync = period(sync_flag, &format!("{prefix}-sync-period"), DEFAULT_SYNC)?;
-    if sync.is_zero() {
-        anyhow::bail!("--{prefix}-sync-period must be above zero");
-    }
+    let (min_sync, sync) = (settings.min_sync_period, settings.sync_period);
     // IPVS mode needs the kernel's IPVS: checked before anything else is started.
     let ipvs = match settings.mode {
         ProxyMode::Ipvs => Some(IpvsDataplane::open(&settings)?),
         ProxyMode::Iptables => None,
     };
+    // Node set-up as upstream does at start; a setting that cannot be written (an unprivileged
+    // container whose init container set it) is logged, not fatal.
+    crate::nodesetup::set_up_and_log(&settings);
+    // The health and metrics servers answer from the start, as upstream's do.
+    let (telemetry, health) = SyncTelemetry::start(&settings, sync).await;
+    let queue = telemetry.queue();
     let runner = Runner::new(min_sync, sync);
     let trigger = runner.trigger();
     let source = if !cli.objects.is_empty() {
@@ -405,25 +434,50 @@ async fn run_async(cli: &Cli) -> anyhow::Result<()> {
         rx.wait_for(|s| s.is_some())
             .await
             .context("the file reader stopped")?;
-        let mut changes = rx.clone();
+        let mut file_changes = rx.clone();
         let t = trigger.clone();
+        let (q, metrics) = (queue.clone(), telemetry.metrics().clone());
+        // Changes are counted as the watch events the API server would have sent.
+        let mut last = objects_of(&rx);
+        changes::diff_objects(&metrics, &Default::default(), &last);
         tokio::spawn(async move {
-            while changes.changed().await.is_ok() {
+            while file_changes.changed().await.is_ok() {
+                let now = objects_of(&file_changes);
+                changes::diff_objects(&metrics, &last, &now);
+                last = now;
+                q.queued();
                 t.run();
             }
         });
+        if let Some(h) = &health {
+            let (rx, name) = (rx.clone(), settings.hostname.clone());
+            h.set_node_lookup(Arc::new(move || {
+                crate::health::find_node(&rx.borrow().as_ref()?.objects, &name)
+            }));
+        }
         Source::Files(rx)
     } else {
-        let client = connect(cli).await?;
+        let client = connect(cli, &settings).await?;
         let changed = Arc::new(Notify::new());
-        let stores = api::start(client, &settings.hostname, changed.clone());
+        let stores = api::start_counting(
+            client,
+            &settings.hostname,
+            changed.clone(),
+            Some(telemetry.metrics().clone()),
+        );
         let t = trigger.clone();
+        let q = queue.clone();
         tokio::spawn(async move {
             loop {
                 changed.notified().await;
+                q.queued();
                 t.run();
             }
         });
+        if let Some(h) = &health {
+            let stores = stores.clone();
+            h.set_node_lookup(Arc::new(move || stores.node()));
+        }
         tracing::info!(node = %settings.hostname, "waiting for the initial list of Services, EndpointSlices and this Node");
         stores.wait_until_ready().await?;
         Source::Api(stores)
@@ -449,7 +503,11 @@ async fn run_async(cli: &Cli) -> anyhow::Result<()> {
         last_warnings: Vec::new(),
         last_full_sync: None,
         ipvs,
+        telemetry,
+        conntrack: ConntrackReconciler::default(),
+        conntrack_plan: None,
     }));
+    queue.loop_started();
     trigger.run();
     runner
         .run(shutdown_signal(), || {

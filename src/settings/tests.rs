@@ -1,4 +1,5 @@
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
 
@@ -37,6 +38,16 @@ impl ConfigFile {
             ),
         )
         .unwrap();
+        ConfigFile(p)
+    }
+
+    /// A config file holding exactly `text`.
+    fn raw(tag: &str, text: &str) -> ConfigFile {
+        let p = std::env::temp_dir().join(format!(
+            "kube-proxy-rs-settings-{tag}-{}.yaml",
+            std::process::id()
+        ));
+        std::fs::write(&p, text).unwrap();
         ConfigFile(p)
     }
 
@@ -195,18 +206,156 @@ fn ipvs_config_fields_not_supported_yet_warn_unless_zero() {
         "ipvs-unsupported",
         "mode: ipvs\nipvs:\n  syncPeriod: 15s\n  minSyncPeriod: 0s\n  tcpTimeout: 900s\n  udpTimeout: 0s\n",
     );
-    let (_, w) = resolve_args(&["--config", cfg.path(), "--hostname-override=n"]).unwrap();
+    let (s, w) = resolve_args(&["--config", cfg.path(), "--hostname-override=n"]).unwrap();
+    assert_eq!(
+        w,
+        [format!(
+            "warning: {}: ipvs.tcpTimeout is not supported yet and is ignored (the kernel's default applies)",
+            cfg.path()
+        )]
+    );
+    // The sync periods are read; kubeadm's `0s` means the default.
+    assert_eq!(s.sync_period, Duration::from_secs(15));
+    assert_eq!(s.min_sync_period, DEFAULT_MIN_SYNC_PERIOD);
+}
+
+#[test]
+fn sync_periods_follow_the_mode_and_are_validated() {
+    let (s, _) = resolve_args(&[
+        "--hostname-override=n",
+        "--iptables-sync-period=1m",
+        "--iptables-min-sync-period=0s",
+        "--ipvs-sync-period=5s",
+    ])
+    .unwrap();
+    assert_eq!(
+        (s.sync_period, s.min_sync_period),
+        (Duration::from_secs(60), Duration::ZERO)
+    );
+    let (s, _) = resolve_args(&[
+        "--hostname-override=n",
+        "--proxy-mode=ipvs",
+        "--ipvs-sync-period=5s",
+    ])
+    .unwrap();
+    assert_eq!(
+        (s.sync_period, s.min_sync_period),
+        (Duration::from_secs(5), DEFAULT_MIN_SYNC_PERIOD)
+    );
+    assert_eq!(
+        err(&["--hostname-override=n", "--iptables-sync-period=0s"]),
+        "--iptables-sync-period must be above zero"
+    );
+    assert!(
+        err(&["--hostname-override=n", "--iptables-sync-period=soon"])
+            .starts_with("--iptables-sync-period: invalid duration")
+    );
+}
+
+#[test]
+fn conntrack_logging_client_and_servers_resolve() {
+    let (s, w) = resolve_args(&["--hostname-override=n"]).unwrap();
+    assert!(w.is_empty());
+    assert_eq!(s.conntrack, ConntrackSettings::default());
+    assert_eq!(s.conntrack.max_per_core, 32768);
+    assert_eq!(
+        s.conntrack.tcp_established_timeout,
+        Duration::from_secs(86400)
+    );
+    assert_eq!(
+        s.healthz_bind_address,
+        Some("0.0.0.0:10256".parse().unwrap())
+    );
+    assert_eq!(
+        s.metrics_bind_address,
+        Some("127.0.0.1:10249".parse().unwrap())
+    );
+    let (s, _) = resolve_args(&[
+        "--hostname-override=n",
+        "--conntrack-max-per-core=0",
+        "--conntrack-tcp-timeout-close-wait=30m",
+        "--conntrack-tcp-be-liberal",
+        "--conntrack-udp-timeout=45s",
+        "--logging-format=json",
+        "-v=3",
+        "--healthz-bind-address=",
+        "--metrics-bind-address=0.0.0.0",
+        "--kube-api-qps=20",
+        "--kube-api-burst=40",
+    ])
+    .unwrap();
+    assert_eq!(s.conntrack.max_per_core, 0);
+    assert_eq!(
+        s.conntrack.tcp_close_wait_timeout,
+        Duration::from_secs(1800)
+    );
+    assert!(s.conntrack.tcp_be_liberal);
+    assert_eq!(s.conntrack.udp_timeout, Duration::from_secs(45));
+    assert_eq!((s.log_format, s.verbosity), (LogFormat::Json, 3));
+    assert_eq!(s.healthz_bind_address, None);
+    assert_eq!(
+        s.metrics_bind_address,
+        Some("0.0.0.0:10249".parse().unwrap())
+    );
+    assert_eq!((s.kube_api_qps, s.kube_api_burst), (Some(20.0), Some(40)));
+    assert_eq!(
+        err(&[
+            "--hostname-override=n",
+            "--metrics-bind-address=localhost:x"
+        ]),
+        "--metrics-bind-address: \"localhost:x\" is not an IP:port (e.g. 127.0.0.1:10249)"
+    );
+    assert_eq!(
+        err(&["--hostname-override=n", "--logging-format=yaml"]),
+        "--logging-format \"yaml\" is invalid (use text or json)"
+    );
+    assert_eq!(
+        err(&["--hostname-override=n", "--conntrack-min=-1"]),
+        "--conntrack-min -1 must not be negative"
+    );
+}
+
+#[test]
+fn with_a_config_file_logging_flags_still_count_and_the_file_decides_the_rest() {
+    let cfg = ConfigFile::new(
+        "logging",
+        "logging:\n  format: json\n  verbosity: 2\nconntrack:\n  maxPerCore: 0\n  tcpBeLiberal: true\n\
+         clientConnection:\n  kubeconfig: /var/lib/kube-proxy/kubeconfig.conf\n  qps: 0\n  burst: 0\n\
+         iptables:\n  syncPeriod: 10s\nhealthzBindAddress: 0.0.0.0:10300\nmetricsBindAddress: \"\"\n",
+    );
+    let (s, w) = resolve_args(&[
+        "--config",
+        cfg.path(),
+        "--hostname-override=n",
+        "-v=4",
+        "--conntrack-min=5",
+        "--oom-score-adj=-999",
+    ])
+    .unwrap();
+    assert_eq!((s.log_format, s.verbosity), (LogFormat::Json, 4));
+    assert_eq!(s.conntrack.max_per_core, 0);
+    assert_eq!(s.conntrack.min, ConntrackSettings::default().min);
+    assert!(s.conntrack.tcp_be_liberal);
+    assert_eq!(
+        s.kubeconfig,
+        Some(PathBuf::from("/var/lib/kube-proxy/kubeconfig.conf"))
+    );
+    assert_eq!((s.kube_api_qps, s.kube_api_burst), (None, None));
+    assert_eq!(s.sync_period, Duration::from_secs(10));
+    assert_eq!(
+        s.healthz_bind_address,
+        Some("0.0.0.0:10300".parse().unwrap())
+    );
+    // An empty field in the file means the default (kubeadm writes "").
+    assert_eq!(
+        s.metrics_bind_address,
+        Some("127.0.0.1:10249".parse().unwrap())
+    );
     assert_eq!(
         w,
         [
-            format!(
-                "warning: {}: ipvs.syncPeriod is not supported yet and is ignored (use --ipvs-sync-period)",
-                cfg.path()
-            ),
-            format!(
-                "warning: {}: ipvs.tcpTimeout is not supported yet and is ignored (the kernel's default applies)",
-                cfg.path()
-            ),
+            "warning: --conntrack-min is ignored because --config is given (as upstream kube-proxy does)",
+            "warning: --oom-score-adj is accepted for compatibility and has no effect"
         ]
     );
 }
@@ -316,4 +465,46 @@ fn config_file_unknown_fields_warn() {
             cfg.path()
         )]
     );
+}
+
+/// `--write-config-to`'s file, read back with `--config`, gives the same settings, without a
+/// warning (every field written is one we read).
+#[test]
+fn the_effective_config_reads_back_as_the_same_settings() {
+    for args in [
+        vec!["--hostname-override=node-a"],
+        vec![
+            "--hostname-override=node-a",
+            "--proxy-mode=ipvs",
+            "--ipvs-scheduler=wlc",
+            "--ipvs-exclude-cidrs=10.1.0.0/16,192.168.5.0/24",
+            "--ipvs-strict-arp",
+            "--ipvs-sync-period=45s",
+            "--ipvs-min-sync-period=2s",
+            "--cluster-cidr=10.244.0.0/16,fd00:10:244::/56",
+            "--nodeport-addresses=192.168.0.0/16",
+            "--masquerade-all",
+            "--iptables-masquerade-bit=9",
+            "--detect-local-mode=BridgeInterface",
+            "--pod-bridge-interface=cbr0",
+            "--conntrack-max-per-core=0",
+            "--conntrack-tcp-timeout-close-wait=90s",
+            "--conntrack-udp-timeout-stream=2m",
+            "--conntrack-tcp-be-liberal",
+            "--logging-format=json",
+            "-v=5",
+            "--healthz-bind-address=127.0.0.1:10300",
+            "--metrics-bind-address=0.0.0.0:10249",
+            "--kubeconfig=/etc/kp.conf",
+            "--kube-api-qps=7.5",
+            "--kube-api-burst=12",
+        ],
+    ] {
+        let (want, _) = resolve_args(&args).unwrap();
+        let text = crate::config::effective_yaml(&want, "node-a");
+        let file = ConfigFile::raw("effective", &text);
+        let (got, warnings) = resolve_args(&["--config", file.path()]).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}\n{text}");
+        assert_eq!(got, want, "{text}");
+    }
 }

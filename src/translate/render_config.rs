@@ -80,6 +80,8 @@ pub fn build(
         masquerade_all: settings.masquerade_all,
         masquerade_bit: settings.masquerade_bit,
         localhost_nodeports: settings.localhost_nodeports,
+        // Upstream reads the sysctl; the agent sets it from this setting before the first sync.
+        conntrack_tcp_be_liberal: settings.conntrack.tcp_be_liberal,
         ..RenderConfig::default()
     }
 }
