@@ -347,9 +347,10 @@ pub fn parse(text: &str, file: &str) -> anyhow::Result<(KubeProxyConfiguration, 
     let cfg: KubeProxyConfiguration = yaml::decode_reporting_unknown(text, |path| {
         unknown.push(path)
     })
-    .map_err(|e| match e.line {
-        Some(line) => anyhow::anyhow!("{file}:{line}: {e}"),
-        None => anyhow::anyhow!("{file}: {e}"),
+    .map_err(|e| match (e.line, e.column) {
+        (Some(line), Some(column)) => anyhow::anyhow!("{file}:{line}:{column}: {e}"),
+        (Some(line), None) => anyhow::anyhow!("{file}:{line}: {e}"),
+        _ => anyhow::anyhow!("{file}: {e}"),
     })?;
     match (cfg.api_version.as_deref(), cfg.kind.as_deref()) {
         (Some(API_VERSION), Some(KIND)) => {}
@@ -510,7 +511,10 @@ winkernel:
             "apiVersion: {API_VERSION}\nkind: {KIND}\niptables:\n  masqueradeBit: fourteen\n"
         );
         let e = parse(&text, "c.yaml").unwrap_err().to_string();
-        assert!(e.starts_with("c.yaml:4: iptables.masqueradeBit: "), "{e}");
+        assert!(
+            e.starts_with("c.yaml:4:18: iptables.masqueradeBit: "),
+            "{e}"
+        );
     }
 
     #[test]

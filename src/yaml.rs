@@ -11,6 +11,8 @@ use serde_saphyr::MessageFormatter;
 pub struct YamlError {
     /// 1-based line in the decoded text, when the parser knows it.
     pub line: Option<u64>,
+    /// 1-based column of that line, when the parser knows it.
+    pub column: Option<u64>,
     /// Dotted path of the offending field (`spec.ports[0].port`), when known.
     pub path: Option<String>,
     /// The reason, on one line.
@@ -76,6 +78,7 @@ pub fn decode_reporting_unknown<T: DeserializeOwned>(
 pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, YamlError> {
     serde_path_to_error::deserialize(value).map_err(|e| YamlError {
         line: None,
+        column: None,
         path: non_empty_path(e.path().to_string()),
         message: one_line(&e.into_inner().to_string()),
     })
@@ -83,9 +86,11 @@ pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, Ya
 
 fn from_saphyr(e: &serde_saphyr::Error, path: Option<String>) -> YamlError {
     let line = e.location().map(|l| l.line()).filter(|&l| l > 0);
+    let column = e.location().map(|l| l.column()).filter(|&c| c > 0);
     let message = serde_saphyr::DefaultMessageFormatter.format_message(e.without_snippet());
     YamlError {
         line,
+        column,
         path: path.and_then(non_empty_path),
         message: one_line(&message),
     }

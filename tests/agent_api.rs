@@ -10,9 +10,6 @@
 mod apiserver;
 mod support;
 
-use std::fs;
-use std::future::Future;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -25,37 +22,10 @@ use kube::Api;
 use kube::api::{DeleteParams, PostParams};
 
 use apiserver::ApiServer;
-use support::agent::{AgentProcess, nft_nat, svc_chains};
+use support::agent::{AgentProcess, in_netns, nft_nat, svc_chains};
 use support::{Lab, Netns, TempDir};
 
 const NS: &str = "kprs-e2e";
-
-/// Runs `f` on a fresh thread that has entered `ns`'s network namespace, with its own
-/// single-threaded runtime: every socket it opens (API server, API client) lives in `ns`.
-fn in_netns<F, Fut>(ns: &Netns, f: F)
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = ()>,
-{
-    let path = ns.path();
-    let handle = thread::spawn(move || {
-        let file = fs::File::open(&path).expect("open netns");
-        // SAFETY: setns on a valid namespace fd; it affects only this new thread.
-        assert_eq!(
-            unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
-            0,
-            "setns"
-        );
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(f());
-    });
-    if let Err(panic) = handle.join() {
-        std::panic::resume_unwind(panic);
-    }
-}
 
 fn service(name: &str, ip: &str) -> Service {
     serde_json::from_value(serde_json::json!({
@@ -83,21 +53,7 @@ fn slice(service: &str, ips: &[&str]) -> EndpointSlice {
 
 /// The agent against the API server in `kubeconfig`, fast-paced for tests.
 fn start_agent(node: &Netns, kubeconfig: &Path, log: &Path) -> AgentProcess {
-    AgentProcess::start(
-        node,
-        &[
-            "--kubeconfig",
-            kubeconfig.to_str().unwrap(),
-            "--hostname-override",
-            "node-a",
-            "--cluster-cidr",
-            "10.244.0.0/16",
-            "--iptables-min-sync-period",
-            "100ms",
-        ],
-        &[],
-        log,
-    )
+    AgentProcess::start_in_lab(node, ("--kubeconfig", kubeconfig), &[], &[], log)
 }
 
 fn nat(node: &str) -> String {

@@ -7,46 +7,32 @@
 
 mod support;
 
-use std::fs;
-use std::path::Path;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::agent::AgentProcess;
+use support::agent::{
+    AgentProcess, NODE, Port, service_yaml, slice_yaml, wait_for, wait_until, write_objects,
+};
 use support::{Lab, Netns, TempDir};
 
-const OBJECTS_HEAD: &str = "apiVersion: v1
-kind: Node
-metadata: {name: node-a}
-status: {addresses: [{type: InternalIP, address: 192.168.50.1}]}
----
-apiVersion: v1
-kind: Service
-metadata: {name: dns, namespace: lab}
-spec:
-  clusterIP: 10.96.0.53
-  clusterIPs: [10.96.0.53]
-  ports: [{name: dns, port: 53, protocol: UDP, targetPort: 5353}]
-";
+/// The Service's port: `dns` 53 → 5353/UDP.
+const DNS: Port = Port {
+    name: "dns",
+    port: 53,
+    protocol: "UDP",
+    target: 5353,
+};
 
+/// How long each step may take.
+const LIMIT: Duration = Duration::from_secs(15);
+
+/// Service `lab/dns` at 10.96.0.53 with endpoints `ips` on this node.
 fn objects(ips: &[&str]) -> String {
-    let mut s = format!(
-        "{OBJECTS_HEAD}---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-         metadata: {{name: dns-1, namespace: lab, labels: {{kubernetes.io/service-name: dns}}}}\n\
-         addressType: IPv4\nports: [{{name: dns, port: 5353, protocol: UDP}}]\nendpoints:\n"
-    );
-    for ip in ips {
-        s.push_str(&format!(
-            "- {{addresses: [{ip}], nodeName: node-a, conditions: {{ready: true}}}}\n"
-        ));
-    }
-    s
-}
-
-fn write_objects(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    fs::write(&tmp, text).unwrap();
-    fs::rename(&tmp, path).unwrap();
+    let endpoints: Vec<(&str, &str)> = ips.iter().map(|ip| (*ip, "node-a")).collect();
+    format!(
+        "{NODE}{}{}",
+        service_yaml("dns", "10.96.0.53", DNS),
+        slice_yaml("dns", DNS, &endpoints, None)
+    )
 }
 
 /// One datagram from the client's fixed source port; the answering pod's name, if any.
@@ -58,17 +44,6 @@ fn ask(client: &Netns) -> Option<String> {
     ]);
     let reply = String::from_utf8_lossy(&out.stdout).trim().to_string();
     (!reply.is_empty()).then_some(reply)
-}
-
-fn wait_for(what: &str, agent: &AgentProcess, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(15) {
-        if cond() {
-            return;
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    panic!("{what}: not within 15 s\nagent log:\n{}", agent.log());
 }
 
 #[test]
@@ -94,28 +69,17 @@ fn a_udp_client_moves_to_the_remaining_backend_once_its_backend_is_removed() {
     let tmp = TempDir::new("agct");
     let path = tmp.path().join("objects.yaml");
     write_objects(&path, &objects(&["10.244.1.21", "10.244.1.22"]));
-    let agent = AgentProcess::start(
+    let agent = AgentProcess::start_in_lab(
         &lab.node,
-        &[
-            "--objects",
-            path.to_str().unwrap(),
-            "--hostname-override",
-            "node-a",
-            "--cluster-cidr",
-            "10.244.0.0/16",
-            "--iptables-min-sync-period",
-            "100ms",
-        ],
+        ("--objects", &path),
+        &[],
         &[],
         &tmp.path().join("agent.log"),
     );
     let client = &lab.client("c").ns;
-    let mut first = None;
-    wait_for("a reply through the ClusterIP", &agent, || {
-        first = ask(client);
-        first.is_some()
+    let first = wait_for("a reply through the ClusterIP", LIMIT, &agent, || {
+        ask(client)
     });
-    let first = first.unwrap();
     // The flow sticks: the same source port reaches the same pod.
     for _ in 0..3 {
         assert_eq!(ask(client).as_deref(), Some(first.as_str()));
@@ -130,13 +94,17 @@ fn a_udp_client_moves_to_the_remaining_backend_once_its_backend_is_removed() {
     } else {
         "10.244.1.21"
     };
+    // Counted, not just seen: datagrams sent before the first sync leave un-DNATed flows that
+    // the first pass already deleted (and logged).
+    const DELETED: &str = "deleted stale UDP conntrack flows";
     let synced = agent.log().matches("rules synced").count();
+    let deleted = agent.log().matches(DELETED).count();
     write_objects(&path, &objects(&[keep]));
-    wait_for("the sync after the change", &agent, || {
+    wait_until("the sync after the change", LIMIT, &agent, || {
         agent.log().matches("rules synced").count() > synced
     });
-    wait_for("the stale flow deleted", &agent, || {
-        agent.log().contains("deleted stale UDP conntrack flows")
+    wait_until("the stale flow deleted", LIMIT, &agent, || {
+        agent.log().matches(DELETED).count() > deleted
     });
     assert_eq!(
         ask(client).as_deref(),

@@ -9,97 +9,27 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::agent::{AgentProcess, nft_nat, svc_chains};
+use support::agent::{
+    AgentProcess, NODE, failing_restore, nft_nat, service, slice, svc_chains, wait_until,
+    write_objects,
+};
 use support::{Lab, Netns, TempDir};
 
-const NODE: &str = "apiVersion: v1
-kind: Node
-metadata: {name: node-a}
-status: {addresses: [{type: InternalIP, address: 192.168.50.1}]}
-";
-
-fn service(name: &str, ip: &str) -> String {
-    format!(
-        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: lab}}\nspec:\n  clusterIP: {ip}\n  clusterIPs: [{ip}]\n  ports: [{{name: http, port: 80, protocol: TCP, targetPort: 8080}}]\n"
-    )
-}
-
-fn slice(service: &str, ips: &[&str]) -> String {
-    let mut s = format!(
-        "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {service}-1, namespace: lab, labels: {{kubernetes.io/service-name: {service}}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints:\n"
-    );
-    for ip in ips {
-        s.push_str(&format!(
-            "- {{addresses: [{ip}], nodeName: node-a, conditions: {{ready: true}}}}\n"
-        ));
-    }
-    s
-}
-
-/// Writes `text` so the agent never sees a half-written file (write, then rename).
-fn write_objects(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    fs::write(&tmp, text).unwrap();
-    fs::rename(&tmp, path).unwrap();
-}
-
-/// The agent on `objects`, fast-paced for tests; `path_prefix` goes first in its PATH.
-fn start_agent(
-    node: &Netns,
-    objects: &Path,
-    path_prefix: Option<&Path>,
-    log: &Path,
-) -> AgentProcess {
-    let mut envs = Vec::new();
-    if let Some(dir) = path_prefix {
-        envs.push((
-            "PATH",
-            format!(
-                "{}:{}",
-                dir.display(),
-                std::env::var("PATH").unwrap_or_default()
-            ),
-        ));
-    }
-    AgentProcess::start(
+/// The agent on `objects`, fast-paced for tests (a full sync every 2 s), with `envs`.
+fn start_agent(node: &Netns, objects: &Path, envs: &[(&str, String)], log: &Path) -> AgentProcess {
+    AgentProcess::start_in_lab(
         node,
-        &[
-            "--objects",
-            objects.to_str().unwrap(),
-            "--hostname-override",
-            "node-a",
-            "--cluster-cidr",
-            "10.244.0.0/16",
-            "--iptables-min-sync-period",
-            "100ms",
-            "--iptables-sync-period",
-            "2s",
-        ],
-        &envs,
+        ("--objects", objects),
+        &["--iptables-sync-period", "2s"],
+        envs,
         log,
     )
 }
 
 fn nat(node: &Netns) -> String {
     nft_nat(node.name())
-}
-
-fn wait_until(
-    what: &str,
-    limit: Duration,
-    agent: &AgentProcess,
-    mut cond: impl FnMut() -> bool,
-) -> Duration {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if cond() {
-            return start.elapsed();
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    panic!("{what}: not within {limit:?}\nagent log:\n{}", agent.log());
 }
 
 #[test]
@@ -122,7 +52,7 @@ fn agent_applies_follows_files_and_keeps_rules_on_sigterm() {
             slice("web", &["10.244.1.11", "10.244.1.12"])
         ),
     );
-    let mut agent = start_agent(&lab.node, &objects, None, &tmp.path().join("agent.log"));
+    let mut agent = start_agent(&lab.node, &objects, &[], &tmp.path().join("agent.log"));
 
     let took = wait_until("first sync", Duration::from_secs(10), &agent, || {
         svc_chains(&nat(&lab.node)) == 1
@@ -242,44 +172,11 @@ fn agent_heals_a_failed_restore_and_survives_sigkill_without_a_gap() {
         ),
     );
 
-    // Fault injection: an `iptables-nft-restore` first in PATH that fails while a marker file
-    // exists, and otherwise runs the real tool. Only the agent gets this PATH, and the agent runs
-    // inside the lab's node namespace (`ip netns exec`), so the wrapper never touches the root
-    // namespace; the `command -v` below only looks the real tool's path up.
-    let bin = tmp.path().join("bin");
-    fs::create_dir_all(&bin).unwrap();
+    // Fault injection: an `iptables-nft-restore` first in the agent's PATH that fails once
+    // while a marker file exists, and otherwise runs the real tool.
     let marker = tmp.path().join("fail-restore");
-    let real = String::from_utf8(
-        std::process::Command::new("sh")
-            .args(["-c", "command -v iptables-nft-restore"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    let wrapper = bin.join("iptables-nft-restore");
-    fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\nif [ -e '{}' ]; then rm -f '{}'; echo 'iptables-nft-restore: injected failure' >&2; exit 1; fi\nexec {} \"$@\"\n",
-            marker.display(),
-            marker.display(),
-            real.trim()
-        ),
-    )
-    .unwrap();
-    fs::set_permissions(
-        &wrapper,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-
-    let mut agent = start_agent(
-        &lab.node,
-        &objects,
-        Some(&bin),
-        &tmp.path().join("agent1.log"),
-    );
+    let path = failing_restore(tmp.path(), &marker, true);
+    let mut agent = start_agent(&lab.node, &objects, &[path], &tmp.path().join("agent1.log"));
     wait_until("first sync", Duration::from_secs(10), &agent, || {
         svc_chains(&nat(&lab.node)) == 1
     });
@@ -360,7 +257,7 @@ fn agent_heals_a_failed_restore_and_survives_sigkill_without_a_gap() {
             slice("web", &["10.244.1.12"])
         ),
     );
-    let agent2 = start_agent(&lab.node, &objects, None, &tmp.path().join("agent2.log"));
+    let agent2 = start_agent(&lab.node, &objects, &[], &tmp.path().join("agent2.log"));
     wait_until(
         "the restarted agent applies the newest objects",
         Duration::from_secs(10),

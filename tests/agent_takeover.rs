@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::agent::{AgentProcess, nft_nat, svc_chains};
+use support::agent::{AgentProcess, nft_nat, svc_chains, wait_until};
 use support::objects::{self, Endpoint, Service};
 use support::{Backend, Lab, Netns, TempDir};
 
@@ -17,34 +17,13 @@ const WEB_IP: &str = "10.96.0.10";
 const OLD_IP: &str = "10.96.0.20";
 
 fn start_agent(node: &Netns, objects: &std::path::Path, log: &std::path::Path) -> AgentProcess {
-    AgentProcess::start(
+    AgentProcess::start_in_lab(
         node,
-        &[
-            "--objects",
-            objects.to_str().unwrap(),
-            "--hostname-override",
-            objects::NODE_NAME,
-            "--cluster-cidr",
-            "10.244.0.0/16",
-            "--iptables-min-sync-period",
-            "100ms",
-            "--iptables-sync-period",
-            "1s",
-        ],
+        ("--objects", objects),
+        &["--iptables-sync-period", "1s"],
         &[],
         log,
     )
-}
-
-fn wait_until(what: &str, limit: Duration, agent: &AgentProcess, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if cond() {
-            return;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    panic!("{what}: not within {limit:?}\nagent log:\n{}", agent.log());
 }
 
 /// `iptables-nft-save` of mangle, filter and nat, `#` lines dropped: what the node holds, in

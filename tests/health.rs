@@ -13,14 +13,16 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use kube_proxy_rs::health::ProxyHealth;
 use kube_proxy_rs::health::service::ServiceHealthServer;
 use kube_proxy_rs::metrics::Metrics;
 use kube_proxy_rs::settings::ProxyMode;
 use rulegen::IpFamily;
-use support::agent::{AgentProcess, nft_nat};
+use support::agent::{
+    AgentProcess, HTTP, NODE, failing_restore, nft_nat, slice_yaml, wait_for, write_objects,
+};
 use support::{Lab, TempDir};
 
 /// One HTTP answer.
@@ -98,17 +100,6 @@ fn free_port() -> u16 {
 
 fn local(port: u16) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, port))
-}
-
-fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        thread::sleep(Duration::from_millis(25));
-    }
 }
 
 /// Checks `/healthz` or `/livez`'s JSON shape (upstream's `ProxyHealth` through encoding/json).
@@ -323,12 +314,6 @@ fn service_health_ports_open_close_and_count_local_endpoints() {
     assert!(get(None, local(p3), "/").is_err());
 }
 
-const NODE: &str = "apiVersion: v1
-kind: Node
-metadata: {name: node-a}
-status: {addresses: [{type: InternalIP, address: 192.168.50.1}]}
-";
-
 const TAINTED_NODE: &str = "apiVersion: v1
 kind: Node
 metadata: {name: node-a}
@@ -347,21 +332,7 @@ fn lb_service() -> String {
 /// The Service's slice: endpoints `(ip, node)`, stamped with the trigger time `now`.
 fn lb_slice(eps: &[(&str, &str)]) -> String {
     let now = k8s_openapi::jiff::Timestamp::try_from(SystemTime::now()).unwrap();
-    let mut s = format!(
-        "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: lb-1\n  namespace: lab\n  labels: {{kubernetes.io/service-name: lb}}\n  annotations: {{endpoints.kubernetes.io/last-change-trigger-time: \"{now}\"}}\naddressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints:\n"
-    );
-    for (ip, node) in eps {
-        s.push_str(&format!(
-            "- {{addresses: [{ip}], nodeName: {node}, conditions: {{ready: true}}}}\n"
-        ));
-    }
-    s
-}
-
-fn write_objects(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    fs::write(&tmp, text).unwrap();
-    fs::rename(&tmp, path).unwrap();
+    slice_yaml("lb", HTTP, eps, Some(&now.to_string()))
 }
 
 /// The value of series `series` (name and labels exactly as exposed) in a scrape.
@@ -400,54 +371,15 @@ fn the_agent_serves_health_checks_health_and_metrics() {
 
     // `iptables-nft-restore` that fails while a marker file exists (only the agent's PATH has
     // it, and the agent runs inside the lab's node namespace).
-    let bin = tmp.path().join("bin");
-    fs::create_dir_all(&bin).unwrap();
     let marker = tmp.path().join("fail-restore");
-    let real = String::from_utf8(
-        std::process::Command::new("sh")
-            .args(["-c", "command -v iptables-nft-restore"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    let wrapper = bin.join("iptables-nft-restore");
-    fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\nif [ -e '{}' ]; then echo 'iptables-nft-restore: injected failure' >&2; exit 1; fi\nexec {} \"$@\"\n",
-            marker.display(),
-            real.trim()
-        ),
-    )
-    .unwrap();
-    fs::set_permissions(
-        &wrapper,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let path = failing_restore(tmp.path(), &marker, false);
 
     // The default addresses: health on every address (0.0.0.0:10256), metrics on localhost.
-    let agent = AgentProcess::start(
+    let agent = AgentProcess::start_in_lab(
         &lab.node,
-        &[
-            "--objects",
-            objects.to_str().unwrap(),
-            "--hostname-override",
-            "node-a",
-            "--cluster-cidr",
-            "10.244.0.0/16",
-            "--iptables-min-sync-period",
-            "100ms",
-            "--iptables-sync-period",
-            "1s",
-        ],
-        &[("PATH", path)],
+        ("--objects", &objects),
+        &["--iptables-sync-period", "1s"],
+        &[path],
         &tmp.path().join("agent.log"),
     );
     let client = lab.client("c").ns.path();
@@ -465,7 +397,7 @@ fn the_agent_serves_health_checks_health_and_metrics() {
     };
 
     // A load balancer's health check from outside the node: 200, one local endpoint.
-    let a = wait_for("health check served", limit, || {
+    let a = wait_for("health check served", limit, &agent, || {
         get(Some(&client), hc, "/").ok().filter(|a| a.status == 200)
     });
     assert_eq!(a.json()["localEndpoints"], 1, "{a:?}");
@@ -520,7 +452,7 @@ fn the_agent_serves_health_checks_health_and_metrics() {
             > 1e9
     );
     // The rule counts are the kernel's: every rule of the proxy's chains, per table.
-    wait_for("rule counts match the kernel", limit, || {
+    wait_for("rule counts match the kernel", limit, &agent, || {
         let text = scrape();
         let nat = sample(
             &text,
@@ -548,12 +480,12 @@ fn the_agent_serves_health_checks_health_and_metrics() {
             lb_slice(&[("10.244.1.12", "node-b")])
         ),
     );
-    let a = wait_for("health check 503", limit, || {
+    let a = wait_for("health check 503", limit, &agent, || {
         get(Some(&client), hc, "/").ok().filter(|a| a.status == 503)
     });
     assert_eq!(a.json()["localEndpoints"], 0);
     assert_eq!(a.json()["serviceProxyHealthy"], true);
-    let second = wait_for("the change counted", limit, || {
+    let second = wait_for("the change counted", limit, &agent, || {
         let t = scrape();
         (count(&t, "kubeproxy_network_programming_duration_seconds")
             > count(&first, "kubeproxy_network_programming_duration_seconds"))
@@ -586,7 +518,7 @@ fn the_agent_serves_health_checks_health_and_metrics() {
         &objects,
         &format!("{NODE}{}{}", lb_service(), lb_slice(&local_and_remote)),
     );
-    let a = wait_for("healthz 503", limit, || {
+    let a = wait_for("healthz 503", limit, &agent, || {
         get(Some(&client), healthz, "/healthz")
             .ok()
             .filter(|a| a.status == 503)
@@ -621,12 +553,12 @@ fn the_agent_serves_health_checks_health_and_metrics() {
 
     // The restores work again: healthy, and the endpoint is back.
     fs::remove_file(&marker).unwrap();
-    wait_for("healthz 200 again", limit, || {
+    wait_for("healthz 200 again", limit, &agent, || {
         get(Some(&client), healthz, "/healthz")
             .ok()
             .filter(|a| a.status == 200)
     });
-    let a = wait_for("health check 200 again", limit, || {
+    let a = wait_for("health check 200 again", limit, &agent, || {
         get(Some(&client), hc, "/").ok().filter(|a| a.status == 200)
     });
     assert_eq!(a.json()["localEndpoints"], 1);
@@ -640,7 +572,7 @@ fn the_agent_serves_health_checks_health_and_metrics() {
             lb_slice(&local_and_remote)
         ),
     );
-    let a = wait_for("healthz 503 for the tainted node", limit, || {
+    let a = wait_for("healthz 503 for the tainted node", limit, &agent, || {
         get(Some(&client), healthz, "/healthz")
             .ok()
             .filter(|a| a.status == 503)
@@ -650,7 +582,7 @@ fn the_agent_serves_health_checks_health_and_metrics() {
 
     // The Service is deleted: its health check port closes.
     write_objects(&objects, NODE);
-    wait_for("health check port closed", limit, || {
+    wait_for("health check port closed", limit, &agent, || {
         get(Some(&client), hc, "/").is_err().then_some(())
     });
     let last = scrape();

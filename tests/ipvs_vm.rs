@@ -345,7 +345,11 @@ fn the_agent_applies_ipvs_mode_and_then_only_what_changed() {
          cp {d}/v1.yaml /run/objects.yaml\n\
          {bin} --objects /run/objects.yaml {} > /run/agent.log 2>&1 &\nAGENT=$!\n{}{}\
          cp {d}/v2.yaml /run/objects.yaml\n{}{}\
-         kill $AGENT; wait $AGENT\necho '@@@ log'; cat /run/agent.log\n",
+         kill $AGENT; wait $AGENT\n\
+         {bin} --cleanup --hostname-override node-a > /run/cleanup.log 2>&1; echo \"@@@ cleanup $?\"\n\
+         ipvsadm -Sn; ip link show kube-ipvs0 2>&1; ipset list -n; iptables-save | grep -c KUBE-IPVS || true\n\
+         echo '@@@ cleanup-log'; cat /run/cleanup.log\n\
+         echo '@@@ log'; cat /run/agent.log\n",
         flags.join(" "),
         wait(1),
         dump("1"),
@@ -422,6 +426,27 @@ fn the_agent_applies_ipvs_mode_and_then_only_what_changed() {
         fields.get("services_added").map(String::as_str),
         Some("0"),
         "{log}"
+    );
+    // --cleanup then removes IPVS mode's virtual servers, kube-ipvs0, sets and rules.
+    let cleanup = got.get("cleanup 0").unwrap_or_else(|| {
+        panic!(
+            "--cleanup failed:\n{}",
+            got.get("cleanup-log").cloned().unwrap_or_default()
+        )
+    });
+    assert!(!cleanup.contains("-A "), "virtual servers left:\n{cleanup}");
+    assert!(
+        cleanup.contains("does not exist") || cleanup.contains("Cannot find device"),
+        "kube-ipvs0 left:\n{cleanup}"
+    );
+    assert!(
+        !cleanup.contains("KUBE-CLUSTER-IP"),
+        "sets left:\n{cleanup}"
+    );
+    assert_eq!(
+        cleanup.lines().last().map(str::trim),
+        Some("0"),
+        "rules left:\n{cleanup}"
     );
 }
 

@@ -421,6 +421,32 @@ fn value(
         .value
 }
 
+/// The series named as its family `name` (a counter's or gauge's), with `labels`.
+fn gauge(families: &BTreeMap<String, Family>, name: &str, labels: &[(&str, &str)]) -> f64 {
+    value(families, name, name, labels)
+}
+
+/// [`gauge`] without labels.
+fn plain(families: &BTreeMap<String, Family>, name: &str) -> f64 {
+    gauge(families, name, &[])
+}
+
+/// How many observations histogram `name` of IP family `family` holds (its `_count`).
+fn observations(families: &BTreeMap<String, Family>, name: &str, family: &str) -> f64 {
+    value(
+        families,
+        name,
+        &format!("{name}_count"),
+        &[("ip_family", family)],
+    )
+}
+
+/// The changes queued and not synced yet.
+const PENDING: [&str; 2] = [
+    "kubeproxy_sync_proxy_rules_endpoint_changes_pending",
+    "kubeproxy_sync_proxy_rules_service_changes_pending",
+];
+
 const OBJECTS: &str = r#"
 [
  {"apiVersion": "v1", "kind": "Service",
@@ -455,6 +481,21 @@ fn objects() -> Objects {
     Objects::from_parts(services, slices, Vec::new())
 }
 
+/// A runtime, and in it the metrics of `mode` and `family` served on an ephemeral port of
+/// 127.0.0.1 (at the address returned).
+fn serve(mode: ProxyMode, family: IpFamily) -> (tokio::runtime::Runtime, Arc<Metrics>, SocketAddr) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (metrics, addr) = {
+        let _enter = rt.enter();
+        let metrics = Metrics::new(mode, family);
+        let addr = metrics
+            .serve(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+            .expect("bound on an ephemeral port");
+        (metrics, addr)
+    };
+    (rt, metrics, addr)
+}
+
 /// One successful iptables-mode sync of `objects`, reported as the agent reports it.
 async fn sync_once(t: &mut SyncTelemetry, settings: &Settings, kind: SyncKind) {
     t.begin();
@@ -473,12 +514,8 @@ async fn sync_once(t: &mut SyncTelemetry, settings: &Settings, kind: SyncKind) {
 
 #[test]
 fn iptables_mode_metrics_parse_as_upstreams_and_move_with_syncs() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (rt, metrics, addr) = serve(ProxyMode::Iptables, IpFamily::V4);
     let _enter = rt.enter();
-    let metrics = Metrics::new(ProxyMode::Iptables, IpFamily::V4);
-    let addr = metrics
-        .serve(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
-        .expect("bound");
 
     // Before any sync: every family parses; the ip_family-only series start at zero.
     let (status, content_type, body) = get(addr, "/metrics");
@@ -492,11 +529,10 @@ fn iptables_mode_metrics_parse_as_upstreams_and_move_with_syncs() {
         "rule counts appear once known"
     );
     assert_eq!(
-        value(
+        observations(
             &fresh,
             "kubeproxy_sync_proxy_rules_duration_seconds",
-            "kubeproxy_sync_proxy_rules_duration_seconds_count",
-            &[("ip_family", "IPv4")]
+            "IPv4"
         ),
         0.0
     );
@@ -515,24 +551,9 @@ fn iptables_mode_metrics_parse_as_upstreams_and_move_with_syncs() {
     metrics.service_changed("shop", "lb", Change::Applied);
     metrics.endpoint_slice_changed("shop", "lb", Some(SystemTime::now()), Change::Applied);
     let pending = parse(&get(addr, "/metrics").2);
-    assert_eq!(
-        value(
-            &pending,
-            "kubeproxy_sync_proxy_rules_endpoint_changes_pending",
-            "kubeproxy_sync_proxy_rules_endpoint_changes_pending",
-            &[]
-        ),
-        1.0
-    );
-    assert_eq!(
-        value(
-            &pending,
-            "kubeproxy_sync_proxy_rules_service_changes_pending",
-            "kubeproxy_sync_proxy_rules_service_changes_pending",
-            &[]
-        ),
-        1.0
-    );
+    for name in PENDING {
+        assert_eq!(plain(&pending, name), 1.0, "{name}");
+    }
     rt.block_on(sync_once(&mut telemetry, &settings, SyncKind::Full));
     let one = parse(&get(addr, "/metrics").2);
     metrics.endpoint_slice_changed("shop", "lb", Some(SystemTime::now()), Change::Applied);
@@ -546,36 +567,37 @@ fn iptables_mode_metrics_parse_as_upstreams_and_move_with_syncs() {
         check_histograms(scrape, &upstream_buckets);
     }
     let ip4 = [("ip_family", "IPv4")];
-    let count =
-        |f: &BTreeMap<String, Family>, name: &str| value(f, name, &format!("{name}_count"), &ip4);
-    assert_eq!(
-        count(&one, "kubeproxy_sync_proxy_rules_duration_seconds"),
-        1.0
-    );
-    assert_eq!(
-        count(&one, "kubeproxy_sync_full_proxy_rules_duration_seconds"),
-        1.0
-    );
-    assert_eq!(
-        count(&one, "kubeproxy_sync_partial_proxy_rules_duration_seconds"),
-        0.0
-    );
-    assert_eq!(
-        count(&two, "kubeproxy_sync_proxy_rules_duration_seconds"),
-        2.0
-    );
-    assert_eq!(
-        count(&two, "kubeproxy_sync_partial_proxy_rules_duration_seconds"),
-        1.0
-    );
-    assert_eq!(
-        count(&one, "kubeproxy_network_programming_duration_seconds"),
-        1.0
-    );
-    assert_eq!(
-        count(&two, "kubeproxy_network_programming_duration_seconds"),
-        2.0
-    );
+    // Observations after one sync and after two: each sync (full, then partial) and each
+    // endpoint change's programming latency observed once, and one conntrack cleanup.
+    let scrapes = [&one, &two];
+    for (syncs, name, want) in [
+        (1, "kubeproxy_sync_proxy_rules_duration_seconds", 1.0),
+        (1, "kubeproxy_sync_full_proxy_rules_duration_seconds", 1.0),
+        (
+            1,
+            "kubeproxy_sync_partial_proxy_rules_duration_seconds",
+            0.0,
+        ),
+        (2, "kubeproxy_sync_proxy_rules_duration_seconds", 2.0),
+        (
+            2,
+            "kubeproxy_sync_partial_proxy_rules_duration_seconds",
+            1.0,
+        ),
+        (1, "kubeproxy_network_programming_duration_seconds", 1.0),
+        (2, "kubeproxy_network_programming_duration_seconds", 2.0),
+        (
+            2,
+            "kubeproxy_conntrack_reconciler_sync_duration_seconds",
+            1.0,
+        ),
+    ] {
+        assert_eq!(
+            observations(scrapes[syncs - 1], name, "IPv4"),
+            want,
+            "{name} after {syncs} sync(s)"
+        );
+    }
     assert_eq!(
         value(
             &two,
@@ -586,38 +608,26 @@ fn iptables_mode_metrics_parse_as_upstreams_and_move_with_syncs() {
         2.0,
         "both changes were programmed within 250 ms"
     );
-    let changes = |f: &BTreeMap<String, Family>, name: &str| value(f, name, name, &[]);
-    assert_eq!(
-        changes(&one, "kubeproxy_sync_proxy_rules_endpoint_changes_pending"),
-        0.0
-    );
-    assert_eq!(
-        changes(&one, "kubeproxy_sync_proxy_rules_service_changes_pending"),
-        0.0
-    );
+    for name in PENDING {
+        assert_eq!(plain(&one, name), 0.0, "{name}");
+    }
     assert!(
-        changes(&two, "kubeproxy_sync_proxy_rules_endpoint_changes_total")
-            > changes(&one, "kubeproxy_sync_proxy_rules_endpoint_changes_total")
+        plain(&two, "kubeproxy_sync_proxy_rules_endpoint_changes_total")
+            > plain(&one, "kubeproxy_sync_proxy_rules_endpoint_changes_total")
     );
     let last = |f: &BTreeMap<String, Family>| {
-        value(
-            f,
-            "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
-            "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
-            &ip4,
-        )
+        gauge(f, "kubeproxy_sync_proxy_rules_last_timestamp_seconds", &ip4)
     };
     assert!(last(&one) > 1.6e9 && last(&two) >= last(&one));
-    let queued = value(
+    let queued = gauge(
         &one,
-        "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
         "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
         &ip4,
     );
     assert!(queued > 1.6e9 && queued <= last(&one));
     // The rendered rules, counted per table; the partial sync wrote none (same render).
     let rules = |f: &BTreeMap<String, Family>, name: &str, table: &str| {
-        value(f, name, name, &[("ip_family", "IPv4"), ("table", table)])
+        gauge(f, name, &[("ip_family", "IPv4"), ("table", table)])
     };
     let nat = rules(&one, "kubeproxy_sync_proxy_rules_iptables_total", "nat");
     assert!(nat > 5.0, "{nat}");
@@ -632,46 +642,27 @@ fn iptables_mode_metrics_parse_as_upstreams_and_move_with_syncs() {
     assert!(rules(&two, "kubeproxy_sync_proxy_rules_iptables_total", "filter") > 0.0);
     // The LoadBalancer has no local endpoint (external); the internal-policy Service has one.
     let no_local = |policy: &str| {
-        value(
+        gauge(
             &two,
-            "kubeproxy_sync_proxy_rules_no_local_endpoints_total",
             "kubeproxy_sync_proxy_rules_no_local_endpoints_total",
             &[("ip_family", "IPv4"), ("traffic_policy", policy)],
         )
     };
     assert_eq!((no_local("internal"), no_local("external")), (0.0, 1.0));
-    assert_eq!(
-        value(
-            &two,
+    // One partial restore failed; the conntrack reconciler deleted three flows.
+    for (name, want) in [
+        (
             "kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total",
-            "kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total",
-            &ip4
+            1.0,
         ),
-        1.0
-    );
-    assert_eq!(
-        value(
-            &two,
+        (
             "kubeproxy_sync_proxy_rules_iptables_restore_failures_total",
-            "kubeproxy_sync_proxy_rules_iptables_restore_failures_total",
-            &ip4
+            0.0,
         ),
-        0.0
-    );
-    // The conntrack reconciler's API.
-    assert_eq!(
-        count(&two, "kubeproxy_conntrack_reconciler_sync_duration_seconds"),
-        1.0
-    );
-    assert_eq!(
-        value(
-            &two,
-            "kubeproxy_conntrack_reconciler_deleted_entries_total",
-            "kubeproxy_conntrack_reconciler_deleted_entries_total",
-            &ip4
-        ),
-        3.0
-    );
+        ("kubeproxy_conntrack_reconciler_deleted_entries_total", 3.0),
+    ] {
+        assert_eq!(gauge(&two, name, &ip4), want, "{name}");
+    }
 
     // The health-check node port of the LoadBalancer was opened (and answers 503: no local
     // endpoints) — the telemetry synced it after the successful sync.
@@ -684,12 +675,8 @@ fn iptables_mode_metrics_parse_as_upstreams_and_move_with_syncs() {
 
 #[test]
 fn ipvs_mode_has_upstreams_ipvs_families() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (rt, metrics, addr) = serve(ProxyMode::Ipvs, IpFamily::V6);
     let _enter = rt.enter();
-    let metrics = Metrics::new(ProxyMode::Ipvs, IpFamily::V6);
-    let addr = metrics
-        .serve(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
-        .unwrap();
     metrics.sync_took(Duration::from_millis(40), None);
     metrics.restore_failed(false);
     metrics.set_no_local_endpoints(2, 1);
@@ -697,40 +684,32 @@ fn ipvs_mode_has_upstreams_ipvs_families() {
     let scrape = parse(&get(addr, "/metrics").2);
     check_families(&scrape, ProxyMode::Ipvs, "IPv6");
     check_histograms(&scrape, &upstream_buckets);
-    let ip6 = [("ip_family", "IPv6")];
     assert_eq!(
-        value(
+        observations(
             &scrape,
             "kubeproxy_sync_proxy_rules_duration_seconds",
-            "kubeproxy_sync_proxy_rules_duration_seconds_count",
-            &ip6
+            "IPv6"
         ),
         1.0
     );
+    // 40 ms: above the 32 ms bucket, within the 64 ms one.
+    for (le, want) in [("0.032", 0.0), ("0.064", 1.0)] {
+        assert_eq!(
+            value(
+                &scrape,
+                "kubeproxy_sync_proxy_rules_duration_seconds",
+                "kubeproxy_sync_proxy_rules_duration_seconds_bucket",
+                &[("ip_family", "IPv6"), ("le", le)]
+            ),
+            want,
+            "le {le}"
+        );
+    }
     assert_eq!(
-        value(
-            &scrape,
-            "kubeproxy_sync_proxy_rules_duration_seconds",
-            "kubeproxy_sync_proxy_rules_duration_seconds_bucket",
-            &[("ip_family", "IPv6"), ("le", "0.032")]
-        ),
-        0.0
-    );
-    assert_eq!(
-        value(
-            &scrape,
-            "kubeproxy_sync_proxy_rules_duration_seconds",
-            "kubeproxy_sync_proxy_rules_duration_seconds_bucket",
-            &[("ip_family", "IPv6"), ("le", "0.064")]
-        ),
-        1.0
-    );
-    assert_eq!(
-        value(
+        gauge(
             &scrape,
             "kubeproxy_sync_proxy_rules_iptables_restore_failures_total",
-            "kubeproxy_sync_proxy_rules_iptables_restore_failures_total",
-            &ip6
+            &[("ip_family", "IPv6")]
         ),
         1.0
     );
@@ -738,12 +717,8 @@ fn ipvs_mode_has_upstreams_ipvs_families() {
 
 #[test]
 fn the_metrics_server_also_answers_healthz_and_proxy_mode() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (rt, _metrics, addr) = serve(ProxyMode::Ipvs, IpFamily::V4);
     let _enter = rt.enter();
-    let metrics = Metrics::new(ProxyMode::Ipvs, IpFamily::V4);
-    let addr = metrics
-        .serve(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
-        .unwrap();
     let text = "text/plain; charset=utf-8";
     assert_eq!(get(addr, "/healthz"), (200, text.into(), "ok".into()));
     assert_eq!(get(addr, "/healthz/ping"), (200, text.into(), "ok".into()));
@@ -778,108 +753,144 @@ async fn scrape_here() -> Option<BTreeMap<String, Family>> {
 /// A condition on a scrape.
 type Check = dyn Fn(&BTreeMap<String, Family>) -> bool;
 
-fn plain(f: &BTreeMap<String, Family>, name: &str) -> f64 {
-    value(f, name, name, &[])
-}
-
 #[test]
 fn the_agent_counts_api_changes_and_network_programming_latency() {
     if !support::require_root() {
         return;
     }
-    let node = support::Netns::new("apim");
+    let node = Arc::new(support::Netns::new("apim"));
     let tmp = support::TempDir::new("apim");
     let (kubeconfig, log) = (tmp.path().join("kubeconfig"), tmp.path().join("agent.log"));
-    let path = node.path();
-    let node = Arc::new(node);
     let node2 = node.clone();
-    let handle = std::thread::spawn(move || {
-        let f = std::fs::File::open(&path).unwrap();
-        // SAFETY: setns on a valid namespace fd; it affects only this new thread.
-        assert_eq!(
-            unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) },
-            0
+    support::agent::in_netns(&node, move || async move {
+        let server = apiserver::ApiServer::spawn().await;
+        server.write_kubeconfig(&kubeconfig).unwrap();
+        let agent = support::agent::AgentProcess::start_in_lab(
+            &node2,
+            ("--kubeconfig", &kubeconfig),
+            &[],
+            &[],
+            &log,
         );
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let server = apiserver::ApiServer::spawn().await;
-            server.write_kubeconfig(&kubeconfig).unwrap();
-            let agent = support::agent::AgentProcess::start(
-                &node2,
-                &["--kubeconfig", kubeconfig.to_str().unwrap(), "--hostname-override", "node-a",
-                  "--cluster-cidr", "10.244.0.0/16", "--iptables-min-sync-period", "100ms"],
-                &[],
-                &log,
-            );
-            let wait = |what: &'static str, cond: Box<Check>| {
-                let agent = &agent;
-                async move {
-                    let start = std::time::Instant::now();
-                    loop {
-                        if let Some(f) = scrape_here().await.filter(|f| cond(f)) {
-                            return f;
-                        }
-                        assert!(start.elapsed() < Duration::from_secs(10), "{what}\n{}", agent.log());
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+        let wait = |what: &'static str, cond: Box<Check>| {
+            let agent = &agent;
+            async move {
+                let start = std::time::Instant::now();
+                loop {
+                    if let Some(f) = scrape_here().await.filter(|f| cond(f)) {
+                        return f;
                     }
+                    assert!(
+                        start.elapsed() < Duration::from_secs(10),
+                        "{what}\n{}",
+                        agent.log()
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-            };
-            let ip4 = [("ip_family", "IPv4")];
-            let synced = |f: &BTreeMap<String, Family>| {
-                value(f, "kubeproxy_sync_proxy_rules_last_timestamp_seconds", "kubeproxy_sync_proxy_rules_last_timestamp_seconds", &[("ip_family", "IPv4")])
-            };
-            let first = wait("first sync", Box::new(move |f| synced(f) > 0.0)).await;
-            check_families(&first, ProxyMode::Iptables, "IPv4");
-            assert_eq!(plain(&first, "kubeproxy_sync_proxy_rules_service_changes_total"), 0.0);
+            }
+        };
+        let ip4 = [("ip_family", "IPv4")];
+        let synced = |f: &BTreeMap<String, Family>| {
+            gauge(
+                f,
+                "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+                &[("ip_family", "IPv4")],
+            )
+        };
+        let first = wait("first sync", Box::new(move |f| synced(f) > 0.0)).await;
+        check_families(&first, ProxyMode::Iptables, "IPv4");
+        assert_eq!(
+            plain(&first, "kubeproxy_sync_proxy_rules_service_changes_total"),
+            0.0
+        );
 
-            // A Service and its slice, changed now: counted as they arrive, and programmed.
-            let now = k8s_openapi::jiff::Timestamp::try_from(SystemTime::now()).unwrap().to_string();
-            server.apply(&serde_json::json!({
-                "apiVersion": "v1", "kind": "Service",
-                "metadata": {"name": "web", "namespace": "shop"},
-                "spec": {"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
-                         "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}]}
-            }));
-            server.apply(&serde_json::json!({
-                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-                "metadata": {"name": "web-1", "namespace": "shop",
-                             "labels": {"kubernetes.io/service-name": "web"},
-                             "annotations": {"endpoints.kubernetes.io/last-change-trigger-time": now}},
-                "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-                "endpoints": [{"addresses": ["10.244.1.11"], "nodeName": "node-a", "conditions": {"ready": true}}]
-            }));
-            let count = |f: &BTreeMap<String, Family>| {
-                value(f, "kubeproxy_network_programming_duration_seconds", "kubeproxy_network_programming_duration_seconds_count", &[("ip_family", "IPv4")])
-            };
-            let second = wait("the change programmed", Box::new(move |f| count(f) >= 1.0)).await;
-            check_histograms(&second, &upstream_buckets);
-            assert_eq!(plain(&second, "kubeproxy_sync_proxy_rules_service_changes_total"), 1.0);
-            assert_eq!(plain(&second, "kubeproxy_sync_proxy_rules_endpoint_changes_total"), 1.0);
-            assert_eq!(plain(&second, "kubeproxy_sync_proxy_rules_endpoint_changes_pending"), 0.0);
-            assert_eq!(count(&second), 1.0, "one trigger time, one observation");
-            assert!(
-                value(&second, "kubeproxy_network_programming_duration_seconds", "kubeproxy_network_programming_duration_seconds_bucket", &[("ip_family", "IPv4"), ("le", "5")]) == 1.0,
-                "programmed within 5 s"
-            );
-            assert!(value(&second, "kubeproxy_sync_proxy_rules_iptables_total", "kubeproxy_sync_proxy_rules_iptables_total", &[("ip_family", "IPv4"), ("table", "nat")]) > 0.0);
-            let queued = value(&second, "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds", "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds", &ip4);
-            assert!(queued >= value(&first, "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds", "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds", &ip4));
+        // A Service and its slice, changed now: counted as they arrive, and programmed.
+        let now = k8s_openapi::jiff::Timestamp::try_from(SystemTime::now())
+            .unwrap()
+            .to_string();
+        server.apply(&serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
+                     "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}]}
+        }));
+        server.apply(&serde_json::json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "web-1", "namespace": "shop",
+                         "labels": {"kubernetes.io/service-name": "web"},
+                         "annotations": {"endpoints.kubernetes.io/last-change-trigger-time": now}},
+            "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [{"addresses": ["10.244.1.11"], "nodeName": "node-a", "conditions": {"ready": true}}]
+        }));
+        let count = |f: &BTreeMap<String, Family>| {
+            observations(f, "kubeproxy_network_programming_duration_seconds", "IPv4")
+        };
+        let second = wait("the change programmed", Box::new(move |f| count(f) >= 1.0)).await;
+        check_histograms(&second, &upstream_buckets);
+        assert_eq!(
+            plain(&second, "kubeproxy_sync_proxy_rules_service_changes_total"),
+            1.0
+        );
+        assert_eq!(
+            plain(&second, "kubeproxy_sync_proxy_rules_endpoint_changes_total"),
+            1.0
+        );
+        assert_eq!(
+            plain(
+                &second,
+                "kubeproxy_sync_proxy_rules_endpoint_changes_pending"
+            ),
+            0.0
+        );
+        assert_eq!(count(&second), 1.0, "one trigger time, one observation");
+        assert!(
+            value(
+                &second,
+                "kubeproxy_network_programming_duration_seconds",
+                "kubeproxy_network_programming_duration_seconds_bucket",
+                &[("ip_family", "IPv4"), ("le", "5")]
+            ) == 1.0,
+            "programmed within 5 s"
+        );
+        assert!(
+            gauge(
+                &second,
+                "kubeproxy_sync_proxy_rules_iptables_total",
+                &[("ip_family", "IPv4"), ("table", "nat")]
+            ) > 0.0
+        );
+        let queued = gauge(
+            &second,
+            "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
+            &ip4,
+        );
+        assert!(
+            queued
+                >= gauge(
+                    &first,
+                    "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
+                    &ip4
+                )
+        );
 
-            // The slice is deleted: one more endpoint change, no latency (upstream ignores
-            // a deletion's trigger time).
-            server.delete(apiserver::Kind::EndpointSlice, "shop", "web-1");
-            let third = wait("the deletion counted", Box::new(|f| plain(f, "kubeproxy_sync_proxy_rules_endpoint_changes_total") >= 2.0)).await;
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let third = scrape_here().await.unwrap_or(third);
-            assert_eq!(count(&third), 1.0);
-            assert!(value(&third, "kubeproxy_sync_proxy_rules_duration_seconds", "kubeproxy_sync_proxy_rules_duration_seconds_count", &ip4) >= 3.0);
-        });
+        // The slice is deleted: one more endpoint change, no latency (upstream ignores
+        // a deletion's trigger time).
+        server.delete(apiserver::Kind::EndpointSlice, "shop", "web-1");
+        let third = wait(
+            "the deletion counted",
+            Box::new(|f| plain(f, "kubeproxy_sync_proxy_rules_endpoint_changes_total") >= 2.0),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let third = scrape_here().await.unwrap_or(third);
+        assert_eq!(count(&third), 1.0);
+        assert!(
+            observations(
+                &third,
+                "kubeproxy_sync_proxy_rules_duration_seconds",
+                "IPv4"
+            ) >= 3.0
+        );
     });
-    if let Err(panic) = handle.join() {
-        std::panic::resume_unwind(panic);
-    }
     drop(node);
 }

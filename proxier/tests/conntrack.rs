@@ -24,64 +24,18 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use netns::Netns;
+use netns::{Netns, in_ns, require_root};
 use proxier::conntrack::{self, Conntrack};
 use proxier::{Backend, Family, IptablesApplier, Launcher};
 use rulegen::conntrack::Lookup;
 use rulegen::{
     Endpoint, IpFamily, LocalDetector, Model, Protocol, RenderConfig, ServicePort, ServicePortName,
 };
-
-const SKIP_ENV: &str = "KPRS_SKIP_ROOT_TESTS";
-
-/// True when we are root. Otherwise panics, or with `KPRS_SKIP_ROOT_TESTS=1` prints a loud skip
-/// notice and returns false (the same contract as `tests/support`).
-#[track_caller]
-fn require_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    let at = std::panic::Location::caller();
-    if std::env::var(SKIP_ENV).as_deref() == Ok("1") {
-        eprintln!(
-            "\n!!!!!!!! SKIPPED (not root): kernel test at {at}; {SKIP_ENV}=1 is set !!!!!!!!\n"
-        );
-        return false;
-    }
-    panic!("kernel test at {at} must run as root (or set {SKIP_ENV}=1 to skip it explicitly)");
-}
-
-/// Runs `f` on a fresh thread inside `ns`'s network namespace and returns what it returns; a
-/// panic in `f` fails the test.
-fn in_ns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
-    let path = ns.path();
-    std::thread::scope(|s| {
-        s.spawn(move || {
-            let file = File::open(&path).unwrap_or_else(|e| panic!("open {path:?}: {e}"));
-            // SAFETY: setns(2) on a namespace file descriptor we own; it only moves this thread.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            let here = std::fs::metadata("/proc/thread-self/ns/net").unwrap();
-            let there = file.metadata().unwrap();
-            assert_eq!(
-                (here.dev(), here.ino()),
-                (there.dev(), there.ino()),
-                "this thread is not in {path:?}"
-            );
-            f()
-        })
-        .join()
-        .unwrap_or_else(|p| std::panic::resume_unwind(p))
-    })
-}
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -148,56 +102,18 @@ impl Lab {
         let node = Netns::new(&format!("{tag}-node"));
         let client = Netns::new(&format!("{tag}-cli"));
         node.sysctl("net.ipv4.ip_forward", "1");
-        node.exec_ok(["ip", "link", "add", "br0", "type", "bridge"]);
-        node.exec_ok(["ip", "addr", "add", "10.244.1.1/24", "dev", "br0"]);
-        node.exec_ok(["ip", "link", "set", "br0", "up"]);
-        node.exec_ok([
-            "ip",
-            "link",
-            "add",
-            "c0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            client.name(),
-        ]);
-        node.exec_ok(["ip", "addr", "add", &format!("{NODE_IP}/24"), "dev", "c0"]);
-        node.exec_ok(["ip", "link", "set", "c0", "up"]);
-        client.exec_ok([
-            "ip",
-            "addr",
-            "add",
-            &format!("{CLIENT_IP}/24"),
-            "dev",
-            "eth0",
-        ]);
-        client.exec_ok(["ip", "link", "set", "eth0", "up"]);
-        client.exec_ok(["ip", "route", "add", "default", "via", NODE_IP]);
+        node.add_bridge("br0", "10.244.1.1/24");
+        node.add_veth("c0", &client);
+        node.addr_up("c0", &format!("{NODE_IP}/24"));
+        client.eth0_up(&format!("{CLIENT_IP}/24"), NODE_IP);
         let mut pods = Vec::new();
         for (name, addr) in PODS {
             let ns = Netns::new(&format!("{tag}-{name}"));
             let host_if = format!("v-{name}");
-            node.exec_ok([
-                "ip",
-                "link",
-                "add",
-                &host_if,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                ns.name(),
-            ]);
+            node.add_veth(&host_if, &ns);
             node.exec_ok(["ip", "link", "set", &host_if, "master", "br0"]);
             node.exec_ok(["ip", "link", "set", &host_if, "up"]);
-            ns.exec_ok(["ip", "addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
-            ns.exec_ok(["ip", "link", "set", "eth0", "up"]);
-            ns.exec_ok(["ip", "route", "add", "default", "via", "10.244.1.1"]);
+            ns.eth0_up(&format!("{addr}/24"), "10.244.1.1");
             pods.push(ns);
         }
         Lab { node, client, pods }
@@ -701,46 +617,47 @@ fn the_client_dumps_and_deletes_what_the_tool_sees() {
     }
     let ns = Netns::new("ct-client");
     let mut lines = String::new();
-    insert_line(
-        &mut lines,
-        "udp",
-        "10.1.0.1",
-        "10.96.0.10",
-        1000,
-        53,
-        "10.244.1.11",
-        8053,
-    );
-    insert_line(
-        &mut lines,
-        "udp",
-        "10.1.0.2",
-        "10.96.0.10",
-        1001,
-        53,
-        "10.96.0.10",
-        53,
-    );
-    insert_line(
-        &mut lines,
-        "tcp",
-        "10.1.0.3",
-        "10.96.0.10",
-        1002,
-        53,
-        "10.244.1.11",
-        8053,
-    );
-    insert_line(
-        &mut lines,
-        "udp",
-        "fd00::1",
-        "fd00:96::10",
-        1003,
-        53,
-        "fd00:244::11",
-        8053,
-    );
+    for (proto, src, dst, sport, dport, reply_src, reply_sport) in [
+        (
+            "udp",
+            "10.1.0.1",
+            "10.96.0.10",
+            1000,
+            53,
+            "10.244.1.11",
+            8053,
+        ),
+        ("udp", "10.1.0.2", "10.96.0.10", 1001, 53, "10.96.0.10", 53),
+        (
+            "tcp",
+            "10.1.0.3",
+            "10.96.0.10",
+            1002,
+            53,
+            "10.244.1.11",
+            8053,
+        ),
+        (
+            "udp",
+            "fd00::1",
+            "fd00:96::10",
+            1003,
+            53,
+            "fd00:244::11",
+            8053,
+        ),
+    ] {
+        insert_line(
+            &mut lines,
+            proto,
+            src,
+            dst,
+            sport,
+            dport,
+            reply_src,
+            reply_sport,
+        );
+    }
     load(&ns, &lines);
     let ids = ns.exec_ok(["conntrack", "-L", "-p", "udp", "-f", "ipv4", "-o", "id"]);
 

@@ -15,59 +15,12 @@
 mod netns;
 
 use std::collections::BTreeSet;
-use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
 use std::time::Instant;
 
-use netns::Netns;
+use netns::{Netns, in_ns, require_root};
 use proxier::interface::{DummyInterface, IPVS_INTERFACE, InterfaceError, local_addresses_except};
 use rulegen::IpFamily;
-
-const SKIP_ENV: &str = "KPRS_SKIP_ROOT_TESTS";
-
-/// True when we are root. Otherwise panics, or with `KPRS_SKIP_ROOT_TESTS=1` prints a loud skip
-/// notice and returns false (the same contract as `tests/support`).
-#[track_caller]
-fn require_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    let at = std::panic::Location::caller();
-    if std::env::var(SKIP_ENV).as_deref() == Ok("1") {
-        eprintln!(
-            "\n!!!!!!!! SKIPPED (not root): kernel test at {at}; {SKIP_ENV}=1 is set !!!!!!!!\n"
-        );
-        return false;
-    }
-    panic!("kernel test at {at} must run as root (or set {SKIP_ENV}=1 to skip it explicitly)");
-}
-
-/// Runs `f` on a fresh thread inside `ns`'s network namespace and returns what it returns; a
-/// panic in `f` fails the test.
-fn in_ns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
-    let path = ns.path();
-    std::thread::scope(|s| {
-        s.spawn(move || {
-            let file = File::open(&path).unwrap_or_else(|e| panic!("open {path:?}: {e}"));
-            // SAFETY: setns(2) on a namespace file descriptor we own; it only moves this thread.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            let here = std::fs::metadata("/proc/thread-self/ns/net").unwrap();
-            let there = file.metadata().unwrap();
-            assert_eq!(
-                (here.dev(), here.ino()),
-                (there.dev(), there.ino()),
-                "this thread is not in {path:?}"
-            );
-            f()
-        })
-        .join()
-        .unwrap_or_else(|p| std::panic::resume_unwind(p))
-    })
-}
 
 /// A namespace with loopback up and a bridge called kube-ipvs0 standing in for the dummy.
 fn ns_with_stand_in(tag: &str) -> Netns {

@@ -14,7 +14,7 @@ mod netns;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use netns::Netns;
+use netns::{Netns, require_root};
 use proxier::{
     ApplyError, Backend, Family, IptablesApplier, Launcher, Rejected, RestoreError, SyncKind,
     detect_backend,
@@ -26,28 +26,6 @@ use rulegen::{
     Endpoint, IpFamily, LocalDetector, Model, Protocol, RenderConfig, Ruleset, ServicePort,
     ServicePortName, Table,
 };
-
-const SKIP_ENV: &str = "KPRS_SKIP_ROOT_TESTS";
-
-/// True when we are root. Otherwise panics, or with `KPRS_SKIP_ROOT_TESTS=1` prints a loud skip
-/// notice and returns false (the same contract as `tests/support`).
-#[track_caller]
-fn require_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    let at = std::panic::Location::caller();
-    if std::env::var(SKIP_ENV).as_deref() == Ok("1") {
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "\n!!!!!!!! SKIPPED (not root): kernel test at {at}; {SKIP_ENV}=1 is set !!!!!!!!\n"
-        );
-        return false;
-    }
-    panic!("kernel test at {at} must run as root (or set {SKIP_ENV}=1 to skip it explicitly)");
-}
 
 fn launcher(ns: &Netns) -> Launcher {
     Launcher::netns(ns.name()).with_env("XTABLES_LOCKFILE", ns.lockfile())

@@ -13,7 +13,6 @@ use proxier::{Family, Iptables, Launcher};
 use rulegen::IpFamily;
 use rulegen::ipvs::{IpvsTable, SetId};
 
-use super::logging;
 use crate::Settings;
 
 /// How long one tool may run.
@@ -21,17 +20,9 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Runs the clean-up for `cli`; exit 0 when everything was removed.
 pub fn run_cleanup(cli: &crate::Cli) -> ExitCode {
-    let (settings, warnings) = match Settings::from_cli(cli) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return ExitCode::FAILURE;
-        }
+    let Some(settings) = super::settings_and_logging(cli) else {
+        return ExitCode::FAILURE;
     };
-    logging::init_with(settings.verbosity, settings.log_format);
-    for w in &warnings {
-        tracing::warn!("{w}");
-    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -14,11 +14,6 @@ pub fn filter_for(verbosity: u8) -> &'static str {
     }
 }
 
-/// Installs the global subscriber (text) once; later calls are no-ops.
-pub fn init(verbosity: u8) {
-    init_with(verbosity, LogFormat::Text);
-}
-
 /// Installs the global subscriber once, in `format` (`--logging-format`); later calls are
 /// no-ops.
 pub fn init_with(verbosity: u8, format: LogFormat) {

@@ -15,7 +15,7 @@ use super::api::{self, ApiStores};
 use super::conntrack::{ConntrackPlan, ConntrackReconciler};
 use super::files::{self, FileSnapshot};
 use super::ipvs::IpvsDataplane;
-use super::{logging, ratelimit};
+use super::ratelimit;
 use crate::cli::Cli;
 use crate::metrics::changes;
 use crate::metrics::sync::SyncTelemetry;
@@ -298,15 +298,10 @@ impl SyncState {
 
 /// Runs the node agent until SIGTERM or SIGINT; returns its exit status.
 pub fn run(cli: &Cli) -> ExitCode {
-    // The logging settings may come from --config: resolve first (an error here is printed).
-    let (settings, warnings) = match Settings::from_cli(cli) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return ExitCode::FAILURE;
-        }
+    // The logging settings may come from --config: resolve them first.
+    let Some(settings) = super::settings_and_logging(cli) else {
+        return ExitCode::FAILURE;
     };
-    logging::init_with(settings.verbosity, settings.log_format);
     tune_allocator();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -319,7 +314,7 @@ pub fn run(cli: &Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run_async(cli, settings, warnings)) {
+    match runtime.block_on(run_async(cli, settings)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -405,14 +400,7 @@ fn objects_of(rx: &watch::Receiver<Option<FileSnapshot>>) -> crate::objects::Obj
         .unwrap_or_default()
 }
 
-async fn run_async(
-    cli: &Cli,
-    settings: Settings,
-    warnings: Vec<crate::warning::Warning>,
-) -> anyhow::Result<()> {
-    for w in &warnings {
-        tracing::warn!("{w}");
-    }
+async fn run_async(cli: &Cli, settings: Settings) -> anyhow::Result<()> {
     let (min_sync, sync) = (settings.min_sync_period, settings.sync_period);
     // IPVS mode needs the kernel's IPVS: checked before anything else is started.
     let ipvs = match settings.mode {

@@ -441,16 +441,16 @@ fn config_file_values_are_validated_and_named() {
 }
 
 #[test]
-fn config_file_type_errors_and_broken_yaml_are_fatal_with_line() {
+fn config_file_type_errors_and_broken_yaml_are_fatal_with_line_and_column() {
     let cfg = ConfigFile::new("type", "iptables:\n  masqueradeAll: sometimes\n");
     let e = err(&["--config", cfg.path(), "--hostname-override=n"]);
     assert!(
-        e.starts_with(&format!("{}:4: iptables.masqueradeAll: ", cfg.path())),
+        e.starts_with(&format!("{}:4:18: iptables.masqueradeAll: ", cfg.path())),
         "{e}"
     );
     let cfg = ConfigFile::new("broken", "mode: iptables\n  clusterCIDR: 10.0.0.0/8\n");
     let e = err(&["--config", cfg.path(), "--hostname-override=n"]);
-    assert!(e.starts_with(&format!("{}:4: ", cfg.path())), "{e}");
+    assert!(e.starts_with(&format!("{}:4:", cfg.path())), "{e}");
 }
 
 #[test]

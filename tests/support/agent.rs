@@ -1,10 +1,27 @@
-//! Running the real agent inside a lab node namespace, and reading what it applied there.
+//! Running the real agent inside a lab node namespace, waiting for it and reading what it
+//! applied there, and the compact `--objects` files the agent tests write for it (namespace
+//! `lab`, this node `node-a`).
 
 use std::fs;
+use std::future::Future;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
 
 use super::Netns;
+
+/// The flags every lab agent gets after where its objects come from: this node is `node-a`,
+/// pods are in 10.244.0.0/16, and it syncs at most every 100 ms.
+pub const LAB_FLAGS: [&str; 6] = [
+    "--hostname-override",
+    "node-a",
+    "--cluster-cidr",
+    "10.244.0.0/16",
+    "--iptables-min-sync-period",
+    "100ms",
+];
 
 /// The agent running inside a namespace (`ip netns exec` execs it in place, so the child's pid
 /// is the agent's). Killed on drop, so a failing test leaves no agent behind.
@@ -30,6 +47,23 @@ impl AgentProcess {
             child: cmd.spawn().expect("start the agent"),
             log: log.to_path_buf(),
         }
+    }
+
+    /// Starts the agent in the lab node `node`, fast-paced for tests: `source` (`("--objects",
+    /// file)` or `("--kubeconfig", file)`), then [`LAB_FLAGS`], then `extra`; see
+    /// [`AgentProcess::start`] for `envs` and `log`.
+    pub fn start_in_lab(
+        node: &Netns,
+        source: (&str, &Path),
+        extra: &[&str],
+        envs: &[(&str, String)],
+        log: &Path,
+    ) -> AgentProcess {
+        let (flag, file) = source;
+        let mut args = vec![flag, file.to_str().unwrap()];
+        args.extend(LAB_FLAGS);
+        args.extend(extra);
+        AgentProcess::start(node, &args, envs, log)
     }
 
     /// Sends `sig` to the agent.
@@ -71,4 +105,199 @@ pub fn svc_chains(nat: &str) -> usize {
         return 0;
     }
     nat.lines().filter(|l| l.starts_with(":KUBE-SVC-")).count()
+}
+
+/// Calls `f` every 20 ms until it returns `Some`, and returns that; once `limit` has passed,
+/// panics with `what` and the agent's log.
+pub fn wait_for<T>(
+    what: &str,
+    limit: Duration,
+    agent: &AgentProcess,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() >= limit {
+            panic!("{what}: not within {limit:?}\nagent log:\n{}", agent.log());
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// [`wait_for`] `cond` to hold; returns how long that took.
+pub fn wait_until(
+    what: &str,
+    limit: Duration,
+    agent: &AgentProcess,
+    mut cond: impl FnMut() -> bool,
+) -> Duration {
+    let start = Instant::now();
+    wait_for(what, limit, agent, || cond().then_some(()));
+    start.elapsed()
+}
+
+/// Runs `f` on a fresh thread that has entered `ns`'s network namespace, with its own
+/// single-threaded runtime: every socket it opens (API server, API client) lives in `ns`. A
+/// panic in `f` fails the test.
+pub fn in_netns<F, Fut>(ns: &Netns, f: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    let path = ns.path();
+    let handle = thread::spawn(move || {
+        let file = fs::File::open(&path).expect("open netns");
+        // SAFETY: setns on a valid namespace fd; it affects only this new thread.
+        assert_eq!(
+            unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
+            0,
+            "setns"
+        );
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f());
+    });
+    if let Err(panic) = handle.join() {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// The v1 Node `node-a`, InternalIP 192.168.50.1 (the lab node's address towards its first
+/// client).
+pub const NODE: &str = "apiVersion: v1
+kind: Node
+metadata: {name: node-a}
+status: {addresses: [{type: InternalIP, address: 192.168.50.1}]}
+";
+
+/// A Service port: its name, number and protocol, and the endpoints' port.
+#[derive(Clone, Copy, Debug)]
+pub struct Port {
+    pub name: &'static str,
+    pub port: u16,
+    pub protocol: &'static str,
+    pub target: u16,
+}
+
+/// `http` 80 → 8080/TCP (the lab pods' servers).
+pub const HTTP: Port = Port {
+    name: "http",
+    port: 80,
+    protocol: "TCP",
+    target: 8080,
+};
+
+/// `---` and a ClusterIP Service `name` in namespace `lab` at `ip`, with one port.
+pub fn service_yaml(name: &str, ip: &str, port: Port) -> String {
+    let Port {
+        name: port_name,
+        port,
+        protocol,
+        target,
+    } = port;
+    format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: lab}}\nspec:\n  clusterIP: {ip}\n  clusterIPs: [{ip}]\n  ports: [{{name: {port_name}, port: {port}, protocol: {protocol}, targetPort: {target}}}]\n"
+    )
+}
+
+/// `---` and the EndpointSlice `<service>-1` of Service `service` in namespace `lab`: `port`'s
+/// endpoint port, ready `endpoints` (address, node name), and, when given, the
+/// `endpoints.kubernetes.io/last-change-trigger-time` annotation.
+pub fn slice_yaml(
+    service: &str,
+    port: Port,
+    endpoints: &[(&str, &str)],
+    trigger_time: Option<&str>,
+) -> String {
+    let Port {
+        name: port_name,
+        protocol,
+        target,
+        ..
+    } = port;
+    let annotations = trigger_time
+        .map(|t| {
+            format!(", annotations: {{endpoints.kubernetes.io/last-change-trigger-time: \"{t}\"}}")
+        })
+        .unwrap_or_default();
+    let mut s = format!(
+        "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {service}-1, namespace: lab, labels: {{kubernetes.io/service-name: {service}}}{annotations}}}\naddressType: IPv4\nports: [{{name: {port_name}, port: {target}, protocol: {protocol}}}]\nendpoints:\n"
+    );
+    for (ip, node) in endpoints {
+        s.push_str(&format!(
+            "- {{addresses: [{ip}], nodeName: {node}, conditions: {{ready: true}}}}\n"
+        ));
+    }
+    s
+}
+
+/// [`service_yaml`] with [`HTTP`].
+pub fn service(name: &str, ip: &str) -> String {
+    service_yaml(name, ip, HTTP)
+}
+
+/// [`slice_yaml`] with [`HTTP`], the endpoints `ips` all on `node-a`, no trigger time.
+pub fn slice(service: &str, ips: &[&str]) -> String {
+    let endpoints: Vec<(&str, &str)> = ips.iter().map(|ip| (*ip, "node-a")).collect();
+    slice_yaml(service, HTTP, &endpoints, None)
+}
+
+/// Writes `text` so the agent never sees a half-written file (write, then rename).
+pub fn write_objects(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, text).unwrap();
+    fs::rename(&tmp, path).unwrap();
+}
+
+/// Fault injection: writes `<dir>/bin/iptables-nft-restore`, which fails (`injected failure`
+/// on stderr) while `marker` exists — only once when `once`: it removes the marker as it fails
+/// — and otherwise runs the real tool. Returns the agent's `PATH` with that directory first.
+///
+/// Only the agent gets this PATH, and the agent runs inside the lab's node namespace (`ip netns
+/// exec`), so the wrapper never touches the root namespace; the `command -v` here only looks
+/// the real tool's path up.
+pub fn failing_restore(dir: &Path, marker: &Path, once: bool) -> (&'static str, String) {
+    let bin = dir.join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    let real = String::from_utf8(
+        Command::new("sh")
+            .args(["-c", "command -v iptables-nft-restore"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let marker = marker.display();
+    let remove = if once {
+        format!("rm -f '{marker}'; ")
+    } else {
+        String::new()
+    };
+    let wrapper = bin.join("iptables-nft-restore");
+    fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nif [ -e '{marker}' ]; then {remove}echo 'iptables-nft-restore: injected failure' >&2; exit 1; fi\nexec {} \"$@\"\n",
+            real.trim()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    (
+        "PATH",
+        format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        ),
+    )
 }

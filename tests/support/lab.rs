@@ -684,16 +684,7 @@ impl LabBuilder {
             "routed pods are IPv4 only"
         );
         let node = self.netns(&format!("{}-node", self.tag));
-        node.exec_ok(["ip", "link", "add", "br0", "type", "bridge"]);
-        node.exec_ok([
-            "ip",
-            "addr",
-            "add",
-            &format!("{BRIDGE_IP}/24"),
-            "dev",
-            "br0",
-        ]);
-        node.exec_ok(["ip", "link", "set", "br0", "up"]);
+        node.add_bridge("br0", &format!("{BRIDGE_IP}/24"));
         node.sysctl("net.ipv4.ip_forward", "1");
         node.sysctl("net.bridge.bridge-nf-call-iptables", "1");
         // Without a route an un-DNATed ClusterIP fails with "no route to host" before any REJECT.
@@ -751,26 +742,12 @@ impl LabBuilder {
             } else {
                 format!("v-{name}")
             };
-            // Both ends are created straight into their namespaces (ip runs inside the node).
-            lab.node.exec_ok([
-                "ip",
-                "link",
-                "add",
-                &host_if,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                ns.name(),
-            ]);
+            lab.node.add_veth(&host_if, &ns);
             if *routed {
                 lab.node.exec_ok(["ip", "link", "set", &host_if, "up"]);
                 lab.node
                     .exec_ok(["ip", "route", "add", &format!("{ip}/32"), "dev", &host_if]);
-                ns.exec_ok(["ip", "addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
-                ns.exec_ok(["ip", "link", "set", "eth0", "up"]);
+                ns.addr_up("eth0", &format!("{ip}/32"));
                 let gw = BRIDGE_IP.to_string();
                 ns.exec_ok(["ip", "route", "add", &gw, "dev", "eth0", "scope", "link"]);
                 ns.exec_ok(["ip", "route", "add", "default", "via", &gw, "dev", "eth0"]);
@@ -788,16 +765,7 @@ impl LabBuilder {
                     "on",
                 ]);
                 lab.node.exec_ok(["ip", "link", "set", &host_if, "up"]);
-                ns.exec_ok(["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
-                ns.exec_ok(["ip", "link", "set", "eth0", "up"]);
-                ns.exec_ok([
-                    "ip",
-                    "route",
-                    "add",
-                    "default",
-                    "via",
-                    &BRIDGE_IP.to_string(),
-                ]);
+                ns.eth0_up(&format!("{ip}/24"), &BRIDGE_IP.to_string());
             }
             if self.service_trap && name == TRAP_POD {
                 ns.exec_ok(["ip", "route", "add", "local", SERVICE_CIDR, "dev", "lo"]);
@@ -867,31 +835,9 @@ impl LabBuilder {
             let node_ip = Ipv4Addr::new(192, 168, subnet, 1);
             let ip = Ipv4Addr::new(192, 168, subnet, 2);
             let host_if = format!("c-{name}");
-            lab.node.exec_ok([
-                "ip",
-                "link",
-                "add",
-                &host_if,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                ns.name(),
-            ]);
-            lab.node.exec_ok([
-                "ip",
-                "addr",
-                "add",
-                &format!("{node_ip}/24"),
-                "dev",
-                &host_if,
-            ]);
-            lab.node.exec_ok(["ip", "link", "set", &host_if, "up"]);
-            ns.exec_ok(["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
-            ns.exec_ok(["ip", "link", "set", "eth0", "up"]);
-            ns.exec_ok(["ip", "route", "add", "default", "via", &node_ip.to_string()]);
+            lab.node.add_veth(&host_if, &ns);
+            lab.node.addr_up(&host_if, &format!("{node_ip}/24"));
+            ns.eth0_up(&format!("{ip}/24"), &node_ip.to_string());
             let (mut ip6, mut node_ip6) = (None, None);
             if self.dual_stack {
                 let n6: Ipv6Addr = format!("fd00:192:168:{subnet}::1").parse().unwrap();

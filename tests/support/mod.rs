@@ -4,7 +4,8 @@
 //! sysctl or iptables rule of the root namespace is ever touched. See
 //! `/work/shared/reference/kernel-lab.md` for the lab recipe this follows.
 //!
-//! - [`netns`]: the [`Netns`] guard (create, exec, spawn, cleanup on drop, also on panic).
+//! - [`netns`]: the [`Netns`] guard (create, exec, spawn, cleanup on drop, also on panic),
+//!   [`in_ns`] and [`require_root`].
 //! - [`iptables`]: [`Backend`] (legacy / nft), `restore` and `save_tables`.
 //! - [`lab`]: the [`Lab`] builder (node + bridge + pods + clients) and the [`connect`] probe.
 //! - [`objects`]: Service / EndpointSlice / Node YAML and [`objects::render`] (the real binary).
@@ -22,37 +23,7 @@ pub use iptables::{
     Backend, Family, payload_tables, restore, restore_with, save_tables, save_tables_with,
 };
 pub use lab::{ConnErr, Lab, LabBuilder, Reply, Tally, connect, connect_from};
-pub use netns::Netns;
-
-/// Environment variable that turns the "not root" panic into a loud skip.
-pub const SKIP_ENV: &str = "KPRS_SKIP_ROOT_TESTS";
-
-/// Returns true when the tests may run (we are root). When not root: panics with a clear message,
-/// unless `KPRS_SKIP_ROOT_TESTS=1` is set, in which case it prints a loud `SKIPPED (not root)` line
-/// to stderr and returns false. Call it first in every kernel test:
-/// `if !support::require_root() { return; }`.
-#[track_caller]
-pub fn require_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    let caller = std::panic::Location::caller();
-    if std::env::var(SKIP_ENV).as_deref() == Ok("1") {
-        // Straight to the process's stderr: libtest captures `eprintln!` of passing tests.
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "\n!!!!!!!! SKIPPED (not root): kernel test at {caller} needs root \
-             (network namespaces, iptables); {SKIP_ENV}=1 is set !!!!!!!!\n"
-        );
-        return false;
-    }
-    panic!(
-        "kernel test at {caller} must run as root (it creates network namespaces and loads \
-         iptables rules inside them). Run as root, or set {SKIP_ENV}=1 to skip it explicitly."
-    );
-}
+pub use netns::{Netns, SKIP_ENV, in_ns, require_root};
 
 /// A unified diff of `expected` vs `actual`, with the given header names.
 pub fn unified_diff(

@@ -1,8 +1,14 @@
-//! A network namespace owned by one test, deleted when dropped (also on panic).
+//! A network namespace owned by one test, deleted when dropped (also on panic); [`in_ns`] to run
+//! code on a thread inside one; and [`require_root`], which every kernel test calls first.
+//!
+//! The `proxier` crate's tests include this file by path
+//! (`#[path = "../../tests/support/netns.rs"] mod netns;`), so it uses nothing else of `support`.
 
 use std::ffi::OsStr;
 use std::fs;
 use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
@@ -13,6 +19,60 @@ use std::time::Duration;
 
 /// Prefix of every namespace (and temp dir) the harness creates: `kprs-<pid>-<counter>-<tag>`.
 pub const PREFIX: &str = "kprs-";
+
+/// Environment variable that turns the "not root" panic into a loud skip.
+pub const SKIP_ENV: &str = "KPRS_SKIP_ROOT_TESTS";
+
+/// Returns true when the tests may run (we are root). When not root: panics with a clear message,
+/// unless `KPRS_SKIP_ROOT_TESTS=1` is set, in which case it prints a loud `SKIPPED (not root)` line
+/// to stderr and returns false. Call it first in every kernel test:
+/// `if !require_root() { return; }`.
+#[track_caller]
+pub fn require_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    let caller = std::panic::Location::caller();
+    if std::env::var(SKIP_ENV).as_deref() == Ok("1") {
+        // Straight to the process's stderr: libtest captures `eprintln!` of passing tests.
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n!!!!!!!! SKIPPED (not root): kernel test at {caller} needs root \
+             (network namespaces, iptables); {SKIP_ENV}=1 is set !!!!!!!!\n"
+        );
+        return false;
+    }
+    panic!(
+        "kernel test at {caller} must run as root (it creates network namespaces and loads \
+         iptables rules inside them). Run as root, or set {SKIP_ENV}=1 to skip it explicitly."
+    );
+}
+
+/// Runs `f` on a fresh thread inside `ns`'s network namespace (`setns`, then a check that the
+/// thread got there) and returns what it returns; a panic in `f` fails the test. For code that
+/// opens its (netlink) sockets in the calling thread's namespace.
+pub fn in_ns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
+    let path = ns.path();
+    thread::scope(|s| {
+        s.spawn(move || {
+            let file = fs::File::open(&path).unwrap_or_else(|e| panic!("open {path:?}: {e}"));
+            // SAFETY: setns(2) on a namespace file descriptor we own; it only moves this thread.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            let here = fs::metadata("/proc/thread-self/ns/net").unwrap();
+            let there = file.metadata().unwrap();
+            assert_eq!(
+                (here.dev(), here.ino()),
+                (there.dev(), there.ino()),
+                "this thread is not in {path:?}"
+            );
+            f()
+        })
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 static REAP: Once = Once::new();
@@ -184,6 +244,43 @@ impl Netns {
     /// Sets a sysctl inside the namespace (`sysctl -qw key=value`).
     pub fn sysctl(&self, key: &str, value: &str) {
         self.exec_ok(["sysctl", "-qw", &format!("{key}={value}")]);
+    }
+
+    /// Gives link `dev` the address `cidr` (`ip/prefix`) and sets it up.
+    pub fn addr_up(&self, dev: &str, cidr: &str) {
+        self.exec_ok(["ip", "addr", "add", cidr, "dev", dev]);
+        self.exec_ok(["ip", "link", "set", dev, "up"]);
+    }
+
+    /// A bridge `dev` with the address `cidr`, up.
+    pub fn add_bridge(&self, dev: &str, cidr: &str) {
+        self.exec_ok(["ip", "link", "add", dev, "type", "bridge"]);
+        self.addr_up(dev, cidr);
+    }
+
+    /// A veth pair: `host_if` in this namespace, `eth0` in `peer` (both ends created straight
+    /// into their namespaces; `ip` runs in this one). Both ends are left down.
+    pub fn add_veth(&self, host_if: &str, peer: &Netns) {
+        self.exec_ok([
+            "ip",
+            "link",
+            "add",
+            host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            peer.name(),
+        ]);
+    }
+
+    /// This namespace's end of an [`Netns::add_veth`] pair: `eth0` gets `cidr` and goes up, and
+    /// the default route goes via `gateway`.
+    pub fn eth0_up(&self, cidr: &str, gateway: &str) {
+        self.addr_up("eth0", cidr);
+        self.exec_ok(["ip", "route", "add", "default", "via", gateway]);
     }
 
     /// Pids of every process in the namespace (`ip netns pids`).
