@@ -47,11 +47,22 @@ pub fn conntrack_limits(settings: &Settings, cpus: u64) -> ConntrackLimits {
     }
 }
 
+/// The machine's online CPUs — not the container's CPU allowance (`available_parallelism`
+/// follows the cgroup quota and affinity): upstream counts the machine's (kubernetes#99225), and a
+/// DaemonSet with a CPU limit must not shrink the node's conntrack table.
+pub fn online_cpus() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    u64::try_from(n).ok().filter(|n| *n > 0).unwrap_or(1)
+}
+
 /// Applies the node set-up `settings` ask for to `sys`. Every setting is attempted; the ones
-/// that fail are reported (the agent logs them and goes on, `--init-only` fails).
-pub fn set_up(settings: &Settings, sys: &Sysctls) -> SetupReport {
+/// that fail are reported (the agent logs them and goes on, `--init-only` fails). `ipvs_loaded`
+/// says whether the kernel has IPVS now: its `net/ipv4/vs/*` sysctls exist only then, and the
+/// agent (which needs IPVS anyway) reports a missing IPVS itself.
+pub fn set_up(settings: &Settings, sys: &Sysctls, ipvs_loaded: bool) -> SetupReport {
     let mut report = SetupReport::default();
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    let cpus = online_cpus();
     let (changed, failed) = sys.set_conntrack(&conntrack_limits(settings, cpus));
     report.changed.extend(changed);
     report.failed.extend(failed);
@@ -64,7 +75,11 @@ pub fn set_up(settings: &Settings, sys: &Sysctls) -> SetupReport {
             }
         }
         ProxyMode::Ipvs => {
-            wanted.extend(IPVS_SYSCTLS);
+            wanted.extend(
+                IPVS_SYSCTLS
+                    .iter()
+                    .filter(|(k, _)| ipvs_loaded || !k.starts_with("net/ipv4/vs/")),
+            );
             if settings.ipvs_strict_arp {
                 wanted.extend(STRICT_ARP_SYSCTLS);
             }
@@ -79,9 +94,19 @@ pub fn set_up(settings: &Settings, sys: &Sysctls) -> SetupReport {
     report
 }
 
-/// Runs [`set_up`] on this node and logs what it did; returns the failures.
+/// Runs [`set_up`] on this node and logs what it did; returns the failures. In IPVS mode the
+/// IPVS family is opened first (the kernel loads `ip_vs` on that request where it can), so an
+/// init container on a freshly booted node sets IPVS's sysctls too.
 pub fn set_up_and_log(settings: &Settings) -> Vec<SysctlError> {
-    let report = set_up(settings, &Sysctls::host());
+    let ipvs_loaded = settings.mode == ProxyMode::Ipvs
+        && match proxier::ipvs::IpvsSocket::open() {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!("IPVS's sysctls are left: {e}");
+                false
+            }
+        };
+    let report = set_up(settings, &Sysctls::host(), ipvs_loaded);
     for c in &report.changed {
         tracing::info!(setting = %c.key, from = %c.from, to = %c.to, "node setting changed");
     }

@@ -375,6 +375,17 @@ impl Settings {
             ))
         }));
         let settings = resolve(raw, cli.ip_family.into(), machine_hostname)?;
+        if settings.min_sync_period > settings.sync_period {
+            let (min, max) = match settings.mode {
+                ProxyMode::Iptables => ("iptables-min-sync-period", "iptables-sync-period"),
+                ProxyMode::Ipvs => ("ipvs-min-sync-period", "ipvs-sync-period"),
+            };
+            bail!(
+                "the min sync period ({}) must not exceed the sync period ({}): check --{min} and --{max} (or the config file's)",
+                crate::agent::duration::format_go_duration(settings.min_sync_period),
+                crate::agent::duration::format_go_duration(settings.sync_period)
+            );
+        }
         Ok((settings, warnings))
     }
 }

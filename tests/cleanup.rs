@@ -18,8 +18,13 @@ fn cleanup_removes_kube_proxy_s_rules_and_sets_and_nothing_else() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let example = std::fs::read_to_string(root.join("golden/example/expected.iptables")).unwrap();
     // Other components' chains and hooks, in the same tables.
+    // Other components' chains and hooks: kubelet's canary, Docker, kube-router's network
+    // policy chains (also named KUBE-*), and a CNI hostport chain that uses KUBE-MARK-MASQ.
     let others = "*filter\n:KUBE-KUBELET-CANARY - [0:0]\n:DOCKER-USER - [0:0]\n\
+                  :KUBE-ROUTER-INPUT - [0:0]\n:KUBE-NWPLCY-ABC - [0:0]\n\
+                  -A INPUT -j KUBE-ROUTER-INPUT\n-A KUBE-ROUTER-INPUT -j KUBE-NWPLCY-ABC\n\
                   -A FORWARD -j DOCKER-USER\nCOMMIT\n*nat\n:DOCKER - [0:0]\n\
+                  :CNI-HOSTPORT-SETMARK - [0:0]\n-A CNI-HOSTPORT-SETMARK -j KUBE-MARK-MASQ\n\
                   -A PREROUTING -j DOCKER\nCOMMIT\n";
     let ipvs = std::fs::read_to_string(root.join("golden/example/expected.ipvs")).unwrap();
     let sets: String = ipvs
@@ -58,6 +63,9 @@ fn cleanup_removes_kube_proxy_s_rules_and_sets_and_nothing_else() {
             l.contains("KUBE-")
                 && !l.contains("KUBE-KUBELET-CANARY")
                 && !l.contains("KUBE-FIREWALL")
+                && !l.contains("KUBE-ROUTER-")
+                && !l.contains("KUBE-NWPLCY-")
+                && !l.contains("KUBE-MARK-MASQ")
         })
         .collect();
     assert!(kube.is_empty(), "left behind: {kube:?}\n{after}");
@@ -66,6 +74,11 @@ fn cleanup_removes_kube_proxy_s_rules_and_sets_and_nothing_else() {
         ":DOCKER-USER",
         "-A FORWARD -j DOCKER-USER",
         "-A PREROUTING -j DOCKER",
+        "-A INPUT -j KUBE-ROUTER-INPUT",
+        "-A KUBE-ROUTER-INPUT -j KUBE-NWPLCY-ABC",
+        // Still used by the CNI chain: kept whole, rule included.
+        "-A CNI-HOSTPORT-SETMARK -j KUBE-MARK-MASQ",
+        "-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000",
     ] {
         assert!(after.contains(kept), "{kept} was removed:\n{after}");
     }

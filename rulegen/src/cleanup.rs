@@ -1,31 +1,77 @@
 //! `--cleanup`: the restore payload that removes what kube-proxy (either mode, upstream's or
 //! ours) put in one table, computed from that table's `iptables-save` text.
 //!
-//! One payload per table: every hook rule in a built-in chain that jumps to a chain we own is
-//! deleted (`-D`, spelled as saved), every chain we own is flushed (`:NAME - [0:0]`) and then
-//! deleted (`-X`) — in one restore, so the kernel never holds a jump to a missing chain. Chains
-//! other components own stay: kubelet's canary and `KUBE-MARK-DROP`, and `KUBE-FIREWALL`, which
-//! kubelet and kube-proxy both have written (removing it would drop kubelet's protection).
+//! One payload per table: every hook rule in a built-in chain that jumps to a chain kube-proxy
+//! owns is deleted (`-D`, spelled as saved), every owned chain is flushed (`:NAME - [0:0]`) and
+//! then deleted (`-X`) — in one restore, so the kernel never holds a jump to a missing chain.
+//! Owned means upstream's list (`CleanupLeftovers` of both modes) and the per-service chains,
+//! not every `KUBE-` chain: kube-router's `KUBE-ROUTER-*`, kubelet's canary and the shared
+//! `KUBE-FIREWALL` stay. An owned chain another component's chain still jumps to (a CNI plugin's
+//! hostport chain → `KUBE-MARK-MASQ`) is left whole, with what it jumps to, so nothing of theirs
+//! breaks and the rest of the table can still go.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-/// `KUBE-*` chains kube-proxy does not own.
-const NOT_OURS: [&str; 3] = ["KUBE-KUBELET-CANARY", "KUBE-MARK-DROP", "KUBE-FIREWALL"];
+use crate::chains::{
+    KUBE_EXTERNAL_SERVICES, KUBE_FORWARD, KUBE_MARK_MASQ, KUBE_NODEPORTS, KUBE_POSTROUTING,
+    KUBE_PROXY_CANARY, KUBE_PROXY_FIREWALL, KUBE_SERVICES,
+};
+use crate::ipvs::rules::{
+    KUBE_IPVS_FILTER, KUBE_IPVS_OUT_FILTER, KUBE_LOAD_BALANCER, KUBE_NODE_PORT,
+    KUBE_SOURCE_RANGES_FIREWALL,
+};
 
-/// Whether `chain` is one kube-proxy creates (in any mode): a `KUBE-` chain other than
-/// kubelet's.
+/// The fixed chains of both modes.
+const FIXED: [&str; 13] = [
+    KUBE_SERVICES,
+    KUBE_EXTERNAL_SERVICES,
+    KUBE_NODEPORTS,
+    KUBE_POSTROUTING,
+    KUBE_MARK_MASQ,
+    KUBE_FORWARD,
+    KUBE_PROXY_FIREWALL,
+    KUBE_PROXY_CANARY,
+    KUBE_NODE_PORT,
+    KUBE_LOAD_BALANCER,
+    KUBE_SOURCE_RANGES_FIREWALL,
+    KUBE_IPVS_FILTER,
+    KUBE_IPVS_OUT_FILTER,
+];
+
+/// Per-service chain prefixes (upstream's `isServiceChainName`, and `KUBE-XLB-` of old nodes).
+const SERVICE_PREFIXES: [&str; 6] = [
+    "KUBE-SVC-",
+    "KUBE-SVL-",
+    "KUBE-EXT-",
+    "KUBE-FW-",
+    "KUBE-SEP-",
+    "KUBE-XLB-",
+];
+
+/// Whether `chain` is one kube-proxy creates, in either mode.
 pub fn owned(chain: &str) -> bool {
-    chain.starts_with("KUBE-") && !NOT_OURS.contains(&chain)
+    FIXED.contains(&chain) || SERVICE_PREFIXES.iter().any(|p| chain.starts_with(p))
+}
+
+/// The chain a rule jumps or goes to.
+fn target(rule: &str) -> Option<&str> {
+    rule.split_whitespace()
+        .skip_while(|w| *w != "-j" && *w != "-g")
+        .nth(1)
 }
 
 /// The payload that removes kube-proxy's hooks and chains from the table `save_text` shows
-/// (`iptables-save -t TABLE`); `None` when there is nothing to remove.
+/// (`iptables-save -t TABLE`), and the owned chains left because other chains use them;
+/// `None` when there is nothing to remove.
 pub fn cleanup_payload(save_text: &str) -> Option<String> {
     let mut table = None;
     let mut builtins: BTreeSet<&str> = BTreeSet::new();
     let mut chains: Vec<&str> = Vec::new();
     let mut hooks: Vec<&str> = Vec::new();
+    // Owned chain → the owned chains its rules jump to; and the owned chains foreign ones use.
+    let mut jumps: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let mut keep: BTreeSet<&str> = BTreeSet::new();
     for line in save_text.lines() {
         if let Some(t) = line.strip_prefix('*') {
             table = Some(t.trim());
@@ -41,16 +87,28 @@ pub fn cleanup_payload(save_text: &str) -> Option<String> {
             }
         } else if let Some(rule) = line.strip_prefix("-A ") {
             let chain = rule.split_whitespace().next().unwrap_or("");
-            let target = rule
-                .split_whitespace()
-                .skip_while(|w| *w != "-j" && *w != "-g")
-                .nth(1)
-                .unwrap_or("");
-            if builtins.contains(chain) && owned(target) {
+            let Some(to) = target(rule).filter(|t| owned(t)) else {
+                continue;
+            };
+            if builtins.contains(chain) {
                 hooks.push(rule);
+            } else if owned(chain) {
+                jumps.entry(chain).or_default().push(to);
+            } else {
+                keep.insert(to);
             }
         }
     }
+    // What a kept chain jumps to must stay too.
+    let mut todo: Vec<&str> = keep.iter().copied().collect();
+    while let Some(c) = todo.pop() {
+        for &to in jumps.get(c).map(Vec::as_slice).unwrap_or_default() {
+            if keep.insert(to) {
+                todo.push(to);
+            }
+        }
+    }
+    chains.retain(|c| !keep.contains(c));
     let table = table?;
     if chains.is_empty() && hooks.is_empty() {
         return None;
@@ -101,7 +159,25 @@ mod tests {
                      -A INPUT -j KUBE-FIREWALL\nCOMMIT\n";
         assert_eq!(cleanup_payload(clean), None);
         assert!(!owned("KUBE-KUBELET-CANARY"));
+        assert!(!owned("KUBE-ROUTER-INPUT"));
+        assert!(!owned("KUBE-NWPLCY-ABC"));
         assert!(owned("KUBE-IPVS-FILTER"));
         assert!(owned("KUBE-PROXY-CANARY"));
+        assert!(owned("KUBE-SEP-ABCDEF"));
+    }
+
+    #[test]
+    fn chains_other_components_use_stay_whole_and_the_rest_goes() {
+        let nat = "*nat\n:PREROUTING ACCEPT [0:0]\n:CNI-HOSTPORT-SETMARK - [0:0]\n\
+            :KUBE-MARK-MASQ - [0:0]\n:KUBE-SERVICES - [0:0]\n:KUBE-SVC-A - [0:0]\n\
+            :KUBE-ROUTER-X - [0:0]\n\
+            -A PREROUTING -j KUBE-SERVICES\n-A PREROUTING -j KUBE-ROUTER-X\n\
+            -A CNI-HOSTPORT-SETMARK -j KUBE-MARK-MASQ\n\
+            -A KUBE-SERVICES -j KUBE-SVC-A\n-A KUBE-SVC-A -j KUBE-MARK-MASQ\nCOMMIT\n";
+        assert_eq!(
+            cleanup_payload(nat).unwrap(),
+            "*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-SVC-A - [0:0]\n\
+             -D PREROUTING -j KUBE-SERVICES\n-X KUBE-SERVICES\n-X KUBE-SVC-A\nCOMMIT\n"
+        );
     }
 }

@@ -74,7 +74,8 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
         total += value * scale;
         rest = &rest[unit_len..];
     }
-    Ok(Duration::from_secs_f64(total))
+    // A bad value in a flag or config file is an error, never a panic.
+    Duration::try_from_secs_f64(total).map_err(|_| format!("invalid duration {s:?}: out of range"))
 }
 
 #[cfg(test)]
@@ -118,5 +119,9 @@ mod tests {
         assert!(parse_go_duration("10").is_err());
         assert!(parse_go_duration("5x").is_err());
         assert!(parse_go_duration("").is_err());
+        assert_eq!(
+            parse_go_duration("99999999999999999999h"),
+            Err("invalid duration \"99999999999999999999h\": out of range".to_string())
+        );
     }
 }

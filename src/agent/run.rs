@@ -410,6 +410,14 @@ async fn run_async(cli: &Cli, settings: Settings) -> anyhow::Result<()> {
     // Node set-up as upstream does at start; a setting that cannot be written (an unprivileged
     // container whose init container set it) is logged, not fatal.
     crate::nodesetup::set_up_and_log(&settings);
+    // As upstream, the INVALID-drop rule follows what the kernel does, not what was asked: in
+    // an unprivileged container the write may have been refused.
+    let mut settings = settings;
+    if let Ok(v) =
+        proxier::sysctl::Sysctls::host().read("net/netfilter/nf_conntrack_tcp_be_liberal")
+    {
+        settings.conntrack.tcp_be_liberal = v == "1";
+    }
     // The health and metrics servers answer from the start, as upstream's do.
     let (telemetry, health) = SyncTelemetry::start(&settings, sync).await;
     let queue = telemetry.queue();

@@ -46,7 +46,7 @@ fn iptables_mode_sets_route_localnet_and_the_conntrack_time_outs() {
             "net/netfilter/nf_conntrack_tcp_timeout_established",
         ],
     );
-    let report = set_up(&settings(ProxyMode::Iptables), &Sysctls::at(&root));
+    let report = set_up(&settings(ProxyMode::Iptables), &Sysctls::at(&root), false);
     assert!(report.failed.is_empty(), "{:?}", report.failed);
     assert_eq!(report.changed.len(), 2);
     assert_eq!(read(&root, "net/ipv4/conf/all/route_localnet"), "1");
@@ -59,7 +59,7 @@ fn iptables_mode_sets_route_localnet_and_the_conntrack_time_outs() {
     let mut s = settings(ProxyMode::Iptables);
     s.localhost_nodeports = false;
     s.conntrack.tcp_established_timeout = Duration::ZERO;
-    let report = set_up(&s, &Sysctls::at(&root2));
+    let report = set_up(&s, &Sysctls::at(&root2), false);
     assert!(report.changed.is_empty() && report.failed.is_empty());
     assert_eq!(read(&root2, "net/ipv4/conf/all/route_localnet"), "0");
     for r in [root, root2] {
@@ -83,7 +83,7 @@ fn ipvs_mode_sets_its_sysctls_and_strict_arp_and_reports_what_failed() {
     );
     let mut s = settings(ProxyMode::Ipvs);
     s.ipvs_strict_arp = true;
-    let report = set_up(&s, &Sysctls::at(&root));
+    let report = set_up(&s, &Sysctls::at(&root), true);
     assert_eq!(report.failed.len(), 1, "{:?}", report.failed);
     assert!(
         report.failed[0]
@@ -108,4 +108,22 @@ fn the_conntrack_maximum_scales_with_cpus_above_the_floor() {
         conntrack_limits(&s, 16).tcp_established_timeout,
         Duration::from_secs(86400)
     );
+}
+
+#[test]
+fn without_ipvs_loaded_its_sysctls_are_left_and_nothing_fails_for_them() {
+    // No net/ipv4/vs directory at all, as before ip_vs is loaded.
+    let root = tree(
+        "no-ipvs",
+        &[
+            "net/ipv4/ip_forward",
+            "net/netfilter/nf_conntrack_tcp_timeout_established",
+        ],
+    );
+    let report = set_up(&settings(ProxyMode::Ipvs), &Sysctls::at(&root), false);
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    assert_eq!(read(&root, "net/ipv4/ip_forward"), "1");
+    let report = set_up(&settings(ProxyMode::Ipvs), &Sysctls::at(&root), true);
+    assert_eq!(report.failed.len(), 3, "{:?}", report.failed);
+    let _ = std::fs::remove_dir_all(root);
 }
