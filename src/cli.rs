@@ -6,11 +6,11 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 
 /// kube-proxy-rs command line.
-// Later issues add `explain` and `trace` as subcommands next to these flags
-// (`#[command(subcommand)] command: Option<Command>`); the flags stay top-level as upstream's do.
+// `explain` (and later `trace`) are subcommands next to these flags (`command` below); the
+// flags stay top-level as upstream's do, and `explain` takes them after its SERVICE.
 #[derive(Parser, Debug, Clone, Default, PartialEq, Eq)]
 #[command(
     name = "kube-proxy-rs",
@@ -189,6 +189,18 @@ pub struct Cli {
     /// Log verbosity (0-10), as upstream's -v.
     #[arg(short = 'v', long = "v", value_name = "N")]
     pub verbosity: Option<u8>,
+
+    /// A subcommand (`explain`); without one the flags above run the dry run or the agent.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands next to the top-level flags.
+#[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Show how this node's rules carry a Service: its addresses, endpoints and their shares,
+    /// masquerading and chains. Takes the dry run's flags after SERVICE (--objects, --hostname-override, …).
+    Explain(crate::explain::ExplainArgs),
 }
 
 /// Upstream kube-proxy flags that manifests pass and kube-proxy-rs has no use for: accepted (so

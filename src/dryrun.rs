@@ -105,12 +105,18 @@ fn ipvs_text(ipvs: &rulegen::ipvs::IpvsRender, part: Option<DryRunPart>) -> Stri
 /// Runs a dry run and prints it: the ruleset on stdout, diagnostics on stderr. Exit 0 when the
 /// ruleset was rendered (even with warnings), 1 on an error.
 pub fn run(cli: &Cli) -> ExitCode {
-    match render(cli) {
-        Ok(out) => {
-            print_warnings(&out.warnings);
+    print_output(render(cli).map(|out| (out.save_text, out.warnings)))
+}
+
+/// Prints what a command produced: the text on stdout, its warnings (or the error) on stderr;
+/// exit 0 when it produced its text, 1 on an error.
+pub fn print_output(result: anyhow::Result<(String, Vec<Warning>)>) -> ExitCode {
+    match result {
+        Ok((text, warnings)) => {
+            print_warnings(&warnings);
             let mut stdout = std::io::stdout().lock();
             match stdout
-                .write_all(out.save_text.as_bytes())
+                .write_all(text.as_bytes())
                 .and_then(|()| stdout.flush())
             {
                 Ok(()) => ExitCode::SUCCESS,

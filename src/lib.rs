@@ -11,6 +11,7 @@ pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod dryrun;
+pub mod explain;
 pub mod health;
 pub mod metrics;
 pub mod nodesetup;
@@ -31,6 +32,9 @@ pub use warning::Warning;
 /// Runs the program for a parsed command line (the dry run, or else the node agent) and returns
 /// its exit status.
 pub fn run(cli: &Cli) -> ExitCode {
+    if let Some(cli::Command::Explain(args)) = &cli.command {
+        return explain::run(cli, args);
+    }
     if cli.dry_run {
         return dryrun::run(cli);
     }

@@ -14,6 +14,8 @@
 
 mod support;
 
+use support::golden::{flags, objects_path};
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -35,36 +37,6 @@ fn cases() -> Vec<PathBuf> {
         .collect();
     out.sort();
     out
-}
-
-fn objects_path(case: &Path) -> PathBuf {
-    let dir = case.join("objects");
-    if dir.is_dir() {
-        dir
-    } else {
-        case.join("objects.yaml")
-    }
-}
-
-fn flags(case: &Path) -> Vec<String> {
-    let Ok(text) = fs::read_to_string(case.join("flags")) else {
-        return Vec::new();
-    };
-    let mut args = Vec::new();
-    for line in text.lines() {
-        let line = line.split('#').next().unwrap().trim();
-        if line.is_empty() {
-            continue;
-        }
-        match line.split_once(char::is_whitespace) {
-            Some((flag, value)) => {
-                args.push(flag.to_string());
-                args.push(value.trim().to_string());
-            }
-            None => args.push(line.to_string()),
-        }
-    }
-    args
 }
 
 struct Run {

@@ -9,6 +9,7 @@ pub mod cleanup;
 pub mod config;
 pub mod conntrack;
 pub mod endpoints;
+pub mod explain;
 pub mod hash;
 pub mod iptables;
 pub mod ipvs;

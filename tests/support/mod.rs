@@ -13,6 +13,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod agent;
+pub mod golden;
 pub mod iptables;
 pub mod lab;
 pub mod netns;
