@@ -94,18 +94,20 @@ pub fn set_up(settings: &Settings, sys: &Sysctls, ipvs_loaded: bool) -> SetupRep
     report
 }
 
-/// Runs [`set_up`] on this node and logs what it did; returns the failures. In IPVS mode the
-/// IPVS family is opened first (the kernel loads `ip_vs` on that request where it can), so an
-/// init container on a freshly booted node sets IPVS's sysctls too.
-pub fn set_up_and_log(settings: &Settings) -> Vec<SysctlError> {
-    let ipvs_loaded = settings.mode == ProxyMode::Ipvs
-        && match proxier::ipvs::IpvsSocket::open() {
-            Ok(_) => true,
-            Err(e) => {
-                tracing::warn!("IPVS's sysctls are left: {e}");
-                false
-            }
-        };
+/// Runs [`set_up`] on this node and logs what it did; returns the failures. `ipvs_loaded` is
+/// whether the caller already holds the IPVS family (the agent does); when it does not, in IPVS
+/// mode the family is opened here first (the kernel loads `ip_vs` on that request where it
+/// can), so an init container on a freshly booted node sets IPVS's sysctls too.
+pub fn set_up_and_log(settings: &Settings, ipvs_loaded: bool) -> Vec<SysctlError> {
+    let ipvs_loaded = ipvs_loaded
+        || settings.mode == ProxyMode::Ipvs
+            && match proxier::ipvs::IpvsSocket::open() {
+                Ok(_) => true,
+                Err(e) => {
+                    tracing::warn!("IPVS's sysctls are left: {e}");
+                    false
+                }
+            };
     let report = set_up(settings, &Sysctls::host(), ipvs_loaded);
     for c in &report.changed {
         tracing::info!(setting = %c.key, from = %c.from, to = %c.to, "node setting changed");

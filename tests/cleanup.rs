@@ -35,15 +35,18 @@ fn cleanup_removes_kube_proxy_s_rules_and_sets_and_nothing_else() {
         .next()
         .unwrap()
         .to_string();
-    let load = |cmd: &str, input: &str| {
-        let dir = support::TempDir::new("cleanup-input");
-        let f = dir.path().join("in");
-        std::fs::write(&f, input).unwrap();
-        ns.exec_ok(["sh", "-c", &format!("{cmd} < {}", f.display())]);
+    // Every tool runs inside the test's namespace (`ip netns exec`).
+    let load = |tool: &[&str], input: &str| {
+        let out = ns.exec_input(tool, input.as_bytes());
+        assert!(
+            out.status.success(),
+            "{tool:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
-    load("iptables-restore -w --noflush", &example);
-    load("iptables-restore -w --noflush", others);
-    load("ipset restore", &sets);
+    load(&["iptables-restore", "-w", "--noflush"], &example);
+    load(&["iptables-restore", "-w", "--noflush"], others);
+    load(&["ipset", "restore"], &sets);
     ns.exec_ok(["ipset", "create", "other-set", "hash:ip"]);
     let before = ns.exec_ok(["iptables-save"]);
     assert!(before.contains(":KUBE-SVC-"), "{before}");

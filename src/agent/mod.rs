@@ -38,7 +38,7 @@ pub fn run_init_only(cli: &crate::Cli) -> std::process::ExitCode {
     let Some(settings) = settings_and_logging(cli) else {
         return ExitCode::FAILURE;
     };
-    let failed = crate::nodesetup::set_up_and_log(&settings);
+    let failed = crate::nodesetup::set_up_and_log(&settings, false);
     if failed.is_empty() {
         tracing::info!("node set up (--init-only); exiting");
         ExitCode::SUCCESS

@@ -409,7 +409,8 @@ async fn run_async(cli: &Cli, settings: Settings) -> anyhow::Result<()> {
     };
     // Node set-up as upstream does at start; a setting that cannot be written (an unprivileged
     // container whose init container set it) is logged, not fatal.
-    crate::nodesetup::set_up_and_log(&settings);
+    // IPVS was opened just above when the mode needs it: no second probe.
+    crate::nodesetup::set_up_and_log(&settings, ipvs.is_some());
     // As upstream, the INVALID-drop rule follows what the kernel does, not what was asked: in
     // an unprivileged container the write may have been refused.
     let mut settings = settings;
