@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[command(
     name = "kube-proxy-rs",
     version,
-    about = "A drop-in replacement for Kubernetes' kube-proxy (iptables mode)"
+    about = "A drop-in replacement for Kubernetes' kube-proxy (iptables and IPVS modes)"
 )]
 pub struct Cli {
     /// Render the ruleset for the objects in --objects and print it as iptables-save would; touch nothing.
@@ -199,8 +199,13 @@ pub struct Cli {
 #[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// Show how this node's rules carry a Service: its addresses, endpoints and their shares,
-    /// masquerading and chains. Takes the dry run's flags after SERVICE (--objects, --hostname-override, …).
+    /// masquerading and chains (with --proxy-mode ipvs: its virtual servers, real servers and ipset
+    /// members). Takes the dry run's flags after SERVICE (--objects, --hostname-override, …).
     Explain(crate::explain::ExplainArgs),
+    /// Walk one packet through this node's rules: every rule it matches, the jumps, the random
+    /// branches with their shares, the DNAT, the masquerade, the REJECT or DROP. Takes --src,
+    /// --dst, --proto, --from, and the dry run's flags (--objects …) or --ruleset FILE.
+    Trace(crate::trace::TraceArgs),
 }
 
 /// Upstream kube-proxy flags that manifests pass and kube-proxy-rs has no use for: accepted (so

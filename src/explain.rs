@@ -1,13 +1,15 @@
-//! `explain SERVICE`: what this node's iptables rules do with one Service, for a person (aligned
-//! text) or a tool (`--output json`). The analysis is `rulegen::explain`, built from the
-//! renderer's own decisions; this module finds the Service, resolves the flags as the dry run
-//! does, and formats.
+//! `explain SERVICE`: what this node's iptables rules (or, with `--proxy-mode ipvs`, its IPVS
+//! virtual servers, ipsets and rules) do with one Service, for a person (aligned text) or a tool
+//! (`--output json`). The analysis is `rulegen::explain` (`rulegen::explain::ipvs`), built from
+//! the renderer's own decisions; this module finds the Service, resolves the flags as the dry
+//! run does, and formats.
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
+use rulegen::explain::ipvs::IpvsExplanation;
 use rulegen::explain::{
     EndpointSet, Exclusion, Masquerade, Origin, PathKind, PortExplanation, SetKind, Verdict,
 };
@@ -17,6 +19,8 @@ use serde_json::{Value, json};
 use crate::cli::Cli;
 use crate::dryrun::load_model;
 use crate::settings::{ProxyMode, Settings};
+
+mod ipvs;
 
 /// `explain`'s own arguments; the node flags follow SERVICE and are parsed as the top level's.
 #[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
@@ -103,35 +107,71 @@ pub fn render(outer: &Cli, args: &ExplainArgs) -> anyhow::Result<ExplainOutput> 
         bail!("explain needs at least one --objects PATH (a YAML/JSON file or a directory)");
     }
     let (settings, mut warnings) = Settings::from_cli(&cli)?;
-    if settings.mode != ProxyMode::Iptables {
-        bail!("explain covers the iptables mode only for now");
-    }
     let translation = load_model(&cli.objects, &settings)?;
     warnings.extend(translation.warnings);
     let ports = select(&translation.model, &args.service)?;
-    let explained: Vec<PortExplanation> = ports
-        .iter()
-        .filter_map(|&i| {
-            rulegen::explain::explain_port(&translation.model.services[i], &translation.config)
-        })
-        .collect();
-    if explained.is_empty() {
-        bail!(
+    let no_cluster_ip = || {
+        anyhow::anyhow!(
             "{} has no {} cluster IP on this node's proxier (try --ip-family)",
             args.service,
             family_name(translation.config.family)
-        );
-    }
+        )
+    };
     let node = &translation.config.node_name;
-    let text = match output {
-        OutputFormat::Text => text(&explained, node),
-        OutputFormat::Json => {
-            let mut s = serde_json::to_string_pretty(&json(&explained, node))?;
-            s.push('\n');
-            s
+    let text = match settings.mode {
+        ProxyMode::Iptables => {
+            let explained: Vec<PortExplanation> = ports
+                .iter()
+                .filter_map(|&i| {
+                    rulegen::explain::explain_port(
+                        &translation.model.services[i],
+                        &translation.config,
+                    )
+                })
+                .collect();
+            if explained.is_empty() {
+                return Err(no_cluster_ip());
+            }
+            match output {
+                OutputFormat::Text => text(&explained, node),
+                OutputFormat::Json => pretty(&json(&explained, node))?,
+            }
+        }
+        ProxyMode::Ipvs => {
+            // The same render the dry run prints, so explain reads what the node would hold.
+            let render = rulegen::ipvs::render(
+                &translation.model,
+                &translation.config,
+                &crate::dryrun::ipvs_config(&settings),
+            )
+            .context("cannot render the IPVS dataplane")?;
+            let explained: Vec<IpvsExplanation> = ports
+                .iter()
+                .filter_map(|&i| {
+                    rulegen::explain::ipvs::explain_port(
+                        &translation.model.services[i],
+                        &translation.config,
+                        &render,
+                    )
+                })
+                .collect();
+            if explained.is_empty() {
+                return Err(no_cluster_ip());
+            }
+            match output {
+                OutputFormat::Text => ipvs::text(&explained, node),
+                OutputFormat::Json => pretty(&ipvs::json(&explained, node))?,
+            }
         }
     };
     Ok(ExplainOutput { text, warnings })
+}
+
+/// Pretty JSON with a final newline.
+fn pretty(v: &Value) -> anyhow::Result<String> {
+    let mut s = serde_json::to_string_pretty(v)?;
+    s.push('\n');
+    Ok(s)
 }
 
 /// Runs `explain` and prints it; exit 1 (with close matches) when the Service is not found.
@@ -360,6 +400,83 @@ fn table(out: &mut String, indent: &str, rows: &[Vec<String>]) {
     }
 }
 
+/// What opens one port's explanation, in either mode.
+pub(crate) struct Header<'a> {
+    pub name: &'a rulegen::ServicePortName,
+    pub protocol: rulegen::Protocol,
+    pub port: u16,
+    pub family: IpFamily,
+    /// Appended to the first line (`, IPVS mode`).
+    pub mode: &'a str,
+    pub internal_policy: TrafficPolicy,
+    pub external_policy: TrafficPolicy,
+    pub affinity_seconds: Option<u32>,
+    pub local_traffic: Option<&'a str>,
+}
+
+impl Header<'_> {
+    /// The port's identity and policies as JSON fields, shared by both modes' output.
+    pub(crate) fn json(&self) -> serde_json::Map<String, Value> {
+        let v = json!({
+            "service": format!("{}/{}", self.name.namespace, self.name.name),
+            "port": self.name.port,
+            "protocol": self.protocol.as_str(),
+            "servicePort": self.port,
+            "family": family_name(self.family),
+            "internalTrafficPolicy": policy(self.internal_policy),
+            "externalTrafficPolicy": policy(self.external_policy),
+            "sessionAffinityTimeoutSeconds": self.affinity_seconds,
+            "localTraffic": self.local_traffic,
+        });
+        match v {
+            Value::Object(m) => m,
+            _ => unreachable!("json! of an object literal"),
+        }
+    }
+}
+
+/// An endpoint's conditions as the CONDITIONS column shows them.
+pub(crate) fn conditions(ready: bool, serving: bool, terminating: bool) -> String {
+    let mut conds = vec![if ready { "ready" } else { "not ready" }];
+    if terminating {
+        conds.push(if serving {
+            "serving, terminating"
+        } else {
+            "terminating"
+        });
+    }
+    conds.join(", ")
+}
+
+/// Writes the port's name line, its policies and affinity, and how local pods are told apart.
+pub(crate) fn write_header(out: &mut String, h: &Header<'_>, node: &str) {
+    let _ = writeln!(
+        out,
+        "{} ({} {}, {}) on node {}{}",
+        h.name,
+        h.protocol,
+        h.port,
+        family_name(h.family),
+        if node.is_empty() { "(unnamed)" } else { node },
+        h.mode
+    );
+    let affinity = match h.affinity_seconds {
+        None => "None".to_string(),
+        Some(s) => format!("ClientIP, {s}s"),
+    };
+    let _ = writeln!(
+        out,
+        "  internalTrafficPolicy {}, externalTrafficPolicy {}, sessionAffinity {}",
+        policy(h.internal_policy),
+        policy(h.external_policy),
+        affinity
+    );
+    if let Some(d) = h.local_traffic {
+        let _ = writeln!(out, "  local pods: {d}");
+    }
+    out.push('\n');
+}
+
 /// The aligned text explanation of `ports`.
 pub fn text(ports: &[PortExplanation], node: &str) -> String {
     let mut out = String::new();
@@ -367,30 +484,7 @@ pub fn text(ports: &[PortExplanation], node: &str) -> String {
         if n > 0 {
             out.push('\n');
         }
-        let _ = writeln!(
-            out,
-            "{} ({} {}, {}) on node {}",
-            x.name,
-            x.protocol,
-            x.port,
-            family_name(x.family),
-            if node.is_empty() { "(unnamed)" } else { node }
-        );
-        let affinity = match x.affinity_seconds {
-            None => "None".to_string(),
-            Some(s) => format!("ClientIP, {s}s"),
-        };
-        let _ = writeln!(
-            out,
-            "  internalTrafficPolicy {}, externalTrafficPolicy {}, sessionAffinity {}",
-            policy(x.internal_policy),
-            policy(x.external_policy),
-            affinity
-        );
-        if let Some(d) = &x.local_traffic {
-            let _ = writeln!(out, "  local pods: {d}");
-        }
-        out.push('\n');
+        write_header(&mut out, &header(x), node);
         let mut rows = vec![vec![
             "DESTINATION".to_string(),
             "PATH".into(),
@@ -451,19 +545,10 @@ pub fn text(ports: &[PortExplanation], node: &str) -> String {
         head.push("CHAIN".into());
         let mut rows = vec![head];
         for (i, e) in x.endpoints.iter().enumerate() {
-            let mut conds = Vec::new();
-            conds.push(if e.ready { "ready" } else { "not ready" });
-            if e.terminating {
-                conds.push(if e.serving {
-                    "serving, terminating"
-                } else {
-                    "terminating"
-                });
-            }
             let mut row = vec![
                 e.address.clone(),
                 e.node.clone().unwrap_or_else(|| "-".into()),
-                conds.join(", "),
+                conditions(e.ready, e.serving, e.terminating),
             ];
             let cell = |s: &EndpointSet, why: &Option<Exclusion>| match why {
                 Some(w) => exclusion(w),
@@ -520,16 +605,8 @@ pub fn json(ports: &[PortExplanation], node: &str) -> Value {
     let ports: Vec<Value> = ports
         .iter()
         .map(|x| {
-            json!({
-                "service": format!("{}/{}", x.name.namespace, x.name.name),
-                "port": x.name.port,
-                "protocol": x.protocol.as_str(),
-                "servicePort": x.port,
-                "family": family_name(x.family),
-                "internalTrafficPolicy": policy(x.internal_policy),
-                "externalTrafficPolicy": policy(x.external_policy),
-                "sessionAffinityTimeoutSeconds": x.affinity_seconds,
-                "localTraffic": x.local_traffic,
+            let mut fields = header(x).json();
+            let rest = json!({
                 "paths": x.paths.iter().map(|p| json!({
                     "kind": format!("{:?}", p.kind),
                     "addresses": p.addresses,
@@ -562,10 +639,29 @@ pub fn json(ports: &[PortExplanation], node: &str) -> Value {
                     "localExcluded": exclusion_json(&e.local_excluded),
                 })).collect::<Vec<_>>(),
                 "chains": x.chains.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            })
+            });
+            if let Value::Object(rest) = rest {
+                fields.extend(rest);
+            }
+            Value::Object(fields)
         })
         .collect();
     json!({ "node": node, "ports": ports })
+}
+
+/// The opening lines' facts of one port.
+fn header(x: &PortExplanation) -> Header<'_> {
+    Header {
+        name: &x.name,
+        protocol: x.protocol,
+        port: x.port,
+        family: x.family,
+        mode: "",
+        internal_policy: x.internal_policy,
+        external_policy: x.external_policy,
+        affinity_seconds: x.affinity_seconds,
+        local_traffic: x.local_traffic.as_deref(),
+    }
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod nodesetup;
 pub mod objects;
 pub mod settings;
+pub mod trace;
 pub mod translate;
 pub mod warning;
 pub mod yaml;
@@ -34,6 +35,9 @@ pub use warning::Warning;
 pub fn run(cli: &Cli) -> ExitCode {
     if let Some(cli::Command::Explain(args)) = &cli.command {
         return explain::run(cli, args);
+    }
+    if let Some(cli::Command::Trace(args)) = &cli.command {
+        return trace::run(cli, args);
     }
     if cli.dry_run {
         return dryrun::run(cli);

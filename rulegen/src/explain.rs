@@ -3,6 +3,8 @@
 //! source is masqueraded, and the chains that carry it. Built from the renderer's own decisions
 //! ([`crate::endpoints`], [`crate::chains`]) so it cannot tell a different story than the rules.
 
+pub mod ipvs;
+
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::IpNet;

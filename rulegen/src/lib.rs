@@ -22,6 +22,7 @@ pub mod retain;
 pub mod ruleset;
 #[cfg(any(test, feature = "scenario"))]
 pub mod scenario;
+pub mod trace;
 
 pub use config::{LocalDetector, RenderConfig};
 pub use iptables::{RenderError, render, render_into, render_into_with};
