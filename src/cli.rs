@@ -204,9 +204,10 @@ pub enum Command {
     Explain(crate::explain::ExplainArgs),
     /// Walk one packet through this node's rules: every rule it matches, the jumps, the random
     /// branches with their shares, the DNAT, the masquerade, the REJECT or DROP. Takes --src,
-    /// --dst, --proto, --from, and the dry run's flags (--objects …) or --ruleset FILE.
+    /// --dst, --proto, --from, and the dry run's flags (--objects …) or --ruleset FILE; with neither, this
+    /// node's live rules.
     #[command(
-        override_usage = "kube-proxy-rs trace --src IP[:PORT] --dst IP:PORT [OPTIONS] (--objects PATH [NODE FLAGS] | --ruleset FILE)",
+        override_usage = "kube-proxy-rs trace --src IP[:PORT] --dst IP:PORT [OPTIONS] [--objects PATH [NODE FLAGS] | --ruleset FILE]",
         after_help = "NODE FLAGS are the dry run's, in any order among the options above: --objects PATH …, \
                       --hostname-override NODE, --cluster-cidr CIDR, --config FILE, --proxy-mode ipvs, \
                       --ip-family ipv6, --detect-local-mode MODE, --nodeport-addresses CIDR,…, --masquerade-all, …"

@@ -103,11 +103,16 @@ pub fn render(outer: &Cli, args: &ExplainArgs) -> anyhow::Result<ExplainOutput> 
                 let text = e.render().to_string();
                 anyhow::anyhow!("{}", text.trim_start_matches("error: ").trim_end())
             })?;
-    if cli.objects.is_empty() {
-        bail!("explain needs at least one --objects PATH (a YAML/JSON file or a directory)");
-    }
     let (settings, mut warnings) = Settings::from_cli(&cli)?;
-    let translation = load_model(&cli.objects, &settings)?;
+    let translation = if cli.objects.is_empty() {
+        // No files: the cluster's objects, listed once as the agent would.
+        crate::agent::api::fetch_translation(&cli, &settings).context(
+            "explain reads --objects PATH (a YAML/JSON file or a directory) or the API server \
+             (--kubeconfig FILE, KUBECONFIG, or in a pod)",
+        )?
+    } else {
+        load_model(&cli.objects, &settings)?
+    };
     warnings.extend(translation.warnings);
     let ports = select(&translation.model, &args.service)?;
     let no_cluster_ip = || {

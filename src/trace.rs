@@ -1,7 +1,8 @@
 //! `trace`: where one packet goes through this node's rules, rule by rule, with every random
 //! branch and its share. The walk is `rulegen::trace`, over `iptables-save` text — the dry run's
 //! render of `--objects`, or a saved ruleset from any node (`--ruleset FILE`, with `--ipsets` and
-//! `--ipvs` for an IPVS node) — so it shows what the rules do, not what the model meant.
+//! `--ipvs` for an IPVS node), or with neither the node's own kernel (`live`) — so it shows what
+//! the rules do, not what the model meant.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -23,6 +24,8 @@ use crate::cli::{Cli, IpFamilyArg};
 use crate::dryrun::{ipvs_config, load_model};
 use crate::explain::OutputFormat;
 use crate::settings::{ProxyMode, Settings};
+
+mod live;
 
 /// The source port a trace uses when `--src` gives none.
 pub const DEFAULT_SOURCE_PORT: u16 = 40000;
@@ -230,11 +233,6 @@ pub fn render(outer: &Cli, args: &TraceArgs) -> anyhow::Result<TraceOutput> {
     let mut cli =
         Cli::try_parse_from(std::iter::once("kube-proxy-rs trace".to_string()).chain(rest))
             .map_err(clap_error)?;
-    if cli.objects.is_empty() && args.ruleset.is_none() {
-        bail!(
-            "trace needs --objects PATH (to render the rules) or --ruleset FILE (iptables-save output)"
-        );
-    }
     if dst.is_ipv6() {
         // An IPv6 packet is traced through the IPv6 rules.
         cli.ip_family = IpFamilyArg::Ipv6;
@@ -356,8 +354,16 @@ fn load(
     let mut node_ips = Vec::new();
     let mut rendered = None;
     let mut source = String::new();
-    if !cli.objects.is_empty() {
-        let translation = load_model(&cli.objects, settings)?;
+    // Objects from files, or from the API server when one is named; else the live kernel.
+    let from_api =
+        cli.objects.is_empty() && (settings.kubeconfig.is_some() || cli.master.is_some());
+    if !cli.objects.is_empty() || from_api {
+        let translation = if from_api {
+            crate::agent::api::fetch_translation(cli, settings)
+                .context("cannot list the objects from the API server")?
+        } else {
+            load_model(&cli.objects, settings)?
+        };
         warnings.extend(translation.warnings.iter().cloned());
         node_ips = translation.config.node_ips.clone();
         source = format!(
@@ -389,6 +395,22 @@ fn load(
                     Some(r.table.to_ipvsadm_text()),
                 )
             }
+        });
+    }
+    if rendered.is_none() && args.ruleset.is_none() {
+        if args.ipsets.is_some() || args.ipvs.is_some() {
+            bail!("--ipsets and --ipvs go with --ruleset");
+        }
+        // Neither objects nor a file: this node's own kernel.
+        let node = live::read(settings.family)?;
+        let rules = SavedRuleset::parse(&node.rules).context("cannot read this node's rules")?;
+        return Ok(Loaded {
+            rules,
+            sets: node.sets,
+            virtual_servers: node.virtual_servers,
+            node_ips: node.addresses,
+            cluster_cidrs: settings.cluster_cidrs.clone(),
+            source: node.source,
         });
     }
     let (rules_text, sets_text, vs_text) = match &args.ruleset {

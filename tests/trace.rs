@@ -10,6 +10,7 @@
 mod support;
 
 use support::golden::{flags, objects_path};
+use support::iptables::{Backend, restore};
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -369,13 +370,6 @@ fn bad_input_is_a_clear_error() {
         assert!(r.stderr.contains(want), "{packet}: {}", r.stderr);
         assert_eq!(r.stdout, "", "{packet}");
     }
-    let r = trace(&words("--src 10.244.1.9 --dst 10.100.12.7:80"));
-    assert_eq!(r.code, Some(1));
-    assert!(
-        r.stderr.contains("--objects PATH") && r.stderr.contains("--ruleset"),
-        "{}",
-        r.stderr
-    );
     let dir = std::env::temp_dir().join(format!("kprs-trace-bad-{}", std::process::id()));
     fs::create_dir_all(&dir).unwrap();
     let broken = dir.join("broken.rules");
@@ -400,4 +394,49 @@ fn bad_input_is_a_clear_error() {
     )));
     assert!(r.stderr.contains("cannot read --ruleset"), "{}", r.stderr);
     fs::remove_dir_all(&dir).ok();
+}
+
+/// With neither `--objects` nor `--ruleset`, trace reads the node it runs on: here a namespace
+/// holding `golden/example`'s ruleset (in each back end, which it must detect) and the node's
+/// address. It must predict what the render predicts.
+#[test]
+fn with_neither_objects_nor_a_file_it_traces_the_live_node() {
+    if !support::require_root() {
+        return;
+    }
+    let saved = fs::read_to_string(root().join("golden/example/expected.iptables")).unwrap();
+    let packet = "--src 203.0.113.7 --dst 192.168.0.10:30080";
+    let rendered = json(&case_args(
+        "example",
+        "",
+        &format!("{packet} --output json"),
+    ));
+    for backend in [Backend::Nft, Backend::Legacy] {
+        let ns = support::Netns::new("trace-live");
+        ns.add_bridge("br0", "192.168.0.10/24");
+        restore(&ns, backend, &saved).unwrap();
+        let mut args = vec![
+            env!("CARGO_BIN_EXE_kube-proxy-rs").to_string(),
+            "trace".into(),
+        ];
+        args.extend(words(packet));
+        let out = ns.command(&args).output().unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let tool = format!("iptables-{}-save", backend.name());
+        assert!(
+            text.contains(&format!("live rules of this node ({tool})"))
+                && text.contains("this node's addresses: 192.168.0.10"),
+            "{text}"
+        );
+        args.extend(words("--output json"));
+        let live: serde_json::Value =
+            serde_json::from_slice(&ns.command(&args).output().unwrap().stdout).unwrap();
+        assert_eq!(outcomes(&live), outcomes(&rendered), "{}", backend.name());
+        assert_eq!(outcomes(&live).len(), 3);
+    }
 }

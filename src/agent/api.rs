@@ -14,10 +14,12 @@ use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
+use crate::cli::Cli;
 use crate::metrics::{Change, Metrics, changes};
+use crate::settings::Settings;
 use crate::objects::{Objects, Origin};
 use crate::translate::endpointslices::{NodeNames, digest};
-use crate::translate::{ServiceDigest, SliceDigest, services};
+use crate::translate::{self, ServiceDigest, SliceDigest, Translation, services};
 
 /// Upstream's selector: Services and slices handled by another proxy, or headless, are not ours.
 pub const PROXY_LABEL_SELECTOR: &str =
@@ -140,6 +142,34 @@ impl Slim for Node {
             status.capacity = None;
         }
     }
+}
+
+/// How long [`fetch_translation`] waits for the API server's first lists.
+const LIST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Lists the Services, EndpointSlices and this node's Node once — the watchers' first list,
+/// with the agent's selectors and client settings — and translates them, so `explain` and
+/// `trace` can read a cluster instead of object files.
+pub fn fetch_translation(cli: &Cli, settings: &Settings) -> anyhow::Result<Translation> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let client = super::run::connect(cli, settings).await?;
+        let stores = start(client, &settings.hostname, Arc::new(Notify::new()));
+        tokio::time::timeout(LIST_TIMEOUT, stores.wait_until_ready())
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "the API server did not list Services, EndpointSlices and Nodes within {} s",
+                    LIST_TIMEOUT.as_secs()
+                )
+            })??;
+        let (objects, services, slices) = stores.snapshot();
+        Ok(translate::translate_digested(
+            &objects, &services, &slices, settings,
+        ))
+    })
 }
 
 /// Starts one watcher per kind on `client`, each feeding a store and waking `changed` on every

@@ -1,0 +1,97 @@
+//! `explain` and `trace` reading a cluster: without `--objects`, `--kubeconfig` points them at
+//! an API server (here the in-process test server on loopback, holding `golden/example`'s
+//! objects), and they must print what they print for the same objects read from files.
+
+mod apiserver;
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use apiserver::ApiServer;
+use kube_proxy_rs::objects::load_paths;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn run(args: &[String]) -> (String, String, bool) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kube-proxy-rs"))
+        .current_dir(root())
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+        out.status.success(),
+    )
+}
+
+fn words(s: &str) -> Vec<String> {
+    s.split_whitespace().map(String::from).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn explain_and_trace_read_the_api_server_like_the_files() {
+    let server = ApiServer::spawn().await;
+    let mut warnings = Vec::new();
+    let objects = load_paths(&[root().join("golden/example/objects.yaml")], &mut warnings).unwrap();
+    assert!(!objects.services.is_empty() && !objects.endpoint_slices.is_empty());
+    for s in &objects.services {
+        server.apply(&*s.object);
+    }
+    for s in &objects.endpoint_slices {
+        server.apply(&*s.object);
+    }
+    for n in &objects.nodes {
+        server.apply(&*n.object);
+    }
+    let dir = support::TempDir::new("api-sources");
+    let kubeconfig = dir.path().join("kubeconfig");
+    server.write_kubeconfig(&kubeconfig).unwrap();
+    let node = "--hostname-override node-a --cluster-cidr 10.244.0.0/16";
+    let files = format!("--objects golden/example/objects.yaml {node}");
+    let api = format!("--kubeconfig {} {node}", kubeconfig.display());
+    let commands = [
+        "explain shop/checkout".to_string(),
+        "explain kube-system/kube-dns --proxy-mode ipvs".to_string(),
+        "trace --src 203.0.113.7 --dst 192.168.0.10:31443".to_string(),
+        "trace --src 10.244.1.9 --dst 10.96.0.10:53 --proto udp --proxy-mode ipvs".to_string(),
+    ];
+    let results = tokio::task::spawn_blocking(move || {
+        commands
+            .iter()
+            .map(|c| {
+                let from_files = run(&words(&format!("{c} {files}")));
+                let from_api = run(&words(&format!("{c} {api}")));
+                (c.clone(), from_files, from_api)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    for (c, (files_out, files_err, files_ok), (api_out, api_err, api_ok)) in results {
+        assert!(files_ok, "{c} from files: {files_err}");
+        assert!(api_ok, "{c} from the API server: {api_err}");
+        assert!(!api_out.is_empty());
+        assert_eq!(
+            api_out, files_out,
+            "{c}: the API server's objects explain differently"
+        );
+    }
+}
+
+#[test]
+fn without_objects_or_a_reachable_api_server_explain_says_where_it_reads() {
+    let dir = support::TempDir::new("api-sources-none");
+    let (out, err, ok) = run(&words(&format!(
+        "explain shop/checkout --kubeconfig {}/missing --hostname-override node-a",
+        dir.path().display()
+    )));
+    assert!(!ok && out.is_empty());
+    assert!(
+        err.contains("--objects PATH") && err.contains("cannot read kubeconfig"),
+        "{err}"
+    );
+}
