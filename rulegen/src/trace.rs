@@ -305,3 +305,5 @@ pub fn trace(rules: &SavedRuleset, packet: &Packet, node: &NodeContext) -> Trace
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod upstream_flows;
