@@ -4,7 +4,6 @@
 //! `--ipvs` for an IPVS node), or with neither the node's own kernel (`live`) — so it shows what
 //! the rules do, not what the model meant.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
 use std::net::{IpAddr, SocketAddr};
@@ -746,38 +745,58 @@ fn jump_target(text: &str) -> Option<String> {
 /// returning clients get.
 fn summary(out: &mut String, trace: &Trace) {
     let leaves = trace.leaves();
-    let mut fresh: BTreeMap<String, f64> = BTreeMap::new();
-    let mut order: Vec<String> = Vec::new();
-    let mut returning: Vec<String> = Vec::new();
+    // (verdict, via) → summed share, in the walk's order.
+    let mut fresh: Vec<((String, String), f64)> = Vec::new();
+    let mut returning: Vec<(String, String)> = Vec::new();
     for Leaf { share, outcome } in &leaves {
-        let line = verdict_text(&outcome.verdict);
+        let key = (verdict_text(&outcome.verdict), via_text(&outcome.via));
         match share {
-            Some(s) => {
-                if !fresh.contains_key(&line) {
-                    order.push(line.clone());
-                }
-                *fresh.entry(line).or_default() += s;
-            }
-            None => {
-                if !returning.contains(&line) {
-                    returning.push(line);
-                }
-            }
+            Some(s) => match fresh.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, total)) => *total += s,
+                None => fresh.push((key, *s)),
+            },
+            None if !returning.contains(&key) => returning.push(key),
+            None => {}
         }
     }
+    let line = |out: &mut String, share: &str, (verdict, via): &(String, String)| {
+        let _ = writeln!(out, "  {share:>7}  {verdict}");
+        if !via.is_empty() {
+            let _ = writeln!(out, "           via {via}");
+        }
+    };
     let _ = writeln!(out, "New connections:");
-    for line in &order {
-        let _ = writeln!(out, "  {:>7}  {line}", percent(fresh[line]));
+    for (key, share) in &fresh {
+        line(out, &percent(*share), key);
     }
     if !returning.is_empty() {
         let _ = writeln!(
             out,
             "Returning clients (session affinity) keep their endpoint:"
         );
-        for line in &returning {
-            let _ = writeln!(out, "           {line}");
+        for key in &returning {
+            line(out, "", key);
         }
     }
+}
+
+/// `nat PREROUTING > KUBE-SERVICES > …`: the chains that decided, the table named once.
+fn via_text(via: &[String]) -> String {
+    let mut out = String::new();
+    let mut table = "";
+    for (i, step) in via.iter().enumerate() {
+        let (t, chain) = step.split_once(' ').unwrap_or(("", step));
+        if i > 0 {
+            out.push_str(" > ");
+        }
+        if t != table {
+            out.push_str(t);
+            out.push(' ');
+            table = t;
+        }
+        out.push_str(chain);
+    }
+    out
 }
 
 fn verdict_json(v: &Verdict) -> Value {
