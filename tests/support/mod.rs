@@ -18,6 +18,7 @@ pub mod iptables;
 pub mod lab;
 pub mod netns;
 pub mod objects;
+pub mod tracelab;
 pub mod vm;
 
 pub use iptables::{
