@@ -167,7 +167,7 @@ pub fn connect_from(
 }
 
 /// A `sockaddr_in`/`sockaddr_in6` for `addr`, in a `sockaddr_storage`.
-fn raw_sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+pub fn raw_sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let len = match addr {
