@@ -166,6 +166,26 @@ pub fn connect_from(
     .unwrap_or_else(|_| Err(ConnErr::Other("connect thread panicked".into())))
 }
 
+/// The pending error of socket `fd` (`SO_ERROR`): 0 once a non-blocking connect succeeded.
+pub fn socket_error(fd: libc::c_int) -> std::io::Result<libc::c_int> {
+    let mut err: libc::c_int = 0;
+    let mut errlen = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: SO_ERROR writes one c_int into `err`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            &mut err as *mut _ as *mut libc::c_void,
+            &mut errlen,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(err)
+}
+
 /// A `sockaddr_in`/`sockaddr_in6` for `addr`, in a `sockaddr_storage`.
 pub fn raw_sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
@@ -255,21 +275,10 @@ fn bound_connect(
         if n == 0 {
             return Err(ConnErr::Timeout);
         }
-        let mut err: libc::c_int = 0;
-        let mut errlen = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: SO_ERROR writes one c_int into `err`.
-        let rc = unsafe {
-            libc::getsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_ERROR,
-                &mut err as *mut _ as *mut libc::c_void,
-                &mut errlen,
-            )
+        let err = match socket_error(fd) {
+            Ok(e) => e,
+            Err(e) => return Err(classify(e)),
         };
-        if rc != 0 {
-            return Err(last());
-        }
         if err != 0 {
             return Err(classify(std::io::Error::from_raw_os_error(err)));
         }

@@ -1413,21 +1413,10 @@ fn tcp_probe(src: SocketAddr, dst: SocketAddr) -> Obs {
         if n < 0 {
             return Obs::Error(format!("poll: {}", std::io::Error::last_os_error()));
         }
-        let mut err: libc::c_int = 0;
-        let mut errlen = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: SO_ERROR writes one c_int into `err`.
-        let rc = unsafe {
-            libc::getsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_ERROR,
-                &mut err as *mut _ as *mut libc::c_void,
-                &mut errlen,
-            )
+        let err = match super::lab::socket_error(fd) {
+            Ok(e) => e,
+            Err(e) => return Obs::Error(format!("SO_ERROR: {e}")),
         };
-        if rc != 0 {
-            return Obs::Error(format!("SO_ERROR: {}", std::io::Error::last_os_error()));
-        }
         if err != 0 {
             return classify(std::io::Error::from_raw_os_error(err), start);
         }
