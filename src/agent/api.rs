@@ -16,8 +16,8 @@ use tokio::sync::Notify;
 
 use crate::cli::Cli;
 use crate::metrics::{Change, Metrics, changes};
-use crate::settings::Settings;
 use crate::objects::{Objects, Origin};
+use crate::settings::Settings;
 use crate::translate::endpointslices::{NodeNames, digest};
 use crate::translate::{self, ServiceDigest, SliceDigest, Translation, services};
 
