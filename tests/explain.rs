@@ -15,6 +15,7 @@
 
 mod support;
 
+use support::cli::{Run, root};
 use support::golden::{flags, objects_path};
 
 use std::fs;
@@ -75,28 +76,8 @@ const GOLDEN_IPVS: &[(&str, &[&str])] = &[
     ),
 ];
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-struct Run {
-    stdout: String,
-    stderr: String,
-    code: Option<i32>,
-}
-
 fn explain(args: &[String]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_kube-proxy-rs"))
-        .current_dir(root())
-        .arg("explain")
-        .args(args)
-        .output()
-        .expect("binary runs");
-    Run {
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8(out.stderr).unwrap(),
-        code: out.status.code(),
-    }
+    support::cli::run("explain", args)
 }
 
 fn case_args(case: &str, service: &str, extra: &[&str]) -> Vec<String> {

@@ -9,6 +9,7 @@
 
 mod support;
 
+use support::cli::{Run, root};
 use support::golden::{flags, objects_path};
 use support::iptables::{Backend, restore};
 
@@ -88,28 +89,8 @@ const GOLDEN: &[(&str, &str, &[&str])] = &[
     ),
 ];
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-struct Run {
-    stdout: String,
-    stderr: String,
-    code: Option<i32>,
-}
-
 fn trace(args: &[String]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_kube-proxy-rs"))
-        .current_dir(root())
-        .arg("trace")
-        .args(args)
-        .output()
-        .expect("binary runs");
-    Run {
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8(out.stderr).unwrap(),
-        code: out.status.code(),
-    }
+    support::cli::run("trace", args)
 }
 
 fn words(s: &str) -> Vec<String> {

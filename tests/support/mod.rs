@@ -9,10 +9,12 @@
 //! - [`iptables`]: [`Backend`] (legacy / nft), `restore` and `save_tables`.
 //! - [`lab`]: the [`Lab`] builder (node + bridge + pods + clients) and the [`connect`] probe.
 //! - [`objects`]: Service / EndpointSlice / Node YAML and [`objects::render`] (the real binary).
+//! - [`cli`]: the real binary run in the repository root ([`cli::run`]).
 //! - [`vm`]: a qemu VM with an IPVS kernel that runs one script (this kernel has no IPVS).
 #![allow(dead_code, unused_imports)]
 
 pub mod agent;
+pub mod cli;
 pub mod golden;
 pub mod iptables;
 pub mod lab;
