@@ -529,6 +529,12 @@ pub fn text(ports: &[PortExplanation], node: &str) -> String {
             let ranges: Vec<String> = p.source_ranges.iter().map(ToString::to_string).collect();
             let _ = writeln!(out, "  load-balancer source ranges: {}", ranges.join(", "));
         }
+        if let Some(hc) = x.health_check_node_port {
+            let _ = writeln!(
+                out,
+                "  health-check node port {hc}: answered by kube-proxy (filter INPUT > KUBE-NODEPORTS accepts it)"
+            );
+        }
         if let Some(s) = x.affinity_seconds {
             let _ = writeln!(
                 out,
@@ -631,6 +637,7 @@ pub fn json(ports: &[PortExplanation], node: &str) -> Value {
                         },
                     })).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>(),
+                "healthCheckNodePort": x.health_check_node_port,
                 "clusterSet": set_json(x, &x.cluster_set),
                 "localSet": set_json(x, &x.local_set),
                 "endpoints": x.endpoints.iter().map(|e| json!({

@@ -18,6 +18,7 @@ mod support;
 use support::cli::{Run, root};
 use support::golden::{flags, objects_path};
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -197,6 +198,7 @@ fn printed_chains_exist_in_the_dry_run() {
 #[test]
 fn analysis_chains_exist_in_the_render_for_every_case() {
     let mut checked = 0;
+    let mut health_checked = 0;
     let mut cases: Vec<PathBuf> = fs::read_dir(root().join("golden"))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -223,10 +225,12 @@ fn analysis_chains_exist_in_the_render_for_every_case() {
             }
             let save = dry_run_text(&cli);
             let t = kube_proxy_rs::load_model(&cli.objects, &settings).unwrap();
+            let mut health_ports = BTreeSet::new();
             for sp in &t.model.services {
                 let Some(x) = rulegen::explain::explain_port(sp, &t.config) else {
                     continue;
                 };
+                health_ports.extend(x.health_check_node_port);
                 let mut names: Vec<String> = x.chains.iter().map(|c| c.to_string()).collect();
                 for p in &x.paths {
                     for r in &p.routes {
@@ -267,9 +271,31 @@ fn analysis_chains_exist_in_the_render_for_every_case() {
                     }
                 }
             }
+            // The health-check node ports explain names are exactly those the render accepts.
+            let accepted: BTreeSet<u16> = save
+                .lines()
+                .filter(|l| {
+                    l.starts_with("-A KUBE-NODEPORTS ") && l.contains("health check node port")
+                })
+                .map(|l| {
+                    let (_, rest) = l.split_once("--dport ").expect("a --dport");
+                    rest.split_whitespace().next().unwrap().parse().unwrap()
+                })
+                .collect();
+            assert_eq!(
+                health_ports,
+                accepted,
+                "{} {fam}: health-check node ports",
+                case.display()
+            );
+            health_checked += health_ports.len();
         }
     }
     assert!(checked > 100, "only {checked} chain names checked");
+    assert!(
+        health_checked >= 3,
+        "only {health_checked} health-check node ports checked"
+    );
 }
 
 #[test]

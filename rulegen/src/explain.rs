@@ -43,6 +43,8 @@ pub struct PortExplanation {
     pub local_set: Option<EndpointSet>,
     /// Every way in: cluster IP, node port, external IPs, load-balancer IPs.
     pub paths: Vec<Path>,
+    /// `healthCheckNodePort`: kube-proxy answers it; filter `KUBE-NODEPORTS` accepts it.
+    pub health_check_node_port: Option<u16>,
     /// Every per-service chain the render writes for this port (sorted).
     pub chains: Vec<ChainName>,
 }
@@ -541,6 +543,7 @@ pub fn explain_port(sp: &ServicePort, cfg: &RenderConfig) -> Option<PortExplanat
         local_set: set(SetKind::Local, svl_exists, sc.svl, &cat.local, uses_local),
         endpoints,
         paths,
+        health_check_node_port: sp.health_check_node_port,
         chains: all_chains,
     })
 }
