@@ -5,28 +5,9 @@
 mod apiserver;
 mod support;
 
-use std::path::PathBuf;
-use std::process::Command;
-
 use apiserver::ApiServer;
 use kube_proxy_rs::objects::load_paths;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn run(args: &[String]) -> (String, String, bool) {
-    let out = Command::new(env!("CARGO_BIN_EXE_kube-proxy-rs"))
-        .current_dir(root())
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-        out.status.success(),
-    )
-}
+use support::cli::{root, run};
 
 fn words(s: &str) -> Vec<String> {
     s.split_whitespace().map(String::from).collect()
@@ -63,20 +44,20 @@ async fn explain_and_trace_read_the_api_server_like_the_files() {
         commands
             .iter()
             .map(|c| {
-                let from_files = run(&words(&format!("{c} {files}")));
-                let from_api = run(&words(&format!("{c} {api}")));
+                let from_files = run(words(&format!("{c} {files}")));
+                let from_api = run(words(&format!("{c} {api}")));
                 (c.clone(), from_files, from_api)
             })
             .collect::<Vec<_>>()
     })
     .await
     .unwrap();
-    for (c, (files_out, files_err, files_ok), (api_out, api_err, api_ok)) in results {
-        assert!(files_ok, "{c} from files: {files_err}");
-        assert!(api_ok, "{c} from the API server: {api_err}");
-        assert!(!api_out.is_empty());
+    for (c, files, api) in results {
+        assert!(files.success(), "{c} from files: {}", files.stderr);
+        assert!(api.success(), "{c} from the API server: {}", api.stderr);
+        assert!(!api.stdout.is_empty());
         assert_eq!(
-            api_out, files_out,
+            api.stdout, files.stdout,
             "{c}: the API server's objects explain differently"
         );
     }
@@ -85,13 +66,14 @@ async fn explain_and_trace_read_the_api_server_like_the_files() {
 #[test]
 fn without_objects_or_a_reachable_api_server_explain_says_where_it_reads() {
     let dir = support::TempDir::new("api-sources-none");
-    let (out, err, ok) = run(&words(&format!(
+    let r = run(words(&format!(
         "explain shop/checkout --kubeconfig {}/missing --hostname-override node-a",
         dir.path().display()
     )));
-    assert!(!ok && out.is_empty());
+    assert!(!r.success() && r.stdout.is_empty());
     assert!(
-        err.contains("--objects PATH") && err.contains("cannot read kubeconfig"),
-        "{err}"
+        r.stderr.contains("--objects PATH") && r.stderr.contains("cannot read kubeconfig"),
+        "{}",
+        r.stderr
     );
 }

@@ -21,7 +21,6 @@ use support::golden::{flags, objects_path};
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use clap::Parser;
 use kube_proxy_rs::settings::ProxyMode;
@@ -78,7 +77,7 @@ const GOLDEN_IPVS: &[(&str, &[&str])] = &[
 ];
 
 fn explain(args: &[String]) -> Run {
-    support::cli::run("explain", args)
+    support::cli::run(std::iter::once("explain").chain(args.iter().map(String::as_str)))
 }
 
 fn case_args(case: &str, service: &str, extra: &[&str]) -> Vec<String> {
@@ -337,15 +336,14 @@ fn json_output_parses_and_carries_probabilities() {
 
 #[test]
 fn the_dry_run_contract_is_unchanged() {
-    let out = Command::new(env!("CARGO_BIN_EXE_kube-proxy-rs"))
-        .current_dir(root())
-        .args(["--dry-run", "--objects", "golden/example"])
-        .args(flags(&root().join("golden/example")))
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let head = ["--dry-run", "--objects", "golden/example"].map(String::from);
+    let r = support::cli::run(
+        head.into_iter()
+            .chain(flags(&root().join("golden/example"))),
+    );
+    assert!(r.success(), "{}", r.stderr);
     let want = fs::read_to_string(root().join("golden/example/expected.iptables")).unwrap();
-    assert_eq!(String::from_utf8(out.stdout).unwrap(), want);
+    assert_eq!(r.stdout, want);
 }
 
 /// The IPVS dry run of `argv` (without the program name), when its settings choose IPVS mode.

@@ -14,11 +14,12 @@
 
 mod support;
 
+use support::cli::{Run, root};
 use support::golden::{flags, objects_path};
 
+use std::ffi::OsStr;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// Cases are named relative to the repository root (the runs' working directory), so the
 /// `file:line` in pinned warnings does not depend on where the repository is checked out.
@@ -28,8 +29,7 @@ fn golden_root() -> PathBuf {
 
 /// Every case directory, sorted.
 fn cases() -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(golden_root());
-    let mut out: Vec<PathBuf> = fs::read_dir(root)
+    let mut out: Vec<PathBuf> = fs::read_dir(root().join(golden_root()))
         .expect("golden/ exists")
         .map(|e| e.unwrap().path())
         .filter(|p| p.is_dir())
@@ -39,26 +39,13 @@ fn cases() -> Vec<PathBuf> {
     out
 }
 
-struct Run {
-    stdout: String,
-    stderr: String,
-    code: Option<i32>,
-}
-
 fn dry_run(objects: &Path, flags: &[String]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_kube-proxy-rs"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .arg("--dry-run")
-        .arg("--objects")
-        .arg(objects)
-        .args(flags)
-        .output()
-        .expect("run kube-proxy-rs");
-    Run {
-        stdout: String::from_utf8(out.stdout).expect("stdout is UTF-8"),
-        stderr: String::from_utf8(out.stderr).expect("stderr is UTF-8"),
-        code: out.status.code(),
-    }
+    let head = [
+        OsStr::new("--dry-run"),
+        OsStr::new("--objects"),
+        objects.as_os_str(),
+    ];
+    support::cli::run(head.into_iter().chain(flags.iter().map(OsStr::new)))
 }
 
 /// Compares `actual` with the file (or rewrites it under UPDATE_GOLDEN); returns a failure text.

@@ -15,7 +15,6 @@ use support::iptables::{Backend, restore};
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// Cases, the mode's file suffix and extra flags, and the packets traced (trace's own flags).
 const GOLDEN: &[(&str, &str, &[&str])] = &[
@@ -90,7 +89,7 @@ const GOLDEN: &[(&str, &str, &[&str])] = &[
 ];
 
 fn trace(args: &[String]) -> Run {
-    support::cli::run("trace", args)
+    support::cli::run(std::iter::once("trace").chain(args.iter().map(String::as_str)))
 }
 
 fn words(s: &str) -> Vec<String> {
@@ -255,15 +254,18 @@ fn a_saved_ruleset_is_traced_as_it_is() {
 fn an_ipvs_node_is_traced_from_its_three_saved_parts() {
     let dir = std::env::temp_dir().join(format!("kprs-trace-ipvs-{}", std::process::id()));
     fs::create_dir_all(&dir).unwrap();
-    let dry = Command::new(env!("CARGO_BIN_EXE_kube-proxy-rs"))
-        .current_dir(root())
-        .args(["--dry-run", "--proxy-mode", "ipvs", "--objects"])
-        .arg(objects_path(Path::new("golden/example")))
-        .args(flags(&root().join("golden/example")))
-        .output()
-        .unwrap();
-    assert!(dry.status.success());
-    let text = String::from_utf8(dry.stdout).unwrap();
+    let mut args = ["--dry-run", "--proxy-mode", "ipvs", "--objects"]
+        .map(String::from)
+        .to_vec();
+    args.push(
+        objects_path(Path::new("golden/example"))
+            .display()
+            .to_string(),
+    );
+    args.extend(flags(&root().join("golden/example")));
+    let dry = support::cli::run(&args);
+    assert!(dry.success(), "{}", dry.stderr);
+    let text = dry.stdout;
     let part = |name: &str| -> String {
         let start = text.find(&format!("# {name}\n")).unwrap() + name.len() + 3;
         let end = text[start..]

@@ -1,5 +1,6 @@
 //! Running the real binary's subcommands from the repository root, as a user would.
 
+use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -15,11 +16,17 @@ pub struct Run {
     pub code: Option<i32>,
 }
 
-/// Runs `kube-proxy-rs SUBCOMMAND ARGS…` in the repository root.
-pub fn run(subcommand: &str, args: &[String]) -> Run {
+impl Run {
+    /// Whether it exited 0.
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+/// Runs `kube-proxy-rs ARGS…` in the repository root.
+pub fn run<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Run {
     let out = Command::new(env!("CARGO_BIN_EXE_kube-proxy-rs"))
         .current_dir(root())
-        .arg(subcommand)
         .args(args)
         .output()
         .expect("binary runs");
