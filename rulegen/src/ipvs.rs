@@ -59,6 +59,8 @@ pub fn render(
     if cfg.masquerade_bit > 31 {
         return Err(RenderError::MasqueradeBit(cfg.masquerade_bit));
     }
+    crate::untrusted::check(model, cfg)?;
+    crate::untrusted::text("IPVS scheduler", &ipvs.scheduler)?;
     let sets = IpSets::for_model(model, cfg);
     let mut bound_addresses: Vec<IpAddr> = sets
         .get(SetId::IpvsIps)

@@ -23,6 +23,7 @@ pub mod ruleset;
 #[cfg(any(test, feature = "scenario"))]
 pub mod scenario;
 pub mod trace;
+pub mod untrusted;
 
 pub use config::{LocalDetector, RenderConfig};
 pub use iptables::{RenderError, render, render_into, render_into_with};

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use rulegen::{Endpoint, Protocol, ServicePort};
 
+use super::api_names::{NameRule, printable};
 use super::services::{port_number, protocol};
 use super::{
     LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME, ServiceKey, label, ns_name,
@@ -95,7 +96,7 @@ pub fn digest(slice: &EndpointSlice, origin: &Origin, names: &mut NodeNames) -> 
 
 impl SliceDigest {
     fn ns_name(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
+        printable(&self.namespace, &self.name)
     }
 }
 
@@ -181,12 +182,30 @@ fn membership(slice: &EndpointSlice, origin: &Origin) -> Result<String, Warning>
             what()
         )));
     }
+    // The names reach warnings and join the slice to a Service whose name reaches the rules.
+    let names = NameRule::Dns1123Label
+        .check("namespace", meta.namespace.as_deref().unwrap_or(""))
+        .and_then(|()| {
+            NameRule::Dns1123Subdomain.check("name", meta.name.as_deref().unwrap_or(""))
+        });
+    if let Err(why) = names {
+        return Err(Warning::warn(format!(
+            "skipping {}: {why} ({origin})",
+            what()
+        )));
+    }
     let Some(service) = label(meta, LABEL_SERVICE_NAME).filter(|s| !s.is_empty()) else {
         return Err(Warning::warn(format!(
             "skipping {}: it has no {LABEL_SERVICE_NAME} label ({origin})",
             what()
         )));
     };
+    if let Err(why) = NameRule::LabelValue.check(&format!("{LABEL_SERVICE_NAME} label"), service) {
+        return Err(Warning::warn(format!(
+            "skipping {}: {why} ({origin})",
+            what()
+        )));
+    }
     match slice.address_type.as_str() {
         "IPv4" | "IPv6" => Ok(service.to_string()),
         // Upstream ignores FQDN slices: there is no address to DNAT to.
@@ -276,6 +295,12 @@ fn slice_ports(
             warnings.push(skip("it has no name".to_string()));
             continue;
         };
+        if !name.is_empty()
+            && let Err(why) = NameRule::Dns1123Label.check("name", &name)
+        {
+            warnings.push(skip(why));
+            continue;
+        }
         let port = match p.port {
             None | Some(0) => {
                 warnings.push(skip("it has no port number".to_string()));
@@ -336,6 +361,11 @@ fn slice_endpoints(
             warnings.push(skip(format!("address {address:?} is {why}")));
             continue;
         }
+        // Node names and hints are compared with this node's and printed by explain.
+        if let Err(why) = endpoint_names(ep) {
+            warnings.push(skip(why));
+            continue;
+        }
         let conditions = ep.conditions.as_ref();
         let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
         // Upstream's endpointslicecache reads a nil serving as true (not as "same as ready",
@@ -370,6 +400,25 @@ fn slice_endpoints(
         });
     }
     out
+}
+
+/// Checks the names an endpoint carries against the API's rules for them.
+fn endpoint_names(ep: &k8s_openapi::api::discovery::v1::Endpoint) -> Result<(), String> {
+    if let Some(node) = &ep.node_name {
+        NameRule::Dns1123Subdomain.check("nodeName", node)?;
+    }
+    if let Some(zone) = &ep.zone {
+        NameRule::LabelValue.check("zone", zone)?;
+    }
+    if let Some(hints) = &ep.hints {
+        for z in hints.for_zones.iter().flatten() {
+            NameRule::LabelValue.check("hints.forZones[].name", &z.name)?;
+        }
+        for n in hints.for_nodes.iter().flatten() {
+            NameRule::Dns1123Subdomain.check("hints.forNodes[].name", &n.name)?;
+        }
+    }
+    Ok(())
 }
 
 /// Addresses the API rejects as endpoints, because DNAT to them cannot work.

@@ -4,6 +4,7 @@
 //! what upstream skips is skipped here with a note, and an invalid object is skipped with a
 //! warning naming it instead of failing the run. The result does not depend on input order.
 
+pub mod api_names;
 pub mod endpointslices;
 pub mod node;
 pub mod render_config;
@@ -105,12 +106,11 @@ fn label<'a>(
     meta.labels.as_ref()?.get(key).map(String::as_str)
 }
 
-/// `ns/name` of an object.
+/// `ns/name` of an object, escaped when it holds what no valid name can.
 fn ns_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
-    format!(
-        "{}/{}",
+    api_names::printable(
         meta.namespace.as_deref().unwrap_or(""),
-        meta.name.as_deref().unwrap_or("")
+        meta.name.as_deref().unwrap_or(""),
     )
 }
 

@@ -7,6 +7,7 @@ use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Node;
 
 use super::LABEL_TOPOLOGY_ZONE;
+use super::api_names::NameRule;
 use crate::addr::{parse_cidr_sloppy, parse_ip_sloppy};
 use crate::objects::{Objects, Sourced};
 use crate::warning::Warning;
@@ -39,6 +40,15 @@ pub fn find(objects: &Objects, node_name: &str, warnings: &mut Vec<Warning>) -> 
     Some(info(first, warnings))
 }
 
+/// A Node name for a message, escaped unless it is a valid name.
+fn printable_name(name: &str) -> String {
+    if NameRule::Dns1123Subdomain.accepts(name) {
+        name.to_string()
+    } else {
+        format!("{name:?}")
+    }
+}
+
 /// Reads one Node; bad addresses or CIDRs are left out with a warning.
 pub fn info(sourced: &Sourced<Arc<Node>>, warnings: &mut Vec<Warning>) -> NodeInfo {
     let node = &sourced.object;
@@ -50,6 +60,19 @@ pub fn info(sourced: &Sourced<Arc<Node>>, warnings: &mut Vec<Warning>) -> NodeIn
         .and_then(|l| l.get(LABEL_TOPOLOGY_ZONE))
         .filter(|z| !z.is_empty())
         .cloned();
+    // The zone is compared with hints and printed by explain: held to the API's label rule.
+    let zone = match zone {
+        Some(z) if !NameRule::LabelValue.accepts(&z) => {
+            warnings.push(Warning::warn(format!(
+                "Node {}: ignoring its {LABEL_TOPOLOGY_ZONE} label: {} ({})",
+                printable_name(name),
+                NameRule::LabelValue.check("zone", &z).unwrap_err(),
+                sourced.origin
+            )));
+            None
+        }
+        z => z,
+    };
 
     let mut ips = Vec::new();
     let addresses = node.status.as_ref().and_then(|s| s.addresses.as_ref());
@@ -61,8 +84,11 @@ pub fn info(sourced: &Sourced<Arc<Node>>, warnings: &mut Vec<Warning>) -> NodeIn
             Some(ip) if !ips.contains(&ip) => ips.push(ip),
             Some(_) => {}
             None => warnings.push(Warning::warn(format!(
-                "Node {name}: ignoring invalid {} {:?} ({})",
-                a.type_, a.address, sourced.origin
+                "Node {}: ignoring invalid {} {:?} ({})",
+                printable_name(name),
+                a.type_,
+                a.address,
+                sourced.origin
             ))),
         }
     }
@@ -77,7 +103,8 @@ pub fn info(sourced: &Sourced<Arc<Node>>, warnings: &mut Vec<Warning>) -> NodeIn
         match parse_cidr_sloppy(c) {
             Some(net) => pod_cidrs.push(net),
             None => warnings.push(Warning::warn(format!(
-                "Node {name}: ignoring invalid podCIDR {c:?} ({})",
+                "Node {}: ignoring invalid podCIDR {c:?} ({})",
+                printable_name(name),
                 sourced.origin
             ))),
         }

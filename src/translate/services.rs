@@ -8,6 +8,7 @@ use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Service;
 use rulegen::{Protocol, ServicePort, ServicePortName, SessionAffinity, TrafficPolicy};
 
+use super::api_names::{NameRule, printable};
 use super::{LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME, ServiceKey, label};
 use crate::addr::{parse_cidr_sloppy, parse_ip_sloppy};
 use crate::objects::Origin;
@@ -68,7 +69,7 @@ pub fn translate_all<D: Borrow<ServiceDigest>>(
     for d in services {
         let d = d.borrow();
         let origin = &d.origin;
-        let what = format!("{}/{}", d.namespace, d.name);
+        let what = printable(&d.namespace, &d.name);
         let key = (d.namespace.clone(), d.name.clone());
         if !seen.insert(key.clone()) {
             warnings.push(Warning::warn(format!(
@@ -101,6 +102,12 @@ pub fn service_key(svc: &Service) -> ServiceKey {
 
 /// One Service's ports with everything the rules need (no endpoints yet), or why there are none.
 pub fn translate(svc: &Service) -> Result<Vec<ServicePort>, Skip> {
+    // The name parts reach rule comments and chain hashes: refused before anything is read.
+    let (namespace, name) = service_key(svc);
+    NameRule::Dns1123Label
+        .check("namespace", &namespace)
+        .and_then(|()| NameRule::Dns1123Label.check("name", &name))
+        .map_err(Skip::Invalid)?;
     if let Some(v) = label(&svc.metadata, LABEL_SERVICE_PROXY_NAME) {
         return Err(Skip::Expected(format!(
             "it is labelled {LABEL_SERVICE_PROXY_NAME}={v:?} (served by another proxy)"
@@ -170,8 +177,6 @@ pub fn translate(svc: &Service) -> Result<Vec<ServicePort>, Skip> {
             None
         };
 
-    let namespace = svc.metadata.namespace.clone().unwrap_or_default();
-    let name = svc.metadata.name.clone().unwrap_or_default();
     let mut seen = BTreeSet::new();
     let mut ports = Vec::new();
     for (index, p) in spec.ports.iter().flatten().enumerate() {
@@ -181,6 +186,11 @@ pub fn translate(svc: &Service) -> Result<Vec<ServicePort>, Skip> {
         } else {
             format!("port {port_name:?}")
         };
+        if !port_name.is_empty() {
+            NameRule::Dns1123Label
+                .check(&format!("ports[{index}].name"), &port_name)
+                .map_err(Skip::Invalid)?;
+        }
         let protocol =
             protocol(p.protocol.as_deref()).map_err(|e| Skip::Invalid(format!("{what}: {e}")))?;
         let port = port_number(p.port).ok_or_else(|| {

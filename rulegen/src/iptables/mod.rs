@@ -31,6 +31,9 @@ pub enum RenderError {
     /// `--iptables-masquerade-bit` outside 0..=31.
     #[error("masquerade bit {0} is out of range (0-31)")]
     MasqueradeBit(u8),
+    /// A string from an object or a flag would change the rules' syntax.
+    #[error(transparent)]
+    UnsafeText(#[from] crate::untrusted::UnsafeText),
 }
 
 /// Renders `model` for `cfg.family` into the tables kube-proxy's iptables mode owns.
@@ -66,6 +69,7 @@ pub fn render_into_with(
     if cfg.masquerade_bit > 31 {
         return Err(RenderError::MasqueradeBit(cfg.masquerade_bit));
     }
+    crate::untrusted::check(model, cfg)?;
     let mut take = |name: &'static str, builtins: &[&'static str]| match out
         .tables
         .iter()

@@ -453,3 +453,87 @@ fn ipv6_endpoints_keep_brackets_in_their_key() {
         ["[fd00:10:244:1::5]:8080"]
     );
 }
+
+/// A slice, slice port or endpoint carrying a name the API would refuse is skipped with a
+/// warning; the rest of the Service's endpoints stay.
+#[test]
+fn names_the_api_would_refuse_skip_what_carries_them() {
+    let good = slice(
+        "web-a",
+        &format!(
+            "{HTTP_PORT}endpoints:\n{}",
+            endpoint("10.244.1.5", "node-1")
+        ),
+    );
+    let cases = [
+        (
+            slice(
+                "\"web\\n-A INPUT -j ACCEPT\"",
+                &format!(
+                    "{HTTP_PORT}endpoints:\n{}",
+                    endpoint("10.244.1.6", "node-1")
+                ),
+            ),
+            "invalid name",
+        ),
+        (
+            slice(
+                "web-b",
+                "ports:\n- name: \"h\\nttp\"\n  port: 8080\n  protocol: TCP\nendpoints:\n- addresses: [\"10.244.1.6\"]\n",
+            ),
+            "invalid name",
+        ),
+        (
+            slice(
+                "web-b",
+                &format!(
+                    "{HTTP_PORT}endpoints:\n{}",
+                    endpoint("10.244.1.6", "\"node\\n1\"")
+                ),
+            ),
+            "invalid nodeName",
+        ),
+        (
+            slice(
+                "web-b",
+                &format!(
+                    "{HTTP_PORT}endpoints:\n- addresses: [\"10.244.1.6\"]\n  hints:\n    forZones: [{{name: \"a b\"}}]\n"
+                ),
+            ),
+            "invalid hints.forZones[].name",
+        ),
+        (
+            slice(
+                "web-b",
+                &format!(
+                    "{HTTP_PORT}endpoints:\n- addresses: [\"10.244.1.6\"]\n  zone: \"z\\r\"\n"
+                ),
+            ),
+            "invalid zone",
+        ),
+    ];
+    for (bad, want) in cases {
+        let t = run(&format!("{WEB}{good}{bad}"));
+        let l = lines(&t);
+        assert_eq!(
+            addrs(port(&t.model.services, "http")),
+            ["10.244.1.5:8080"],
+            "{l:?}"
+        );
+        assert_eq!(l.len(), 1, "{l:?}");
+        assert!(
+            l[0].starts_with("warning: ") && l[0].contains(want) && !l[0].contains('\n'),
+            "{l:?}"
+        );
+    }
+    let bad_label = format!(
+        "{WEB}{}",
+        good.replace("service-name: web", "service-name: \"we b\"")
+    );
+    let t = run(&bad_label);
+    assert!(
+        lines(&t)[0].contains("invalid kubernetes.io/service-name label"),
+        "{:?}",
+        lines(&t)
+    );
+}

@@ -472,3 +472,42 @@ fn model_does_not_depend_on_input_order() {
         ]
     );
 }
+
+/// Names reach rule comments: one the API server would refuse (a newline above all) skips
+/// the Service with a warning that prints the name escaped, on one line.
+#[test]
+fn names_the_api_would_refuse_skip_the_service() {
+    let injected = "a\n-I INPUT 1 -s 203.0.113.66/32 -j ACCEPT\n-A KUBE-SERVICES -p tcp -m comment --comment \"z";
+    for (namespace, name, port, field) in [
+        ("shop", injected, "http", "name"),
+        ("sh\nop", "web", "http", "namespace"),
+        ("shop", "web", "ht\ntp", "ports[0].name"),
+        ("shop", "Web", "http", "name"),
+        ("shop", "web", "http_2", "ports[0].name"),
+        ("shop", &"w".repeat(64), "http", "name"),
+        ("-shop", "web", "http", "namespace"),
+    ] {
+        let yaml = format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {name:?}\n  namespace: {namespace:?}\nspec:\n  clusterIP: 10.96.12.34\n  ports:\n  - name: {port:?}\n    port: 80\n"
+        );
+        let t = run(&yaml);
+        assert!(
+            t.model.services.is_empty(),
+            "{name:?}: {:?}",
+            t.model.services
+        );
+        let l = lines(&t);
+        assert_eq!(l.len(), 1, "{l:?}");
+        assert!(
+            l[0].starts_with("warning: skipping Service ")
+                && l[0].contains(&format!("invalid {field} "))
+                && !l[0].contains('\n'),
+            "{l:?}"
+        );
+    }
+    // Valid at the limits: a 63-character name and a name starting with a digit (KEP-5311).
+    let t = run(&svc(&"w".repeat(63), WEB));
+    assert_eq!(t.model.services.len(), 1, "{:?}", lines(&t));
+    let t = run(&svc("1web", WEB));
+    assert_eq!(t.model.services.len(), 1, "{:?}", lines(&t));
+}
