@@ -62,6 +62,8 @@ struct Inner {
     service_changes_total: u64,
     restore_failures: u64,
     partial_restore_failures: u64,
+    // Reads of the node's tables that failed, by why (`timeout`, `failed`, `not_started`).
+    read_failures: BTreeMap<&'static str, u64>,
     iptables_total: BTreeMap<&'static str, u64>,
     iptables_last: BTreeMap<&'static str, u64>,
     no_local_endpoints: Option<(u64, u64)>,
@@ -121,6 +123,7 @@ impl Metrics {
                 service_changes_total: 0,
                 restore_failures: 0,
                 partial_restore_failures: 0,
+                read_failures: BTreeMap::new(),
                 iptables_total: BTreeMap::new(),
                 iptables_last: BTreeMap::new(),
                 no_local_endpoints: None,
@@ -238,6 +241,12 @@ impl Metrics {
         } else {
             m.restore_failures += 1;
         }
+    }
+
+    /// Reading the node's tables before a full sync failed (`timeout`: the tool was killed
+    /// at its time limit; `failed`: it exited unsuccessfully or died; `not_started`).
+    pub fn read_failed(&self, reason: &'static str) {
+        *self.lock().read_failures.entry(reason).or_default() += 1;
     }
 
     /// The rules the proxy owns in `table` (`filter`, `nat`) and how many the last sync wrote.
@@ -403,6 +412,13 @@ impl Metrics {
                     help: "SyncProxyRules latency in seconds for partial resyncs",
                     kind: Kind::Histogram,
                     samples: hist(&m.sync_partial_duration),
+                },
+                Family {
+                    // Ours: upstream has no such read step that can fail on its own.
+                    name: "kubeproxy_rs_sync_proxy_rules_iptables_read_failures_total",
+                    help: "Cumulative failures to read the node's iptables tables before a full sync, by reason",
+                    kind: Kind::Counter,
+                    samples: by("reason", tables(&m.read_failures), true),
                 },
                 Family {
                     name: "kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total",

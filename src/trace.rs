@@ -180,6 +180,8 @@ fn parse_endpoint(s: &str, what: &str, default_port: Option<u16>) -> anyhow::Res
 /// The rules, sets and virtual servers to walk, and the node facts from the objects.
 struct Loaded {
     rules: SavedRuleset,
+    /// The live node's chains not read yet, read as the walk enters them (nft back end).
+    fetcher: Option<(live::ChainFetcher, tokio::runtime::Runtime)>,
     sets: Option<SavedSets>,
     virtual_servers: Option<SavedVirtualServers>,
     node_ips: Vec<IpAddr>,
@@ -237,7 +239,7 @@ pub fn render(outer: &Cli, args: &TraceArgs) -> anyhow::Result<TraceOutput> {
         cli.ip_family = IpFamilyArg::Ipv6;
     }
     let (settings, mut warnings) = Settings::from_cli(&cli)?;
-    let loaded = load(&cli, &settings, &args, &mut warnings)?;
+    let mut loaded = load(&cli, &settings, &args, &mut warnings)?;
     let mut local: Vec<IpNet> = loaded.node_ips.iter().map(|ip| IpNet::from(*ip)).collect();
     for a in &args.local_address {
         let ip: IpAddr = a
@@ -272,7 +274,16 @@ pub fn render(outer: &Cli, args: &TraceArgs) -> anyhow::Result<TraceOutput> {
         origin,
         in_interface: args.in_interface.clone(),
     };
-    let trace = rulegen::trace::trace(&loaded.rules, &packet, &node);
+    let mut trace = rulegen::trace::trace(&loaded.rules, &packet, &node);
+    // Walk again while the walk enters chains not read yet; each round reads at least one
+    // more, and a path is only as deep as the chains it jumps through.
+    if let Some((fetcher, rt)) = &mut loaded.fetcher {
+        while fetcher.read_entered(rt, &trace)? {
+            loaded.rules =
+                SavedRuleset::parse(&fetcher.text()).context("cannot read this node's rules")?;
+            trace = rulegen::trace::trace(&loaded.rules, &packet, &node);
+        }
+    }
     let text = match args.output {
         OutputFormat::Text => text(&trace, &local, &loaded.source),
         OutputFormat::Json => {
@@ -405,6 +416,7 @@ fn load(
         let rules = SavedRuleset::parse(&node.rules).context("cannot read this node's rules")?;
         return Ok(Loaded {
             rules,
+            fetcher: node.fetcher,
             sets: node.sets,
             virtual_servers: node.virtual_servers,
             node_ips: node.addresses,
@@ -439,6 +451,7 @@ fn load(
         .transpose()?;
     Ok(Loaded {
         rules,
+        fetcher: None,
         sets,
         virtual_servers,
         node_ips,

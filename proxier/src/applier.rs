@@ -298,17 +298,18 @@ impl IptablesApplier {
         let started = Instant::now();
         let mut existing = SavedChains::new();
         let mut builtins = BuiltinRules::default();
-        for t in &rs.tables {
-            let outline =
-                self.iptables
-                    .save_outline(t.name)
-                    .await
-                    .map_err(|source| ApplyError::Save {
-                        table: t.name.to_string(),
-                        source,
-                    })?;
-            existing.extend(saved_chains(&outline));
-            builtins.add_save(&outline);
+        let names: Vec<&str> = rs.tables.iter().map(|t| t.name).collect();
+        let outlines = self
+            .iptables
+            .read_tables(&names, &|_, builtin| builtin)
+            .await
+            .map_err(|source| ApplyError::Save {
+                table: names.join(", "),
+                source,
+            })?;
+        for outline in &outlines {
+            existing.extend(saved_chains(outline));
+            builtins.add_save(outline);
         }
         let stale = if self.delete_stale {
             rs.stale_chains(&existing)

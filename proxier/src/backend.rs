@@ -65,6 +65,14 @@ impl Family {
             Family::V6 => "ip6tables",
         }
     }
+
+    /// The `nft` family iptables-nft keeps this family's tables in: `ip` or `ip6`.
+    pub fn nft_family(self) -> &'static str {
+        match self {
+            Family::V4 => "ip",
+            Family::V6 => "ip6",
+        }
+    }
 }
 
 impl fmt::Display for Family {

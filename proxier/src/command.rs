@@ -178,6 +178,24 @@ impl Launcher {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        if program.ends_with("-save") {
+            // The save tools recurse per rule: iptables-nft-save of 10,000 Services died of
+            // SIGSEGV with the default 8 MB stack. Give them every byte of stack allowed.
+            // SAFETY: only async-signal-safe calls (getrlimit, setrlimit) between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    let mut lim = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    if libc::getrlimit(libc::RLIMIT_STACK, &mut lim) == 0 {
+                        lim.rlim_cur = lim.rlim_max;
+                        libc::setrlimit(libc::RLIMIT_STACK, &lim);
+                    }
+                    Ok(())
+                });
+            }
+        }
         tracing::trace!(%command, "running");
         let mut child = cmd.spawn().map_err(|source| CommandError::Spawn {
             command: command.clone(),

@@ -124,7 +124,7 @@ impl Iptables {
             if present.iter().all(|p| *p) {
                 continue;
             }
-            let mut rules = self.chain_rules(group[0]).await?;
+            let mut rules = self.hook_chain_rules(group[0]).await?;
             for i in (0..group.len()).rev() {
                 if present[i] {
                     continue;
@@ -166,16 +166,9 @@ impl Iptables {
     }
 
     /// `iptables -S CHAIN`: the chain's rules, each as its argument list after `-A CHAIN`.
-    async fn chain_rules(&self, h: &Hook) -> Result<Vec<Vec<String>>, HookError> {
-        let args = ["-w", LOCK_WAIT_SECONDS, "-t", h.table, "-S", h.chain];
+    async fn hook_chain_rules(&self, h: &Hook) -> Result<Vec<Vec<String>>, HookError> {
         let out = self
-            .launcher
-            .run(
-                &self.backend.iptables(self.family),
-                &args,
-                None,
-                self.timeout,
-            )
+            .chain_rules(h.table, h.chain)
             .await
             .map_err(|e| hook_error("list the chain of", h, e))?;
         let prefix = format!("-A {} ", h.chain);

@@ -8,6 +8,7 @@
 
 pub mod applier;
 pub mod backend;
+pub mod chain_listing;
 pub mod command;
 pub mod conntrack;
 pub mod detect;
@@ -25,7 +26,7 @@ pub use applier::{ApplyError, IptablesApplier, SyncKind, SyncReport};
 pub use backend::{Backend, Family};
 pub use command::{CommandError, Finished, Launcher};
 pub use conntrack::{Conntrack, ConntrackError, ConntrackReport};
-pub use detect::{Detection, detect_backend};
+pub use detect::{Detection, Evidence, detect_backend, detect_backend_within};
 pub use hooks::{BuiltinRules, HookError, HookReport};
 pub use interface::{DummyInterface, IPVS_INTERFACE, InterfaceError, local_addresses_except};
 pub use ipset::{Ipset, IpsetError, IpsetReport};

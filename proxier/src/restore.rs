@@ -9,7 +9,6 @@ use thiserror::Error;
 use rulegen::Payload;
 
 use crate::command::{CommandError, FEED_CHUNK, Feed, Finished};
-use crate::hooks::builtin_declared;
 use crate::iptables::{Iptables, LOCK_WAIT_SECONDS};
 
 /// Lines of payload shown before and after the failing one in [`FailedLine::context`].
@@ -105,53 +104,6 @@ impl Iptables {
                 self.timeout,
             )
             .await
-    }
-
-    /// The outline of `iptables-save -t TABLE`: the table line, every chain declaration and
-    /// the built-in chains' rules, read as the tool prints them. The per-service rules (nearly
-    /// all of a large node's tens of megabytes) are skipped, never held in memory.
-    pub async fn save_outline(&self, table: &str) -> Result<String, CommandError> {
-        let program = self.backend.save(self.family);
-        let args = ["-t", table];
-        let mut outline = String::new();
-        let mut builtins: Vec<String> = Vec::new();
-        let mut keep = |line: &str| {
-            if line.starts_with('*') {
-                builtins.clear();
-            } else if let Some(decl) = line.strip_prefix(':') {
-                if let Some(name) = builtin_declared(decl) {
-                    builtins.push(name.to_string());
-                }
-            } else if let Some(rest) = line.strip_prefix("-A ") {
-                let chain = rest.split(' ').next().unwrap_or_default();
-                if !builtins.iter().any(|b| b == chain) {
-                    return;
-                }
-            } else if line != "COMMIT" {
-                return;
-            }
-            outline.push_str(line);
-            outline.push('\n');
-        };
-        let done = self
-            .launcher
-            .exchange(
-                &program,
-                &args,
-                Feed::Nothing,
-                Some(&mut keep),
-                self.timeout,
-            )
-            .await?;
-        if done.status.success() {
-            Ok(outline)
-        } else {
-            Err(CommandError::Failed {
-                command: self.launcher.display(&program, &args),
-                status: done.status,
-                stderr: done.stderr,
-            })
-        }
     }
 
     /// `iptables-restore -w 5 --noflush` of `payload`: chains the payload declares are flushed

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use netns::{Netns, require_root};
 use proxier::{
-    ApplyError, Backend, Family, IptablesApplier, Launcher, Rejected, RestoreError, SyncKind,
-    detect_backend,
+    ApplyError, Backend, CommandError, Evidence, Family, IptablesApplier, Launcher, Rejected,
+    RestoreError, SyncKind, detect_backend, detect_backend_within,
 };
 use rulegen::chains::ChainName;
 use rulegen::restore::saved_chains;
@@ -754,7 +754,7 @@ async fn detect_backend_follows_kubelet_then_rule_counts() {
             ],
             family: Family::V4,
             want: Backend::Legacy,
-            reason: "legacy holds 2 rule(s), nft 0",
+            reason: "legacy holds 2 rule(s) and chain(s), nft 0",
         },
         Case {
             tag: "nft-rules",
@@ -769,7 +769,7 @@ async fn detect_backend_follows_kubelet_then_rule_counts() {
             ]],
             family: Family::V4,
             want: Backend::Nft,
-            reason: "legacy holds 0 rule(s), nft 1",
+            reason: "legacy holds 0 rule(s) and chain(s), nft 1",
         },
         Case {
             tag: "empty",
@@ -928,4 +928,181 @@ async fn partial_syncs_keep_the_kernel_equal_to_the_full_render_legacy() {
 #[tokio::test]
 async fn partial_syncs_keep_the_kernel_equal_to_the_full_render_nft() {
     walk(Backend::Nft, 5).await;
+}
+
+/// A directory of stand-in tools put first on `PATH`: each named tool is a shell script.
+struct StandIns(std::path::PathBuf);
+
+impl StandIns {
+    fn new(tag: &str, tools: &[(&str, &str)]) -> StandIns {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("kprs-standin-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, script) in tools {
+            let p = dir.join(name);
+            std::fs::write(&p, format!("#!/bin/sh\n{script}\n")).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        StandIns(dir)
+    }
+
+    /// `launcher(ns)` with these tools found first.
+    fn launcher(&self, ns: &Netns) -> Launcher {
+        let path = format!(
+            "{}:{}",
+            self.0.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        launcher(ns).with_env("PATH", path)
+    }
+}
+
+impl Drop for StandIns {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A read that crashes or hangs is never taken for an empty back end: unless a kubelet chain
+/// decides, detection says it could not decide and falls back to nft, naming the failure.
+#[tokio::test]
+async fn detection_never_decides_from_a_failed_read() {
+    if !require_root() {
+        return;
+    }
+    const CRASH: &str = "kill -SEGV $$";
+    const HANG: &str = "exec sleep 30";
+    struct Case {
+        tag: &'static str,
+        tools: &'static [(&'static str, &'static str)],
+        legacy_rules: bool,
+        nft_canary: bool,
+        want: (Backend, Evidence),
+        reason: &'static str,
+    }
+    let cases = [
+        // Legacy holds rules, but nft could not be read: not "nft holds 0".
+        Case {
+            tag: "nft-crash",
+            tools: &[("nft", CRASH)],
+            legacy_rules: true,
+            nft_canary: false,
+            want: (Backend::Nft, Evidence::Fallback),
+            reason: "SIGSEGV",
+        },
+        Case {
+            tag: "legacy-save-crash",
+            tools: &[("iptables-legacy-save", CRASH)],
+            legacy_rules: false,
+            nft_canary: false,
+            want: (Backend::Nft, Evidence::Fallback),
+            reason: "iptables-legacy-save",
+        },
+        Case {
+            tag: "nft-hang",
+            tools: &[("nft", HANG)],
+            legacy_rules: true,
+            nft_canary: false,
+            want: (Backend::Nft, Evidence::Fallback),
+            reason: "did not finish",
+        },
+        // A kubelet chain is evidence enough: the broken legacy save does not matter.
+        Case {
+            tag: "canary-wins",
+            tools: &[("iptables-legacy-save", CRASH)],
+            legacy_rules: false,
+            nft_canary: true,
+            want: (Backend::Nft, Evidence::KubeletChain),
+            reason: "KUBE-KUBELET-CANARY",
+        },
+        // The save tools detection no longer needs on nft may be broken at will.
+        Case {
+            tag: "nft-save-crash",
+            tools: &[("iptables-nft-save", CRASH)],
+            legacy_rules: true,
+            nft_canary: false,
+            want: (Backend::Legacy, Evidence::RuleCount),
+            reason: "legacy has more",
+        },
+    ];
+    for c in &cases {
+        let ns = Netns::new(c.tag);
+        if c.legacy_rules {
+            ns.exec_ok([
+                "iptables-legacy",
+                "-w",
+                "5",
+                "-A",
+                "INPUT",
+                "-s",
+                "192.0.2.1",
+                "-j",
+                "ACCEPT",
+            ]);
+        }
+        if c.nft_canary {
+            ns.exec_ok(["iptables-nft", "-t", "mangle", "-N", "KUBE-KUBELET-CANARY"]);
+        }
+        let tools = StandIns::new(c.tag, c.tools);
+        let started = Instant::now();
+        let d =
+            detect_backend_within(&tools.launcher(&ns), Family::V4, Duration::from_secs(3)).await;
+        assert_eq!((d.backend, d.evidence), c.want, "{}: {}", c.tag, d.reason);
+        assert!(d.reason.contains(c.reason), "{}: {}", c.tag, d.reason);
+        eprintln!(
+            "{}: {:?} in {:?} because {}",
+            c.tag,
+            d.backend,
+            started.elapsed(),
+            d.reason
+        );
+    }
+}
+
+/// A full sync on the nft back end never runs `iptables-nft-save` (a crashing stand-in is
+/// never noticed), and on legacy a save that hangs fails the sync cleanly, naming the tool and
+/// its time limit, with nothing changed.
+#[tokio::test]
+async fn full_syncs_do_not_depend_on_whole_table_saves() {
+    if !require_root() {
+        return;
+    }
+    let rs = render(Family::V4, 3);
+    let expected = rs.to_save_text();
+
+    let ns = Netns::new("nosave-nft");
+    let tools = StandIns::new("nosave-nft", &[("iptables-nft-save", "kill -SEGV $$")]);
+    let mut a = IptablesApplier::new(Backend::Nft, Family::V4)
+        .with_launcher(tools.launcher(&ns))
+        .with_timeout(Duration::from_secs(30));
+    a.full_sync(&rs).await.unwrap();
+    // A second full sync reads what the first wrote (stale chains, hooks) the same way.
+    let stale = with_chain(&rs, "nat", "KUBE-SVC-STALESTALESTALE1", "");
+    a.full_sync(&stale).await.unwrap();
+    let report = a.full_sync(&rs).await.unwrap();
+    assert_eq!(report.stale_chains_deleted, 1, "{report:?}");
+    assert_eq!(report.hooks_inserted, 0, "{report:?}");
+    assert_holds(&ns, Backend::Nft, Family::V4, &expected, &rs);
+
+    let ns = Netns::new("nosave-leg");
+    let tools = StandIns::new("nosave-leg", &[("iptables-legacy-save", "exec sleep 30")]);
+    let mut a = IptablesApplier::new(Backend::Legacy, Family::V4)
+        .with_launcher(tools.launcher(&ns))
+        .with_timeout(Duration::from_secs(2));
+    let e = a.full_sync(&rs).await.unwrap_err();
+    match &e {
+        ApplyError::Save {
+            source: CommandError::Timeout { timeout, .. },
+            ..
+        } => assert_eq!(*timeout, Duration::from_secs(2)),
+        other => panic!("{other:?}"),
+    }
+    let msg = e.to_string();
+    assert!(
+        msg.contains("iptables-legacy-save") && msg.contains("nothing changed"),
+        "{msg}"
+    );
+    let nat = ns.exec_ok(["iptables-legacy-save", "-t", "nat"]);
+    assert!(!nat.contains("KUBE-SERVICES"), "{nat}");
 }

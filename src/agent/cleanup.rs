@@ -58,7 +58,7 @@ async fn cleanup(settings: &Settings) -> Vec<anyhow::Error> {
         let detection = proxier::detect_backend(&launcher, family).await;
         let ipt = Iptables::new(detection.backend, family).with_timeout(TIMEOUT);
         for table in ["mangle", "filter", "nat"] {
-            let saved = match ipt.save(table).await {
+            let saved = match ipt.read_table_for_cleanup(table).await {
                 Ok(s) => s,
                 // A table the kernel does not have holds nothing of ours.
                 Err(e) => {

@@ -484,7 +484,11 @@ async fn run_async(cli: &Cli, settings: Settings) -> anyhow::Result<()> {
     // Only now, with a complete view of the cluster, is the kernel touched (read first).
     let family: proxier::Family = settings.family.into();
     let detection = proxier::detect_backend(&Launcher::host(), family).await;
-    tracing::info!(backend = detection.backend.name(), reason = %detection.reason, "iptables back end chosen");
+    if detection.evidence == proxier::Evidence::Fallback {
+        tracing::warn!(backend = detection.backend.name(), reason = %detection.reason, "iptables back end not decided; using the fallback");
+    } else {
+        tracing::info!(backend = detection.backend.name(), reason = %detection.reason, "iptables back end chosen");
+    }
     let mut applier = IptablesApplier::new(detection.backend, family).with_timeout(RESTORE_TIMEOUT);
     if ipvs.is_some() {
         applier = applier.keeping_stale_chains();

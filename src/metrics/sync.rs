@@ -193,9 +193,16 @@ impl SyncTelemetry {
 
     /// iptables mode: the apply failed.
     pub fn apply_failed(&mut self, e: &ApplyError) {
-        if matches!(e, ApplyError::Restore(_)) {
-            self.metrics
-                .restore_failed(self.attempt == Some(SyncKind::Partial));
+        match e {
+            ApplyError::Restore(_) => self
+                .metrics
+                .restore_failed(self.attempt == Some(SyncKind::Partial)),
+            ApplyError::Save { source, .. } => self.metrics.read_failed(match source {
+                proxier::CommandError::Timeout { .. } => "timeout",
+                proxier::CommandError::Spawn { .. } => "not_started",
+                proxier::CommandError::Failed { .. } | proxier::CommandError::Io { .. } => "failed",
+            }),
+            _ => {}
         }
     }
 
