@@ -14,7 +14,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 use ipnet::IpNet;
 use rulegen::trace::{
-    Branch, Condition, End, Leaf, NodeContext, Origin, Packet, SavedRuleset, SavedSets,
+    Condition, End, Leaf, NodeContext, Origin, Packet, SavedRuleset, SavedSets,
     SavedVirtualServers, Step, Trace, TraceNode, Verdict,
 };
 use serde_json::{Value, json};
@@ -530,45 +530,6 @@ fn condition_text(c: &Condition, share: Option<f64>) -> String {
     }
 }
 
-/// Whether two conditions are alternatives of the same choice (so their lists merge).
-fn same_choice(a: &Condition, b: &Condition) -> bool {
-    matches!(
-        (a, b),
-        (Condition::Random { .. }, Condition::Random { .. })
-            | (Condition::Recent { .. }, Condition::Recent { .. })
-            | (Condition::Scheduler { .. }, Condition::Scheduler { .. })
-    )
-}
-
-/// The alternatives of one choice: consecutive "not taken" branches with no steps of their own
-/// continue into the next rule's choice of the same kind, so they are one list.
-fn alternatives(branches: &[Branch]) -> Vec<&Branch> {
-    let mut out: Vec<&Branch> = Vec::new();
-    for b in branches {
-        let chained = match (&b.condition, &b.node.end) {
-            (Condition::Random { taken: false, .. }, End::Branches(next))
-            | (
-                Condition::Recent {
-                    returning: false, ..
-                },
-                End::Branches(next),
-            ) if b.node.steps.is_empty()
-                && next
-                    .first()
-                    .is_some_and(|n| same_choice(&n.condition, &b.condition)) =>
-            {
-                Some(next)
-            }
-            _ => None,
-        };
-        match chained {
-            Some(next) => out.extend(alternatives(next)),
-            None => out.push(b),
-        }
-    }
-    out
-}
-
 /// Human-readable walk.
 fn text(trace: &Trace, local: &[IpNet], source: &str) -> String {
     let p = &trace.packet;
@@ -677,14 +638,13 @@ fn write_node(out: &mut String, node: &TraceNode, base: usize, start_depth: usiz
             let _ = writeln!(out, "{:base$}=> {}", "", verdict_text(&o.verdict));
         }
         End::Branches(branches) => {
-            let alts = alternatives(branches);
-            let kind = match &alts[0].condition {
+            let kind = match &branches[0].condition {
                 Condition::Random { .. } => "at random",
                 Condition::Recent { .. } => "by session affinity",
                 Condition::Scheduler { .. } => "by the IPVS scheduler",
             };
             // The chain the choice is made in: the first rule of the first way.
-            let first_rule = alts[0].node.steps.iter().find_map(|s| match s {
+            let first_rule = branches[0].node.steps.iter().find_map(|s| match s {
                 Step::Rule {
                     table,
                     chain,
@@ -693,7 +653,7 @@ fn write_node(out: &mut String, node: &TraceNode, base: usize, start_depth: usiz
                 } => Some((table, chain, *depth)),
                 _ => None,
             });
-            let (indent, depth) = match (first_rule, &alts[0].condition) {
+            let (indent, depth) = match (first_rule, &branches[0].condition) {
                 (
                     Some((table, chain, depth)),
                     Condition::Random { .. } | Condition::Recent { .. },
@@ -710,8 +670,8 @@ fn write_node(out: &mut String, node: &TraceNode, base: usize, start_depth: usiz
                 }
                 _ => (base, 0),
             };
-            let _ = writeln!(out, "{:indent$}{} ways, {kind}:", "", alts.len());
-            for (i, b) in alts.iter().enumerate() {
+            let _ = writeln!(out, "{:indent$}{} ways, {kind}:", "", branches.len());
+            for (i, b) in branches.iter().enumerate() {
                 let _ = writeln!(
                     out,
                     "{:indent$}({}) {}",
