@@ -4,6 +4,7 @@
 //! `--ipvs` for an IPVS node), or with neither the node's own kernel (`live`) — so it shows what
 //! the rules do, not what the model meant.
 
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::fs;
 use std::net::{IpAddr, SocketAddr};
@@ -705,18 +706,27 @@ fn jump_target(text: &str) -> Option<String> {
 /// returning clients get.
 fn summary(out: &mut String, trace: &Trace) {
     let leaves = trace.leaves();
-    // (verdict, via) → summed share, in the walk's order.
+    // (verdict, via) → summed share, in the walk's order; the indexes find a fate met before
+    // without a scan (a Service may have 50,000 endpoints, each its own fate).
     let mut fresh: Vec<((String, String), f64)> = Vec::new();
+    let mut fresh_index: HashMap<(String, String), usize> = HashMap::new();
     let mut returning: Vec<(String, String)> = Vec::new();
+    let mut returning_seen: HashSet<(String, String)> = HashSet::new();
     for Leaf { share, outcome } in &leaves {
         let key = (verdict_text(&outcome.verdict), via_text(&outcome.via));
         match share {
-            Some(s) => match fresh.iter_mut().find(|(k, _)| *k == key) {
-                Some((_, total)) => *total += s,
-                None => fresh.push((key, *s)),
+            Some(s) => match fresh_index.get(&key) {
+                Some(&i) => fresh[i].1 += s,
+                None => {
+                    fresh_index.insert(key.clone(), fresh.len());
+                    fresh.push((key, *s));
+                }
             },
-            None if !returning.contains(&key) => returning.push(key),
-            None => {}
+            None => {
+                if returning_seen.insert(key.clone()) {
+                    returning.push(key);
+                }
+            }
         }
     }
     let line = |out: &mut String, share: &str, (verdict, via): &(String, String)| {
