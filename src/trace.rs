@@ -158,6 +158,10 @@ fn split_flags(flags: &[String]) -> (Vec<String>, Vec<String>) {
 /// `IP`, `IP:PORT`, `[IPv6]:PORT` or a bare IPv6 address.
 fn parse_endpoint(s: &str, what: &str, default_port: Option<u16>) -> anyhow::Result<SocketAddr> {
     if let Ok(sa) = s.parse::<SocketAddr>() {
+        // No connection goes to port 0, nor comes from it (binding port 0 picks another).
+        if sa.port() == 0 {
+            bail!("{what} {s:?}: port 0 is not a port a connection uses (1 to 65535)");
+        }
         return Ok(sa);
     }
     if let Ok(ip) = s
@@ -173,7 +177,7 @@ fn parse_endpoint(s: &str, what: &str, default_port: Option<u16>) -> anyhow::Res
     if let Some((_, port)) = s.rsplit_once(':')
         && port.parse::<u16>().is_err()
     {
-        bail!("{what} {s:?}: port {port:?} is not a number from 0 to 65535");
+        bail!("{what} {s:?}: port {port:?} is not a number from 1 to 65535");
     }
     bail!("{what} {s:?} is not an address (IP:PORT or [IPv6]:PORT)")
 }

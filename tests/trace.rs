@@ -443,6 +443,26 @@ fn bad_input_is_a_clear_error() {
     fs::remove_dir_all(&dir).ok();
 }
 
+/// Issue #15: `--dst IP:0` was traced. No TCP, UDP or SCTP connection goes to port 0, nor
+/// comes from it (binding port 0 picks another), so either is refused.
+#[test]
+fn port_0_is_refused() {
+    for (packet, flag) in [
+        ("--src 10.244.1.9 --dst 10.100.12.7:0", "--dst"),
+        ("--src 10.244.1.9:0 --dst 10.100.12.7:80", "--src"),
+        ("--src fd00::9 --dst [fd00::1]:0", "--dst"),
+    ] {
+        let r = trace(&case_args("example", "", packet));
+        assert_eq!(r.code, Some(1), "{packet}: {}", r.stderr);
+        assert!(
+            r.stderr.contains(flag) && r.stderr.contains("port 0"),
+            "{packet}: {}",
+            r.stderr
+        );
+        assert_eq!(r.stdout, "", "{packet}");
+    }
+}
+
 /// With neither `--objects` nor `--ruleset`, trace reads the node it runs on: here a namespace
 /// holding `golden/example`'s ruleset (in each back end, which it must detect) and the node's
 /// address. It must predict what the render predicts.
