@@ -17,6 +17,8 @@ use crate::cli::Cli;
 use crate::config::{self, KubeProxyConfiguration};
 use crate::warning::Warning;
 
+mod interface_name;
+
 /// Upstream's default `--iptables-masquerade-bit`.
 pub const DEFAULT_MASQUERADE_BIT: u8 = 14;
 
@@ -528,24 +530,33 @@ fn resolve(
     };
     let pod_bridge_interface = raw.pod_bridge_interface.clone().unwrap_or_default();
     let pod_interface_name_prefix = raw.pod_interface_name_prefix.clone().unwrap_or_default();
-    if detect_local_mode == DetectLocalMode::BridgeInterface && pod_bridge_interface.is_empty() {
-        bail!(
-            "{} must be set when {} is BridgeInterface",
-            raw.name("pod-bridge-interface", "detectLocal.bridgeInterface"),
-            raw.name("detect-local-mode", "detectLocalMode")
-        );
+    // Only the mode's own interface reaches the rules, so only it is checked (as upstream).
+    if detect_local_mode == DetectLocalMode::BridgeInterface {
+        let name = raw.name("pod-bridge-interface", "detectLocal.bridgeInterface");
+        if pod_bridge_interface.is_empty() {
+            bail!(
+                "{name} must be set when {} is BridgeInterface",
+                raw.name("detect-local-mode", "detectLocalMode")
+            );
+        }
+        interface_name::check_name(&pod_bridge_interface).map_err(|e| {
+            anyhow!("{name} {pod_bridge_interface:?} is not an interface name: {e}")
+        })?;
     }
-    if detect_local_mode == DetectLocalMode::InterfaceNamePrefix
-        && pod_interface_name_prefix.is_empty()
-    {
-        bail!(
-            "{} must be set when {} is InterfaceNamePrefix",
-            raw.name(
-                "pod-interface-name-prefix",
-                "detectLocal.interfaceNamePrefix"
-            ),
-            raw.name("detect-local-mode", "detectLocalMode")
+    if detect_local_mode == DetectLocalMode::InterfaceNamePrefix {
+        let name = raw.name(
+            "pod-interface-name-prefix",
+            "detectLocal.interfaceNamePrefix",
         );
+        if pod_interface_name_prefix.is_empty() {
+            bail!(
+                "{name} must be set when {} is InterfaceNamePrefix",
+                raw.name("detect-local-mode", "detectLocalMode")
+            );
+        }
+        interface_name::check_prefix(&pod_interface_name_prefix).map_err(|e| {
+            anyhow!("{name} {pod_interface_name_prefix:?} is not an interface-name prefix: {e}")
+        })?;
     }
 
     // Upstream's GetHostname: trimmed and lower-cased whether given or taken from the machine.

@@ -508,3 +508,64 @@ fn the_effective_config_reads_back_as_the_same_settings() {
         assert_eq!(got, want, "{text}");
     }
 }
+
+/// Issue #15: `--pod-interface-name-prefix "veth -j ACCEPT"` was accepted and made a payload the
+/// kernel refused ("multiple -j flags not allowed"), and a `--pod-bridge-interface` longer than
+/// 15 bytes failed every sync. From flags and from the config file, both now stop the start.
+#[test]
+fn interface_names_are_checked_as_the_kernel_and_iptables_take_them() {
+    let prefix = err(&[
+        "--hostname-override=n",
+        "--detect-local-mode=InterfaceNamePrefix",
+        "--pod-interface-name-prefix",
+        "veth -j ACCEPT",
+    ]);
+    assert!(
+        prefix.starts_with(
+            "--pod-interface-name-prefix \"veth -j ACCEPT\" is not an interface-name prefix: it holds ' '"
+        ),
+        "{prefix}"
+    );
+    assert_eq!(
+        err(&[
+            "--hostname-override=n",
+            "--detect-local-mode=BridgeInterface",
+            "--pod-bridge-interface",
+            "a-very-long-bridge0",
+        ]),
+        "--pod-bridge-interface \"a-very-long-bridge0\" is not an interface name: it is 19 bytes long, and at most 15 fit"
+    );
+    let cfg = ConfigFile::new(
+        "bridge-name",
+        "detectLocalMode: BridgeInterface\ndetectLocal:\n  bridgeInterface: \"cbr0:1\"\n",
+    );
+    let e = err(&["--config", cfg.path(), "--hostname-override=n"]);
+    assert!(
+        e.starts_with(&format!(
+            "detectLocal.bridgeInterface (in {}) \"cbr0:1\" is not an interface name: it holds ':'",
+            cfg.path()
+        )),
+        "{e}"
+    );
+    let cfg = ConfigFile::new(
+        "prefix-name",
+        "detectLocalMode: InterfaceNamePrefix\ndetectLocal:\n  interfaceNamePrefix: veth+\n",
+    );
+    assert_eq!(
+        err(&["--config", cfg.path(), "--hostname-override=n"]),
+        format!(
+            "detectLocal.interfaceNamePrefix (in {}) \"veth+\" is not an interface-name prefix: it ends in `+`; give the prefix alone, the `+` is added",
+            cfg.path()
+        )
+    );
+    // Good names still resolve; a mode's interface that the mode does not use is not checked
+    // (it reaches no rule, and upstream accepts it).
+    let (s, _) = resolve_args(&[
+        "--hostname-override=n",
+        "--detect-local-mode=InterfaceNamePrefix",
+        "--pod-interface-name-prefix=lxc",
+        "--pod-bridge-interface=not a name",
+    ])
+    .unwrap();
+    assert_eq!(s.pod_interface_name_prefix, "lxc");
+}
