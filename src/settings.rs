@@ -18,6 +18,7 @@ use crate::config::{self, KubeProxyConfiguration};
 use crate::warning::Warning;
 
 mod interface_name;
+mod node_name;
 
 /// Upstream's default `--iptables-masquerade-bit`.
 pub const DEFAULT_MASQUERADE_BIT: u8 = 14;
@@ -231,6 +232,8 @@ impl Default for Settings {
 struct Raw {
     from_file: Option<String>,
     hostname_override: Option<String>,
+    /// Whether `hostname_override` is the flag's (it counts even with `--config`).
+    hostname_override_is_flag: bool,
     cluster_cidr: Option<String>,
     nodeport_addresses: Vec<String>,
     detect_local_mode: Option<String>,
@@ -270,6 +273,7 @@ impl Raw {
         Raw {
             from_file: None,
             hostname_override: cli.hostname_override.clone(),
+            hostname_override_is_flag: cli.hostname_override.is_some(),
             cluster_cidr: cli.cluster_cidr.clone(),
             nodeport_addresses: cli.nodeport_addresses.clone().unwrap_or_default(),
             detect_local_mode: cli.detect_local_mode.clone(),
@@ -314,6 +318,7 @@ impl Raw {
         Raw {
             from_file: Some(file),
             hostname_override: cfg.hostname_override,
+            hostname_override_is_flag: false,
             cluster_cidr: cfg.cluster_cidr,
             nodeport_addresses: cfg.node_port_addresses.unwrap_or_default(),
             detect_local_mode: cfg.detect_local_mode,
@@ -364,6 +369,7 @@ impl Settings {
         // As upstream: with --config only the host name and logging flags still count.
         if cli.hostname_override.is_some() {
             raw.hostname_override.clone_from(&cli.hostname_override);
+            raw.hostname_override_is_flag = true;
         }
         if cli.logging_format.is_some() {
             raw.log_format.clone_from(&cli.logging_format);
@@ -560,14 +566,33 @@ fn resolve(
     }
 
     // Upstream's GetHostname: trimmed and lower-cased whether given or taken from the machine.
-    let hostname = match raw.hostname_override.as_deref().map(str::trim) {
-        Some(h) if !h.is_empty() => h.to_string(),
-        _ => hostname()?,
+    let given = raw
+        .hostname_override
+        .as_deref()
+        .map(str::trim)
+        .filter(|h| !h.is_empty());
+    let hostname = match given {
+        Some(h) => h.to_string(),
+        None => hostname()?,
     }
     .trim()
     .to_lowercase();
     if hostname.is_empty() {
         bail!("the node name is empty; set --hostname-override");
+    }
+    if let Err(e) = node_name::check(&hostname) {
+        match given {
+            Some(h) if raw.hostname_override_is_flag => {
+                bail!("--hostname-override {h:?} is not a node name: {e}")
+            }
+            Some(h) => bail!(
+                "{} {h:?} is not a node name: {e}",
+                raw.name("hostname-override", "hostnameOverride")
+            ),
+            None => bail!(
+                "this machine's hostname {hostname:?} is not a node name: {e}; set --hostname-override"
+            ),
+        }
     }
 
     Ok(Settings {

@@ -569,3 +569,35 @@ fn interface_names_are_checked_as_the_kernel_and_iptables_take_them() {
     .unwrap();
     assert_eq!(s.pod_interface_name_prefix, "lxc");
 }
+
+/// Issue #15: the node name goes into the Node watch's field selector and is compared with
+/// Node and endpoint names, which the API server keeps to DNS-1123 subdomains.
+#[test]
+fn the_node_name_must_be_a_dns_1123_subdomain() {
+    assert_eq!(
+        err(&["--hostname-override", "node_1"]),
+        "--hostname-override \"node_1\" is not a node name: a node name is a DNS-1123 subdomain (lower-case letters, digits, '-' and '.'): it holds '_'"
+    );
+    assert!(
+        err(&["--hostname-override", "a,metadata.name!=b"]).contains("it holds ','"),
+        "a field selector cannot be widened"
+    );
+    let cfg = ConfigFile::new("node-name", "hostnameOverride: \"-node\"\n");
+    assert!(
+        err(&["--config", cfg.path()]).starts_with(&format!(
+            "hostnameOverride (in {}) \"-node\" is not a node name",
+            cfg.path()
+        )),
+        "{}",
+        err(&["--config", cfg.path()])
+    );
+    // The flag still wins over the file's, and is what is checked.
+    assert!(resolve_args(&["--config", cfg.path(), "--hostname-override=Node-1"]).is_ok());
+    let e = resolve(Raw::default(), IpFamily::V4, || Ok("build_box".into())).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("this machine's hostname \"build_box\" is not a node name")
+            && e.to_string().ends_with("set --hostname-override"),
+        "{e}"
+    );
+}
