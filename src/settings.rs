@@ -729,10 +729,17 @@ fn go_duration(
 fn conntrack(raw: &Raw) -> anyhow::Result<ConntrackSettings> {
     let c = &raw.conntrack;
     let d = ConntrackSettings::default();
+    // The kernel's nf_conntrack_max is an int: a larger count is refused when written, and
+    // one near u64's limit would overflow when scaled by the CPUs.
     let count = |v: Option<i64>, default: u64, flag: &str, field: &str| match v {
         None => Ok(default),
-        Some(n) => u64::try_from(n)
-            .map_err(|_| anyhow!("{} {n} must not be negative", raw.name(flag, field))),
+        Some(n) if n < 0 => bail!("{} {n} must not be negative", raw.name(flag, field)),
+        Some(n) if n > i64::from(i32::MAX) => bail!(
+            "{} {n} is above {}, the most the kernel's nf_conntrack_max holds",
+            raw.name(flag, field),
+            i32::MAX
+        ),
+        Some(n) => Ok(n.unsigned_abs()),
     };
     let timeout = |v: &Option<String>, default: Duration, flag: &str, field: &str| match v
         .as_deref()

@@ -601,3 +601,27 @@ fn the_node_name_must_be_a_dns_1123_subdomain() {
         "{e}"
     );
 }
+
+/// The conntrack counts are written to the kernel's `nf_conntrack_max`, an int; a count near
+/// u64's limit also overflowed when scaled by the CPUs.
+#[test]
+fn conntrack_counts_beyond_the_kernels_int_are_refused() {
+    assert_eq!(
+        err(&[
+            "--hostname-override=n",
+            "--conntrack-max-per-core",
+            "9223372036854775807"
+        ]),
+        "--conntrack-max-per-core 9223372036854775807 is above 2147483647, the most the kernel's nf_conntrack_max holds"
+    );
+    let cfg = ConfigFile::new("conntrack-min", "conntrack:\n  min: 4294967296\n");
+    assert_eq!(
+        err(&["--config", cfg.path(), "--hostname-override=n"]),
+        format!(
+            "conntrack.min (in {}) 4294967296 is above 2147483647, the most the kernel's nf_conntrack_max holds",
+            cfg.path()
+        )
+    );
+    let (s, _) = resolve_args(&["--hostname-override=n", "--conntrack-min=2147483647"]).unwrap();
+    assert_eq!(s.conntrack.min, 2_147_483_647);
+}
