@@ -17,6 +17,9 @@ use crate::cli::Cli;
 use crate::config::{self, KubeProxyConfiguration};
 use crate::warning::Warning;
 
+mod interface_name;
+mod node_name;
+
 /// Upstream's default `--iptables-masquerade-bit`.
 pub const DEFAULT_MASQUERADE_BIT: u8 = 14;
 
@@ -229,6 +232,8 @@ impl Default for Settings {
 struct Raw {
     from_file: Option<String>,
     hostname_override: Option<String>,
+    /// Whether `hostname_override` is the flag's (it counts even with `--config`).
+    hostname_override_is_flag: bool,
     cluster_cidr: Option<String>,
     nodeport_addresses: Vec<String>,
     detect_local_mode: Option<String>,
@@ -268,6 +273,7 @@ impl Raw {
         Raw {
             from_file: None,
             hostname_override: cli.hostname_override.clone(),
+            hostname_override_is_flag: cli.hostname_override.is_some(),
             cluster_cidr: cli.cluster_cidr.clone(),
             nodeport_addresses: cli.nodeport_addresses.clone().unwrap_or_default(),
             detect_local_mode: cli.detect_local_mode.clone(),
@@ -312,6 +318,7 @@ impl Raw {
         Raw {
             from_file: Some(file),
             hostname_override: cfg.hostname_override,
+            hostname_override_is_flag: false,
             cluster_cidr: cfg.cluster_cidr,
             nodeport_addresses: cfg.node_port_addresses.unwrap_or_default(),
             detect_local_mode: cfg.detect_local_mode,
@@ -362,6 +369,7 @@ impl Settings {
         // As upstream: with --config only the host name and logging flags still count.
         if cli.hostname_override.is_some() {
             raw.hostname_override.clone_from(&cli.hostname_override);
+            raw.hostname_override_is_flag = true;
         }
         if cli.logging_format.is_some() {
             raw.log_format.clone_from(&cli.logging_format);
@@ -528,35 +536,63 @@ fn resolve(
     };
     let pod_bridge_interface = raw.pod_bridge_interface.clone().unwrap_or_default();
     let pod_interface_name_prefix = raw.pod_interface_name_prefix.clone().unwrap_or_default();
-    if detect_local_mode == DetectLocalMode::BridgeInterface && pod_bridge_interface.is_empty() {
-        bail!(
-            "{} must be set when {} is BridgeInterface",
-            raw.name("pod-bridge-interface", "detectLocal.bridgeInterface"),
-            raw.name("detect-local-mode", "detectLocalMode")
-        );
+    // Only the mode's own interface reaches the rules, so only it is checked (as upstream).
+    if detect_local_mode == DetectLocalMode::BridgeInterface {
+        let name = raw.name("pod-bridge-interface", "detectLocal.bridgeInterface");
+        if pod_bridge_interface.is_empty() {
+            bail!(
+                "{name} must be set when {} is BridgeInterface",
+                raw.name("detect-local-mode", "detectLocalMode")
+            );
+        }
+        interface_name::check_name(&pod_bridge_interface).map_err(|e| {
+            anyhow!("{name} {pod_bridge_interface:?} is not an interface name: {e}")
+        })?;
     }
-    if detect_local_mode == DetectLocalMode::InterfaceNamePrefix
-        && pod_interface_name_prefix.is_empty()
-    {
-        bail!(
-            "{} must be set when {} is InterfaceNamePrefix",
-            raw.name(
-                "pod-interface-name-prefix",
-                "detectLocal.interfaceNamePrefix"
-            ),
-            raw.name("detect-local-mode", "detectLocalMode")
+    if detect_local_mode == DetectLocalMode::InterfaceNamePrefix {
+        let name = raw.name(
+            "pod-interface-name-prefix",
+            "detectLocal.interfaceNamePrefix",
         );
+        if pod_interface_name_prefix.is_empty() {
+            bail!(
+                "{name} must be set when {} is InterfaceNamePrefix",
+                raw.name("detect-local-mode", "detectLocalMode")
+            );
+        }
+        interface_name::check_prefix(&pod_interface_name_prefix).map_err(|e| {
+            anyhow!("{name} {pod_interface_name_prefix:?} is not an interface-name prefix: {e}")
+        })?;
     }
 
     // Upstream's GetHostname: trimmed and lower-cased whether given or taken from the machine.
-    let hostname = match raw.hostname_override.as_deref().map(str::trim) {
-        Some(h) if !h.is_empty() => h.to_string(),
-        _ => hostname()?,
+    let given = raw
+        .hostname_override
+        .as_deref()
+        .map(str::trim)
+        .filter(|h| !h.is_empty());
+    let hostname = match given {
+        Some(h) => h.to_string(),
+        None => hostname()?,
     }
     .trim()
     .to_lowercase();
     if hostname.is_empty() {
         bail!("the node name is empty; set --hostname-override");
+    }
+    if let Err(e) = node_name::check(&hostname) {
+        match given {
+            Some(h) if raw.hostname_override_is_flag => {
+                bail!("--hostname-override {h:?} is not a node name: {e}")
+            }
+            Some(h) => bail!(
+                "{} {h:?} is not a node name: {e}",
+                raw.name("hostname-override", "hostnameOverride")
+            ),
+            None => bail!(
+                "this machine's hostname {hostname:?} is not a node name: {e}; set --hostname-override"
+            ),
+        }
     }
 
     Ok(Settings {
@@ -693,10 +729,17 @@ fn go_duration(
 fn conntrack(raw: &Raw) -> anyhow::Result<ConntrackSettings> {
     let c = &raw.conntrack;
     let d = ConntrackSettings::default();
+    // The kernel's nf_conntrack_max is an int: a larger count is refused when written, and
+    // one near u64's limit would overflow when scaled by the CPUs.
     let count = |v: Option<i64>, default: u64, flag: &str, field: &str| match v {
         None => Ok(default),
-        Some(n) => u64::try_from(n)
-            .map_err(|_| anyhow!("{} {n} must not be negative", raw.name(flag, field))),
+        Some(n) if n < 0 => bail!("{} {n} must not be negative", raw.name(flag, field)),
+        Some(n) if n > i64::from(i32::MAX) => bail!(
+            "{} {n} is above {}, the most the kernel's nf_conntrack_max holds",
+            raw.name(flag, field),
+            i32::MAX
+        ),
+        Some(n) => Ok(n.unsigned_abs()),
     };
     let timeout = |v: &Option<String>, default: Duration, flag: &str, field: &str| match v
         .as_deref()

@@ -4,6 +4,7 @@
 //! `--ipvs` for an IPVS node), or with neither the node's own kernel (`live`) — so it shows what
 //! the rules do, not what the model meant.
 
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::fs;
 use std::net::{IpAddr, SocketAddr};
@@ -14,7 +15,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 use ipnet::IpNet;
 use rulegen::trace::{
-    Branch, Condition, End, Leaf, NodeContext, Origin, Packet, SavedRuleset, SavedSets,
+    Condition, End, Leaf, NodeContext, Origin, Packet, SavedRuleset, SavedSets,
     SavedVirtualServers, Step, Trace, TraceNode, Verdict,
 };
 use serde_json::{Value, json};
@@ -157,6 +158,10 @@ fn split_flags(flags: &[String]) -> (Vec<String>, Vec<String>) {
 /// `IP`, `IP:PORT`, `[IPv6]:PORT` or a bare IPv6 address.
 fn parse_endpoint(s: &str, what: &str, default_port: Option<u16>) -> anyhow::Result<SocketAddr> {
     if let Ok(sa) = s.parse::<SocketAddr>() {
+        // No connection goes to port 0, nor comes from it (binding port 0 picks another).
+        if sa.port() == 0 {
+            bail!("{what} {s:?}: port 0 is not a port a connection uses (1 to 65535)");
+        }
         return Ok(sa);
     }
     if let Ok(ip) = s
@@ -172,7 +177,7 @@ fn parse_endpoint(s: &str, what: &str, default_port: Option<u16>) -> anyhow::Res
     if let Some((_, port)) = s.rsplit_once(':')
         && port.parse::<u16>().is_err()
     {
-        bail!("{what} {s:?}: port {port:?} is not a number from 0 to 65535");
+        bail!("{what} {s:?}: port {port:?} is not a number from 1 to 65535");
     }
     bail!("{what} {s:?} is not an address (IP:PORT or [IPv6]:PORT)")
 }
@@ -543,45 +548,6 @@ fn condition_text(c: &Condition, share: Option<f64>) -> String {
     }
 }
 
-/// Whether two conditions are alternatives of the same choice (so their lists merge).
-fn same_choice(a: &Condition, b: &Condition) -> bool {
-    matches!(
-        (a, b),
-        (Condition::Random { .. }, Condition::Random { .. })
-            | (Condition::Recent { .. }, Condition::Recent { .. })
-            | (Condition::Scheduler { .. }, Condition::Scheduler { .. })
-    )
-}
-
-/// The alternatives of one choice: consecutive "not taken" branches with no steps of their own
-/// continue into the next rule's choice of the same kind, so they are one list.
-fn alternatives(branches: &[Branch]) -> Vec<&Branch> {
-    let mut out: Vec<&Branch> = Vec::new();
-    for b in branches {
-        let chained = match (&b.condition, &b.node.end) {
-            (Condition::Random { taken: false, .. }, End::Branches(next))
-            | (
-                Condition::Recent {
-                    returning: false, ..
-                },
-                End::Branches(next),
-            ) if b.node.steps.is_empty()
-                && next
-                    .first()
-                    .is_some_and(|n| same_choice(&n.condition, &b.condition)) =>
-            {
-                Some(next)
-            }
-            _ => None,
-        };
-        match chained {
-            Some(next) => out.extend(alternatives(next)),
-            None => out.push(b),
-        }
-    }
-    out
-}
-
 /// Human-readable walk.
 fn text(trace: &Trace, local: &[IpNet], source: &str) -> String {
     let p = &trace.packet;
@@ -690,14 +656,13 @@ fn write_node(out: &mut String, node: &TraceNode, base: usize, start_depth: usiz
             let _ = writeln!(out, "{:base$}=> {}", "", verdict_text(&o.verdict));
         }
         End::Branches(branches) => {
-            let alts = alternatives(branches);
-            let kind = match &alts[0].condition {
+            let kind = match &branches[0].condition {
                 Condition::Random { .. } => "at random",
                 Condition::Recent { .. } => "by session affinity",
                 Condition::Scheduler { .. } => "by the IPVS scheduler",
             };
             // The chain the choice is made in: the first rule of the first way.
-            let first_rule = alts[0].node.steps.iter().find_map(|s| match s {
+            let first_rule = branches[0].node.steps.iter().find_map(|s| match s {
                 Step::Rule {
                     table,
                     chain,
@@ -706,7 +671,7 @@ fn write_node(out: &mut String, node: &TraceNode, base: usize, start_depth: usiz
                 } => Some((table, chain, *depth)),
                 _ => None,
             });
-            let (indent, depth) = match (first_rule, &alts[0].condition) {
+            let (indent, depth) = match (first_rule, &branches[0].condition) {
                 (
                     Some((table, chain, depth)),
                     Condition::Random { .. } | Condition::Recent { .. },
@@ -723,8 +688,8 @@ fn write_node(out: &mut String, node: &TraceNode, base: usize, start_depth: usiz
                 }
                 _ => (base, 0),
             };
-            let _ = writeln!(out, "{:indent$}{} ways, {kind}:", "", alts.len());
-            for (i, b) in alts.iter().enumerate() {
+            let _ = writeln!(out, "{:indent$}{} ways, {kind}:", "", branches.len());
+            for (i, b) in branches.iter().enumerate() {
                 let _ = writeln!(
                     out,
                     "{:indent$}({}) {}",
@@ -758,18 +723,27 @@ fn jump_target(text: &str) -> Option<String> {
 /// returning clients get.
 fn summary(out: &mut String, trace: &Trace) {
     let leaves = trace.leaves();
-    // (verdict, via) → summed share, in the walk's order.
+    // (verdict, via) → summed share, in the walk's order; the indexes find a fate met before
+    // without a scan (a Service may have 50,000 endpoints, each its own fate).
     let mut fresh: Vec<((String, String), f64)> = Vec::new();
+    let mut fresh_index: HashMap<(String, String), usize> = HashMap::new();
     let mut returning: Vec<(String, String)> = Vec::new();
+    let mut returning_seen: HashSet<(String, String)> = HashSet::new();
     for Leaf { share, outcome } in &leaves {
         let key = (verdict_text(&outcome.verdict), via_text(&outcome.via));
         match share {
-            Some(s) => match fresh.iter_mut().find(|(k, _)| *k == key) {
-                Some((_, total)) => *total += s,
-                None => fresh.push((key, *s)),
+            Some(s) => match fresh_index.get(&key) {
+                Some(&i) => fresh[i].1 += s,
+                None => {
+                    fresh_index.insert(key.clone(), fresh.len());
+                    fresh.push((key, *s));
+                }
             },
-            None if !returning.contains(&key) => returning.push(key),
-            None => {}
+            None => {
+                if returning_seen.insert(key.clone()) {
+                    returning.push(key);
+                }
+            }
         }
     }
     let line = |out: &mut String, share: &str, (verdict, via): &(String, String)| {

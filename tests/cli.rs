@@ -362,6 +362,65 @@ fn agent_rejects_a_bad_sync_period() {
     assert!(r.stderr.contains("--iptables-sync-period"), "{}", r.stderr);
 }
 
+/// Issue #15: these made a payload the kernel refuses, or one that fails every sync, yet were
+/// accepted at start; now the dry run and the agent stop on them before anything is rendered.
+#[test]
+fn unusable_interface_and_node_names_stop_the_start() {
+    let dir = Scratch::new("names");
+    let f = dir.write("objects.yaml", WEB);
+    let r = dry_run(
+        &[&f],
+        &[
+            "--detect-local-mode",
+            "InterfaceNamePrefix",
+            "--pod-interface-name-prefix",
+            "veth -j ACCEPT",
+        ],
+    );
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert_eq!(r.stdout, "");
+    assert!(
+        r.stderr.starts_with(
+            "error: --pod-interface-name-prefix \"veth -j ACCEPT\" is not an interface-name prefix"
+        ),
+        "{}",
+        r.stderr
+    );
+    // The agent too, before it touches the kernel.
+    let r = run([
+        "--hostname-override",
+        "node-1",
+        "--kubeconfig",
+        "/nonexistent/kube-proxy-rs/kubeconfig",
+        "--detect-local-mode",
+        "BridgeInterface",
+        "--pod-bridge-interface",
+        "a-very-long-bridge0",
+    ]);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("--pod-bridge-interface \"a-very-long-bridge0\" is not an interface name"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("back end chosen"), "{}", r.stderr);
+    let r = run([
+        "--dry-run",
+        "--objects",
+        &f.display().to_string(),
+        "--hostname-override",
+        "node_1",
+    ]);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .starts_with("error: --hostname-override \"node_1\" is not a node name"),
+        "{}",
+        r.stderr
+    );
+}
+
 #[test]
 fn dry_run_needs_objects() {
     let r = run(["--dry-run", "--hostname-override", "node-1"]);

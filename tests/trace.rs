@@ -12,6 +12,7 @@ mod support;
 use support::cli::{Run, root};
 use support::golden::{flags, objects_path};
 use support::iptables::{Backend, restore};
+use support::objects::{Endpoint, Service, endpoint_slice, node};
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -312,6 +313,69 @@ fn an_ipvs_node_is_traced_from_its_three_saved_parts() {
     fs::remove_dir_all(&dir).ok();
 }
 
+/// Issue #15: a ClusterIP Service with 4,300 endpoints or more overflowed the main thread's
+/// stack (exit 134) in every form of trace. Here 10,000, through the binary with its default
+/// main-thread stack: from the objects, from their saved ruleset, and as JSON (which a parser
+/// with serde_json's default nesting limit must read). The walk's own test takes 50,000
+/// (rulegen), which would take a debug build of the binary long.
+#[test]
+fn a_service_with_10_000_endpoints_is_traced() {
+    const N: usize = 10_000;
+    let dir = support::TempDir::new("trace-big");
+    let endpoints: Vec<Endpoint> = (0..N)
+        .map(|i| Endpoint::remote(&format!("10.1.{}.{}", i / 256, i % 256)))
+        .collect();
+    let objects = dir.path().join("objects.yaml");
+    let yaml = [
+        node(&["192.168.0.10"], &["10.244.1.0/24"]),
+        Service::cluster_ip("big", &["10.96.0.100"]).yaml(),
+        endpoint_slice("big", &endpoints),
+    ]
+    .join("---\n");
+    fs::write(&objects, yaml).unwrap();
+    let node_flags = format!(
+        "--objects {} --hostname-override node-a --cluster-cidr 10.244.0.0/16",
+        objects.display()
+    );
+    let packet = "--src 10.244.1.9 --dst 10.96.0.100:80";
+    // Every endpoint is a way of one choice, and a fate of its own in the summary.
+    let check_text = |r: &Run, what: &str| {
+        assert_eq!(r.code, Some(0), "{what}: {}", r.stderr);
+        assert!(
+            r.stdout.contains(&format!("{N} ways, at random:")),
+            "{what}: not one choice"
+        );
+        let summary = &r.stdout[r.stdout.find("New connections:").expect("a summary")..];
+        assert_eq!(summary.matches("delivered to 10.1.").count(), N, "{what}");
+    };
+    let from_objects = trace(&words(&format!("{packet} {node_flags}")));
+    check_text(&from_objects, "--objects");
+
+    let dry = support::cli::run(words(&format!("--dry-run {node_flags}")));
+    assert!(dry.success(), "{}", dry.stderr);
+    let ruleset = dir.path().join("rules");
+    fs::write(&ruleset, &dry.stdout).unwrap();
+    let saved = format!(
+        "{packet} --ruleset {} --local-address 192.168.0.10",
+        ruleset.display()
+    );
+    let from_file = trace(&words(&saved));
+    check_text(&from_file, "--ruleset");
+    let walk = |r: &Run| r.stdout[r.stdout.find("\n\n").unwrap()..].to_string();
+    assert!(
+        walk(&from_file) == walk(&from_objects),
+        "the saved ruleset walks as the render"
+    );
+
+    let v = json(&words(&format!("{saved} --output json")));
+    let got = outcomes(&v);
+    assert_eq!(got.len(), N);
+    for (dst, share, _) in &got {
+        assert!((share * N as f64 - 1.0).abs() < 1e-3, "{dst}: {share}");
+    }
+    assert_eq!(v["walk"]["branches"].as_array().unwrap().len(), N);
+}
+
 #[test]
 fn flags_may_come_in_any_order() {
     let a = trace(&case_args(
@@ -377,6 +441,26 @@ fn bad_input_is_a_clear_error() {
     )));
     assert!(r.stderr.contains("cannot read --ruleset"), "{}", r.stderr);
     fs::remove_dir_all(&dir).ok();
+}
+
+/// Issue #15: `--dst IP:0` was traced. No TCP, UDP or SCTP connection goes to port 0, nor
+/// comes from it (binding port 0 picks another), so either is refused.
+#[test]
+fn port_0_is_refused() {
+    for (packet, flag) in [
+        ("--src 10.244.1.9 --dst 10.100.12.7:0", "--dst"),
+        ("--src 10.244.1.9:0 --dst 10.100.12.7:80", "--src"),
+        ("--src fd00::9 --dst [fd00::1]:0", "--dst"),
+    ] {
+        let r = trace(&case_args("example", "", packet));
+        assert_eq!(r.code, Some(1), "{packet}: {}", r.stderr);
+        assert!(
+            r.stderr.contains(flag) && r.stderr.contains("port 0"),
+            "{packet}: {}",
+            r.stderr
+        );
+        assert_eq!(r.stdout, "", "{packet}");
+    }
 }
 
 /// With neither `--objects` nor `--ruleset`, trace reads the node it runs on: here a namespace

@@ -112,7 +112,9 @@ pub struct TraceNode {
 pub enum End {
     /// The packet's fate.
     Outcome(Outcome),
-    /// A rule that matches only some packets: each way on.
+    /// A choice: each way on. Consecutive choices of one kind (a Service's endpoints'
+    /// `--probability` rules, or their `--rcheck` rules) are one choice: a way per rule, then
+    /// the way past them all.
     Branches(Vec<Branch>),
 }
 
@@ -257,18 +259,19 @@ pub struct Leaf<'a> {
 impl Trace {
     /// Every leaf of the walk, depth first.
     pub fn leaves(&self) -> Vec<Leaf<'_>> {
-        fn walk<'a>(node: &'a TraceNode, share: Option<f64>, out: &mut Vec<Leaf<'a>>) {
+        // An explicit stack: the tree may be as deep as the rules nest choices.
+        let mut out = Vec::new();
+        let mut stack = vec![(&self.root, Some(1.0))];
+        while let Some((node, share)) = stack.pop() {
             match &node.end {
                 End::Outcome(o) => out.push(Leaf { share, outcome: o }),
-                End::Branches(bs) => {
-                    for b in bs {
-                        walk(&b.node, b.share.filter(|_| share.is_some()), out);
-                    }
-                }
+                End::Branches(bs) => stack.extend(
+                    bs.iter()
+                        .rev()
+                        .map(|b| (&b.node, b.share.filter(|_| share.is_some()))),
+                ),
             }
         }
-        let mut out = Vec::new();
-        walk(&self.root, Some(1.0), &mut out);
         out
     }
 }

@@ -508,3 +508,120 @@ fn the_effective_config_reads_back_as_the_same_settings() {
         assert_eq!(got, want, "{text}");
     }
 }
+
+/// Issue #15: `--pod-interface-name-prefix "veth -j ACCEPT"` was accepted and made a payload the
+/// kernel refused ("multiple -j flags not allowed"), and a `--pod-bridge-interface` longer than
+/// 15 bytes failed every sync. From flags and from the config file, both now stop the start.
+#[test]
+fn interface_names_are_checked_as_the_kernel_and_iptables_take_them() {
+    let prefix = err(&[
+        "--hostname-override=n",
+        "--detect-local-mode=InterfaceNamePrefix",
+        "--pod-interface-name-prefix",
+        "veth -j ACCEPT",
+    ]);
+    assert!(
+        prefix.starts_with(
+            "--pod-interface-name-prefix \"veth -j ACCEPT\" is not an interface-name prefix: it holds ' '"
+        ),
+        "{prefix}"
+    );
+    assert_eq!(
+        err(&[
+            "--hostname-override=n",
+            "--detect-local-mode=BridgeInterface",
+            "--pod-bridge-interface",
+            "a-very-long-bridge0",
+        ]),
+        "--pod-bridge-interface \"a-very-long-bridge0\" is not an interface name: it is 19 bytes long, and at most 15 fit"
+    );
+    let cfg = ConfigFile::new(
+        "bridge-name",
+        "detectLocalMode: BridgeInterface\ndetectLocal:\n  bridgeInterface: \"cbr0:1\"\n",
+    );
+    let e = err(&["--config", cfg.path(), "--hostname-override=n"]);
+    assert!(
+        e.starts_with(&format!(
+            "detectLocal.bridgeInterface (in {}) \"cbr0:1\" is not an interface name: it holds ':'",
+            cfg.path()
+        )),
+        "{e}"
+    );
+    let cfg = ConfigFile::new(
+        "prefix-name",
+        "detectLocalMode: InterfaceNamePrefix\ndetectLocal:\n  interfaceNamePrefix: veth+\n",
+    );
+    assert_eq!(
+        err(&["--config", cfg.path(), "--hostname-override=n"]),
+        format!(
+            "detectLocal.interfaceNamePrefix (in {}) \"veth+\" is not an interface-name prefix: it ends in `+`; give the prefix alone, the `+` is added",
+            cfg.path()
+        )
+    );
+    // Good names still resolve; a mode's interface that the mode does not use is not checked
+    // (it reaches no rule, and upstream accepts it).
+    let (s, _) = resolve_args(&[
+        "--hostname-override=n",
+        "--detect-local-mode=InterfaceNamePrefix",
+        "--pod-interface-name-prefix=lxc",
+        "--pod-bridge-interface=not a name",
+    ])
+    .unwrap();
+    assert_eq!(s.pod_interface_name_prefix, "lxc");
+}
+
+/// Issue #15: the node name goes into the Node watch's field selector and is compared with
+/// Node and endpoint names, which the API server keeps to DNS-1123 subdomains.
+#[test]
+fn the_node_name_must_be_a_dns_1123_subdomain() {
+    assert_eq!(
+        err(&["--hostname-override", "node_1"]),
+        "--hostname-override \"node_1\" is not a node name: a node name is a DNS-1123 subdomain (lower-case letters, digits, '-' and '.'): it holds '_'"
+    );
+    assert!(
+        err(&["--hostname-override", "a,metadata.name!=b"]).contains("it holds ','"),
+        "a field selector cannot be widened"
+    );
+    let cfg = ConfigFile::new("node-name", "hostnameOverride: \"-node\"\n");
+    assert!(
+        err(&["--config", cfg.path()]).starts_with(&format!(
+            "hostnameOverride (in {}) \"-node\" is not a node name",
+            cfg.path()
+        )),
+        "{}",
+        err(&["--config", cfg.path()])
+    );
+    // The flag still wins over the file's, and is what is checked.
+    assert!(resolve_args(&["--config", cfg.path(), "--hostname-override=Node-1"]).is_ok());
+    let e = resolve(Raw::default(), IpFamily::V4, || Ok("build_box".into())).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("this machine's hostname \"build_box\" is not a node name")
+            && e.to_string().ends_with("set --hostname-override"),
+        "{e}"
+    );
+}
+
+/// The conntrack counts are written to the kernel's `nf_conntrack_max`, an int; a count near
+/// u64's limit also overflowed when scaled by the CPUs.
+#[test]
+fn conntrack_counts_beyond_the_kernels_int_are_refused() {
+    assert_eq!(
+        err(&[
+            "--hostname-override=n",
+            "--conntrack-max-per-core",
+            "9223372036854775807"
+        ]),
+        "--conntrack-max-per-core 9223372036854775807 is above 2147483647, the most the kernel's nf_conntrack_max holds"
+    );
+    let cfg = ConfigFile::new("conntrack-min", "conntrack:\n  min: 4294967296\n");
+    assert_eq!(
+        err(&["--config", cfg.path(), "--hostname-override=n"]),
+        format!(
+            "conntrack.min (in {}) 4294967296 is above 2147483647, the most the kernel's nf_conntrack_max holds",
+            cfg.path()
+        )
+    );
+    let (s, _) = resolve_args(&["--hostname-override=n", "--conntrack-min=2147483647"]).unwrap();
+    assert_eq!(s.conntrack.min, 2_147_483_647);
+}

@@ -2,7 +2,7 @@
 //! rulesets for the walk's own corners.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use super::*;
 use crate::config::{LocalDetector, RenderConfig};
@@ -439,4 +439,96 @@ fn a_loop_in_the_rules_ends_the_walk() {
     assert!(
         matches!(&leaves[0].outcome.verdict, Verdict::Dropped { rule, .. } if rule.contains("loop"))
     );
+}
+
+/// How many choices deep the walk nests (0: none), counted without recursion.
+fn choice_depth(t: &Trace) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(&t.root, 0)];
+    while let Some((node, depth)) = stack.pop() {
+        match &node.end {
+            End::Outcome(_) => deepest = deepest.max(depth),
+            End::Branches(bs) => stack.extend(bs.iter().map(|b| (&b.node, depth + 1))),
+        }
+    }
+    deepest
+}
+
+/// A Service with `n` endpoints on another node (10.1.0.0 onwards), and the rules for it.
+fn big_service_rules(n: u32, affinity: bool) -> SavedRuleset {
+    let mut big = svc("big", "10.96.0.20", 80, &[]);
+    big.endpoints = (0..n)
+        .map(|i| Endpoint {
+            node_name: Some("node2".into()),
+            ..Endpoint::ready(
+                IpAddr::from(Ipv4Addr::from(u32::from_be_bytes([10, 1, 0, 0]) + i)),
+                8080,
+            )
+        })
+        .collect();
+    if affinity {
+        big.session_affinity = SessionAffinity::ClientIp {
+            timeout_seconds: 10800,
+        };
+    }
+    let model = Model {
+        services: vec![big],
+    };
+    SavedRuleset::parse(&crate::render(&model, &cfg()).unwrap().to_save_text()).unwrap()
+}
+
+/// Issue #15: every endpoint's `--probability` rule nested a choice in the previous one's way
+/// on, and the walk recursed once per endpoint, so 4,300 endpoints overflowed the main thread's
+/// stack (a test thread's, 2 MiB, far sooner). Now a Service's endpoints are one choice, walked
+/// from a work stack.
+#[test]
+fn a_service_with_50_000_endpoints_is_one_choice() {
+    const N: u32 = 50_000;
+    let t = trace(
+        &big_service_rules(N, false),
+        &packet(Origin::Pod, "10.244.1.100:40000", "10.96.0.20:80"),
+        &node(),
+    );
+    assert_eq!(choice_depth(&t), 1);
+    let End::Branches(ways) = &t.root.end else {
+        panic!("no choice: {:?}", t.root.end);
+    };
+    assert_eq!(ways.len(), N as usize);
+    assert!(matches!(
+        ways.last().unwrap().condition,
+        Condition::Random { taken: false, .. }
+    ));
+    let got = fresh(&t);
+    assert_eq!(got.len(), N as usize, "one destination per endpoint");
+    for (dst, (share, _)) in &got {
+        assert!((share * f64::from(N) - 1.0).abs() < 1e-3, "{dst}: {share}");
+    }
+}
+
+/// Session affinity doubles the chained choices (an `--rcheck` rule per endpoint before the
+/// `--probability` ones): a returning client's choice, whose last way (a new client) holds the
+/// random one.
+#[test]
+fn session_affinity_over_20_000_endpoints_is_two_choices() {
+    const N: u32 = 20_000;
+    let t = trace(
+        &big_service_rules(N, true),
+        &packet(Origin::Pod, "10.244.1.100:40000", "10.96.0.20:80"),
+        &node(),
+    );
+    assert_eq!(choice_depth(&t), 2);
+    let End::Branches(ways) = &t.root.end else {
+        panic!("no choice: {:?}", t.root.end);
+    };
+    assert_eq!(
+        ways.len(),
+        N as usize + 1,
+        "a way per endpoint, and a new client's"
+    );
+    let leaves = t.leaves();
+    assert_eq!(
+        leaves.iter().filter(|l| l.share.is_none()).count(),
+        N as usize
+    );
+    assert_eq!(fresh(&t).len(), N as usize);
 }

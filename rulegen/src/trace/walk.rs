@@ -1,6 +1,12 @@
 //! The walk: hooks in the kernel's order, tables in each hook's priority order, chains rule by
 //! rule, forking the walk at every random (or affinity) choice.
 //!
+//! A Service with N endpoints is N chained choices (`--probability 1/N`, then `1/(N-1)` on the
+//! way on, …), so nothing here recurses per choice: the ways still to walk wait on a work
+//! stack, the nodes they fill sit in an arena until the end, and a run of choices of one kind
+//! (each the previous one's way on, with nothing in between) is one N-way choice. The stack
+//! use, and the depth of the [`TraceNode`] tree, is then the same for 2 endpoints or 50,000.
+//!
 //! The order is netfilter's for a connection's first packet: arriving packets cross PREROUTING
 //! (raw, mangle, nat), are routed by their possibly translated destination to INPUT (mangle,
 //! filter, nat; then IPVS) or FORWARD (mangle, filter), and leave through POSTROUTING (mangle,
@@ -78,6 +84,72 @@ struct Pending<'r> {
     number: usize,
 }
 
+/// Where [`Walker::advance`] stopped a path.
+enum Stop<'r> {
+    /// The packet's fate.
+    Outcome(Outcome),
+    /// A rule that matches only some packets.
+    Fork(Fork<'r>),
+    /// IPVS takes the packet; the walk goes on at this stage.
+    Ipvs(Stage),
+}
+
+/// A two-way choice: the rule matched (`taken`, the rule still to be applied), or not (`rest`).
+struct Fork<'r> {
+    pending: Pending<'r>,
+    taken: Condition,
+    rest: Condition,
+    shares: (Option<f64>, Option<f64>),
+}
+
+/// What IPVS did with a packet.
+enum Scheduled {
+    /// No live real server.
+    Rejected(Outcome),
+    /// One real server: the packet, now for it.
+    One(PacketState),
+    /// One way per real server: its condition, share and packet.
+    Many(Vec<(Condition, Option<f64>, PacketState)>),
+}
+
+/// A path still to walk (on the work stack), and the arena slot its node fills.
+struct Task<'r> {
+    slot: usize,
+    cur: Cursor,
+    pkt: PacketState,
+    share: Option<f64>,
+    start: Start<'r>,
+}
+
+/// Where a [`Task`] starts.
+enum Start<'r> {
+    /// With these steps, applying `pending` first (the way where a choice's rule matched).
+    Fresh {
+        pending: Option<Pending<'r>>,
+        steps: Vec<Step>,
+    },
+    /// Already walked to `stop` (a way on past a choice that did not continue the choice).
+    Stopped { steps: Vec<Step>, stop: Stop<'r> },
+}
+
+/// A node of the tree while it is built: its ways name other slots, not nodes.
+#[derive(Default)]
+struct Slot {
+    steps: Vec<Step>,
+    end: SlotEnd,
+}
+
+/// How a [`Slot`] ends.
+#[derive(Default)]
+enum SlotEnd {
+    /// Its task has not been walked yet.
+    #[default]
+    Unwalked,
+    Outcome(Outcome),
+    /// (condition, share, slot) of each way.
+    Branches(Vec<(Condition, Option<f64>, usize)>),
+}
+
 /// Walks packets through one ruleset.
 pub(super) struct Walker<'a> {
     rules: &'a SavedRuleset,
@@ -131,29 +203,157 @@ impl<'a> Walker<'a> {
             via: Vec::new(),
             matched: 0,
         };
-        let root = self.run_from(cursor, pkt, Some(1.0), None);
+        let mut arena = vec![Slot::default()];
+        let mut work = vec![Task {
+            slot: 0,
+            cur: cursor,
+            pkt,
+            share: Some(1.0),
+            start: Start::Fresh {
+                pending: None,
+                steps: Vec::new(),
+            },
+        }];
+        while let Some(task) = work.pop() {
+            let slot = task.slot;
+            arena[slot] = self.walk_node(task, &mut arena, &mut work);
+        }
         Trace {
             packet: packet.clone(),
-            root,
+            root: assemble(arena),
             not_modelled: self.not_modelled.borrow().iter().cloned().collect(),
         }
     }
 
-    fn run_from(
+    /// Walks one node of the tree: its steps up to an outcome or a choice. The ways of a choice
+    /// get slots of their own and go on the work stack rather than being walked here.
+    fn walk_node(&self, task: Task<'a>, arena: &mut Vec<Slot>, work: &mut Vec<Task<'a>>) -> Slot {
+        let Task {
+            mut cur,
+            mut pkt,
+            share,
+            start,
+            ..
+        } = task;
+        let (mut steps, mut stop) = match start {
+            Start::Fresh { pending, mut steps } => {
+                let stop = self.advance(&mut cur, &mut pkt, share, pending, &mut steps);
+                (steps, stop)
+            }
+            Start::Stopped { steps, stop } => (steps, stop),
+        };
+        loop {
+            let fork = match stop {
+                Stop::Outcome(o) => {
+                    return Slot {
+                        steps,
+                        end: SlotEnd::Outcome(o),
+                    };
+                }
+                Stop::Ipvs(next) => match self.ipvs(&mut cur, &pkt, share, next, &mut steps) {
+                    Scheduled::Rejected(o) => {
+                        return Slot {
+                            steps,
+                            end: SlotEnd::Outcome(o),
+                        };
+                    }
+                    Scheduled::One(p) => {
+                        // One real server: no choice, the same path goes on.
+                        pkt = p;
+                        stop = self.advance(&mut cur, &mut pkt, share, None, &mut steps);
+                        continue;
+                    }
+                    Scheduled::Many(ways) => {
+                        let mut branches = Vec::with_capacity(ways.len());
+                        for (condition, s, p) in ways {
+                            let slot = new_slot(arena);
+                            let note = ipvs_destination(p.dst);
+                            work.push(Task {
+                                slot,
+                                cur: cur.clone(),
+                                pkt: p,
+                                share: s,
+                                start: Start::Fresh {
+                                    pending: None,
+                                    steps: vec![note],
+                                },
+                            });
+                            branches.push((condition, s, slot));
+                        }
+                        return Slot {
+                            steps,
+                            end: SlotEnd::Branches(branches),
+                        };
+                    }
+                },
+                Stop::Fork(fork) => fork,
+            };
+            let mut branches = Vec::new();
+            let mut fork = fork;
+            loop {
+                let Fork {
+                    pending,
+                    taken,
+                    rest,
+                    shares: (taken_share, rest_share),
+                } = fork;
+                let slot = new_slot(arena);
+                work.push(Task {
+                    slot,
+                    cur: cur.clone(),
+                    pkt: pkt.clone(),
+                    share: taken_share,
+                    start: Start::Fresh {
+                        pending: Some(pending),
+                        steps: Vec::new(),
+                    },
+                });
+                branches.push((taken, taken_share, slot));
+                // The way on past the rule: when it meets another choice of the same kind
+                // before anything else happens, that choice's ways join this list.
+                let mut rest_steps = Vec::new();
+                let next = self.advance(&mut cur, &mut pkt, rest_share, None, &mut rest_steps);
+                match next {
+                    Stop::Fork(f) if rest_steps.is_empty() && same_choice(&f.taken, &rest) => {
+                        fork = f;
+                    }
+                    next => {
+                        let slot = new_slot(arena);
+                        work.push(Task {
+                            slot,
+                            cur,
+                            pkt,
+                            share: rest_share,
+                            start: Start::Stopped {
+                                steps: rest_steps,
+                                stop: next,
+                            },
+                        });
+                        branches.push((rest, rest_share, slot));
+                        return Slot {
+                            steps,
+                            end: SlotEnd::Branches(branches),
+                        };
+                    }
+                }
+            }
+        }
+    }
+
+    /// Walks one path rule by rule, appending to `steps`, until an outcome, a choice or IPVS.
+    /// `pending` is a rule matched at a choice, applied first (the way where it matched).
+    fn advance(
         &self,
-        mut cur: Cursor,
-        mut pkt: PacketState,
+        cur: &mut Cursor,
+        pkt: &mut PacketState,
         share: Option<f64>,
         pending: Option<Pending<'a>>,
-    ) -> TraceNode {
-        let mut steps = Vec::new();
+        steps: &mut Vec<Step>,
+    ) -> Stop<'a> {
         if let Some(p) = pending
-            && let Applied::End(o) = self.matched(&mut cur, &mut pkt, p.rule, p.number, &mut steps)
+            && let Applied::End(o) = self.matched(cur, pkt, p.rule, p.number, steps)
         {
-            return TraceNode {
-                steps,
-                end: End::Outcome(o),
-            };
+            return Stop::Outcome(o);
         }
         loop {
             if cur.frames.is_empty() {
@@ -176,30 +376,25 @@ impl<'a> Walker<'a> {
                     }
                     continue;
                 }
-                match self.transition(cur.stage, &mut pkt, &mut steps) {
+                match self.transition(cur.stage, pkt, steps) {
                     Transition::Next(stage) => {
                         cur.stage = stage;
                         cur.table_idx = 0;
                     }
                     Transition::Deliver => {
                         let local = self.node.is_local(pkt.dst.ip());
-                        return TraceNode {
-                            steps,
-                            end: End::Outcome(Outcome {
-                                verdict: Verdict::Delivered {
-                                    destination: pkt.dst,
-                                    translated: pkt.dnat || pkt.ipvs.is_some(),
-                                    ipvs: pkt.ipvs.is_some(),
-                                    local,
-                                    masquerade: pkt.snat,
-                                },
-                                via: cur.via.clone(),
-                            }),
-                        };
+                        return Stop::Outcome(Outcome {
+                            verdict: Verdict::Delivered {
+                                destination: pkt.dst,
+                                translated: pkt.dnat || pkt.ipvs.is_some(),
+                                ipvs: pkt.ipvs.is_some(),
+                                local,
+                                masquerade: pkt.snat,
+                            },
+                            via: cur.via.clone(),
+                        });
                     }
-                    Transition::Ipvs(next) => {
-                        return self.ipvs(cur, pkt, share, next, steps);
-                    }
+                    Transition::Ipvs(next) => return Stop::Ipvs(next),
                 }
                 continue;
             }
@@ -214,15 +409,14 @@ impl<'a> Walker<'a> {
             if frame.next_rule >= chain.rules.len() {
                 if depth == 0 {
                     if chain.policy.as_deref() == Some("DROP") {
-                        return self.end(
-                            steps,
-                            &cur,
+                        return Stop::Outcome(self.end(
+                            cur,
                             Verdict::Dropped {
                                 table: table.to_string(),
                                 chain: chain_name,
                                 rule: "policy DROP".into(),
                             },
-                        );
+                        ));
                     }
                     cur.frames.clear();
                 } else {
@@ -237,7 +431,7 @@ impl<'a> Walker<'a> {
             let number = frame.next_rule + 1;
             frame.next_rule += 1;
             let rule = &chain.rules[number - 1];
-            match evaluate(rule, &pkt, self.node) {
+            match evaluate(rule, pkt, self.node) {
                 RuleEval::NoMatch => {}
                 RuleEval::NotModelled(what) => {
                     steps.push(Step::Note {
@@ -249,13 +443,8 @@ impl<'a> Walker<'a> {
                     self.not_modelled.borrow_mut().insert(what);
                 }
                 RuleEval::Match => {
-                    if let Applied::End(o) =
-                        self.matched(&mut cur, &mut pkt, rule, number, &mut steps)
-                    {
-                        return TraceNode {
-                            steps,
-                            end: End::Outcome(o),
-                        };
+                    if let Applied::End(o) = self.matched(cur, pkt, rule, number, steps) {
+                        return Stop::Outcome(o);
                     }
                     if cur.matched > MAX_STEPS || cur.frames.len() > MAX_DEPTH {
                         steps.push(Step::Note {
@@ -263,80 +452,54 @@ impl<'a> Walker<'a> {
                             text: "the walk stopped here: too many jumps (a loop in the rules?)"
                                 .into(),
                         });
-                        return self.end(
-                            steps,
-                            &cur,
+                        return Stop::Outcome(self.end(
+                            cur,
                             Verdict::Dropped {
                                 table: table.to_string(),
                                 chain: chain_name,
                                 rule: "walk stopped: loop".into(),
                             },
-                        );
+                        ));
                     }
                 }
                 RuleEval::Random(p) => {
                     let p = p.clamp(0.0, 1.0);
-                    let taken = Condition::Random {
-                        probability: p,
-                        taken: true,
-                    };
-                    let rest = Condition::Random {
-                        probability: p,
-                        taken: false,
-                    };
-                    let shares = (share.map(|s| s * p), share.map(|s| s * (1.0 - p)));
-                    let pending = Pending { rule, number };
-                    return self.fork(cur, pkt, steps, pending, (taken, rest), shares);
+                    return Stop::Fork(Fork {
+                        pending: Pending { rule, number },
+                        taken: Condition::Random {
+                            probability: p,
+                            taken: true,
+                        },
+                        rest: Condition::Random {
+                            probability: p,
+                            taken: false,
+                        },
+                        shares: (share.map(|s| s * p), share.map(|s| s * (1.0 - p))),
+                    });
                 }
                 RuleEval::Recent { list, seconds } => {
-                    let taken = Condition::Recent {
-                        list: list.clone(),
-                        seconds,
-                        returning: true,
-                    };
-                    let rest = Condition::Recent {
-                        list,
-                        seconds,
-                        returning: false,
-                    };
-                    // Only a returning client takes the first way: it has no share of new ones.
-                    let pending = Pending { rule, number };
-                    return self.fork(cur, pkt, steps, pending, (taken, rest), (None, share));
+                    return Stop::Fork(Fork {
+                        pending: Pending { rule, number },
+                        taken: Condition::Recent {
+                            list: list.clone(),
+                            seconds,
+                            returning: true,
+                        },
+                        rest: Condition::Recent {
+                            list,
+                            seconds,
+                            returning: false,
+                        },
+                        // Only a returning client takes the first way: it has no share of new ones.
+                        shares: (None, share),
+                    });
                 }
             }
         }
     }
 
-    /// Two ways on from a rule that matches some packets: it applied, or the walk goes on past it.
-    fn fork(
-        &self,
-        cur: Cursor,
-        pkt: PacketState,
-        steps: Vec<Step>,
-        pending: Pending<'a>,
-        (taken, rest): (Condition, Condition),
-        (taken_share, rest_share): (Option<f64>, Option<f64>),
-    ) -> TraceNode {
-        let taken_node = self.run_from(cur.clone(), pkt.clone(), taken_share, Some(pending));
-        let rest_node = self.run_from(cur, pkt, rest_share, None);
-        TraceNode {
-            steps,
-            end: End::Branches(vec![
-                Branch {
-                    condition: taken,
-                    share: taken_share,
-                    node: taken_node,
-                },
-                Branch {
-                    condition: rest,
-                    share: rest_share,
-                    node: rest_node,
-                },
-            ]),
-        }
-    }
-
-    fn end(&self, steps: Vec<Step>, cur: &Cursor, verdict: Verdict) -> TraceNode {
+    /// The outcome of a path stopped inside a chain: the chains it is in are the way it came.
+    fn end(&self, cur: &Cursor, verdict: Verdict) -> Outcome {
         let mut via = cur.via.clone();
         let path: Vec<String> = cur
             .frames
@@ -346,10 +509,7 @@ impl<'a> Walker<'a> {
         if !path.is_empty() {
             via = path;
         }
-        TraceNode {
-            steps,
-            end: End::Outcome(Outcome { verdict, via }),
-        }
+        Outcome { verdict, via }
     }
 
     /// Applies a matched rule's target.
@@ -534,15 +694,16 @@ impl<'a> Walker<'a> {
                 .is_some_and(|v| v.find(pkt.proto, pkt.dst).is_some())
     }
 
-    /// IPVS takes the packet: one branch per live real server.
+    /// IPVS takes the packet: the ways on, one per live real server, and the walk goes on at
+    /// `next`.
     fn ipvs(
         &self,
-        mut cur: Cursor,
-        pkt: PacketState,
+        cur: &mut Cursor,
+        pkt: &PacketState,
         share: Option<f64>,
         next: Stage,
-        mut steps: Vec<Step>,
-    ) -> TraceNode {
+        steps: &mut Vec<Step>,
+    ) -> Scheduled {
         let vs = self
             .node
             .virtual_servers
@@ -572,20 +733,17 @@ impl<'a> Walker<'a> {
         cur.stage = next;
         cur.table_idx = 0;
         if live.is_empty() {
-            return TraceNode {
-                steps,
-                end: End::Outcome(Outcome {
-                    via: cur.via.clone(),
-                    verdict: Verdict::Rejected {
-                        table: "ipvs".into(),
-                        chain: vs_name,
-                        rule: "no real server: IPVS answers ICMP port unreachable".into(),
-                    },
-                }),
-            };
+            return Scheduled::Rejected(Outcome {
+                via: cur.via.clone(),
+                verdict: Verdict::Rejected {
+                    table: "ipvs".into(),
+                    chain: vs_name,
+                    rule: "no real server: IPVS answers ICMP port unreachable".into(),
+                },
+            });
         }
         let total: u32 = live.iter().map(|(_, w)| w).sum();
-        let to = |pkt: &PacketState, rs: SocketAddr| {
+        let to = |rs: SocketAddr| {
             let mut p = pkt.clone();
             p.ipvs = Some((vs.proto, vs.address));
             p.dst = rs;
@@ -593,48 +751,76 @@ impl<'a> Walker<'a> {
         };
         if live.len() == 1 {
             let rs = live[0].0;
-            steps.push(Step::Note {
-                depth: 0,
-                text: format!("IPVS: the destination is now {rs} (IPVS NAT forwarding)"),
-            });
-            return self.run_from(cur, to(&pkt, rs), share, None).prepend(steps);
+            steps.push(ipvs_destination(rs));
+            return Scheduled::One(to(rs));
         }
-        let branches = live
-            .iter()
-            .map(|&(rs, w)| {
-                let s = share.map(|s| s * f64::from(w) / f64::from(total));
-                let mut node = self.run_from(cur.clone(), to(&pkt, rs), s, None);
-                node.steps.insert(
-                    0,
-                    Step::Note {
-                        depth: 0,
-                        text: format!("IPVS: the destination is now {rs} (IPVS NAT forwarding)"),
-                    },
-                );
-                Branch {
-                    condition: Condition::Scheduler {
+        Scheduled::Many(
+            live.iter()
+                .map(|&(rs, w)| {
+                    let condition = Condition::Scheduler {
                         scheduler: vs.scheduler.clone(),
                         real_server: rs,
                         weight: w,
                         total_weight: total,
-                    },
-                    share: s,
-                    node,
-                }
-            })
-            .collect();
-        TraceNode {
-            steps,
-            end: End::Branches(branches),
-        }
+                    };
+                    let s = share.map(|s| s * f64::from(w) / f64::from(total));
+                    (condition, s, to(rs))
+                })
+                .collect(),
+        )
     }
 }
 
-impl TraceNode {
-    fn prepend(mut self, mut steps: Vec<Step>) -> TraceNode {
-        steps.append(&mut self.steps);
-        self.steps = steps;
-        self
+/// Whether a way on past a choice (`rest`) meeting choice `next` continues the same choice: a
+/// Service's endpoints are one choice, not one nested in the other.
+fn same_choice(next: &Condition, rest: &Condition) -> bool {
+    matches!(
+        (next, rest),
+        (Condition::Random { .. }, Condition::Random { .. })
+            | (Condition::Recent { .. }, Condition::Recent { .. })
+    )
+}
+
+/// The arena's nodes as a tree. A node's ways always get slots after its own, so building
+/// from the last slot to the first finds every child built, without recursion.
+fn assemble(arena: Vec<Slot>) -> TraceNode {
+    let mut built: Vec<Option<TraceNode>> = Vec::with_capacity(arena.len());
+    built.resize_with(arena.len(), || None);
+    for (i, slot) in arena.into_iter().enumerate().rev() {
+        let end = match slot.end {
+            SlotEnd::Unwalked => unreachable!("every task is walked before the tree is built"),
+            SlotEnd::Outcome(o) => End::Outcome(o),
+            SlotEnd::Branches(ways) => End::Branches(
+                ways.into_iter()
+                    .map(|(condition, share, child)| Branch {
+                        condition,
+                        share,
+                        node: built[child]
+                            .take()
+                            .expect("a child's slot comes after its parent's"),
+                    })
+                    .collect(),
+            ),
+        };
+        built[i] = Some(TraceNode {
+            steps: slot.steps,
+            end,
+        });
+    }
+    built[0].take().expect("the root is slot 0")
+}
+
+/// A new, empty slot of the arena.
+fn new_slot(arena: &mut Vec<Slot>) -> usize {
+    arena.push(Slot::default());
+    arena.len() - 1
+}
+
+/// The step a way IPVS picked starts with.
+fn ipvs_destination(rs: SocketAddr) -> Step {
+    Step::Note {
+        depth: 0,
+        text: format!("IPVS: the destination is now {rs} (IPVS NAT forwarding)"),
     }
 }
 
