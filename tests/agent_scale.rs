@@ -257,3 +257,155 @@ fn agent_at_scale() {
         eprintln!("{line}");
     }
 }
+
+/// The value of `name=` in a log line (the text format colours field names).
+fn log_field(line: &str, name: &str) -> String {
+    line.split_whitespace()
+        .map(|w| {
+            w.replace("\u{1b}[3m", "")
+                .replace("\u{1b}[0m", "")
+                .replace("\u{1b}[2m", "")
+        })
+        .find_map(|w| w.strip_prefix(&format!("{name}=")).map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Polls `log` every 20 ms until a line contains `what` `count` times; how long that took.
+fn wait_log(log: &std::path::Path, what: &str, count: usize, limit: Duration) -> Duration {
+    let t = Instant::now();
+    loop {
+        let text = fs::read_to_string(log).unwrap_or_default();
+        if text.lines().filter(|l| l.contains(what)).count() >= count {
+            return t.elapsed();
+        }
+        assert!(t.elapsed() < limit, "{what:?} not logged within {limit:?}:\n{text}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Restart on a loaded node (issue #16), run by hand:
+///
+/// ```sh
+/// cargo test --release --test agent_scale restart_at_scale -- --ignored --nocapture
+/// KPRS_SCALE_BACKEND=legacy cargo test --release --test agent_scale restart_at_scale -- --ignored --nocapture
+/// ```
+///
+/// N Services (default 10,000) × 10 endpoints from an objects file: a first agent fills the
+/// node and is killed; a second one starts on the loaded node and is timed to its back-end
+/// choice and its first sync (a full sync of a loaded node: what the hourly one does too);
+/// then `trace` on the live node and `--cleanup` are timed. Nothing here runs a whole-table
+/// save of the loaded node (the harness counts chains with `nft list chains` on nft).
+#[test]
+#[ignore = "a scale measurement (minutes, large); run by hand"]
+fn restart_at_scale() {
+    if !support::require_root() {
+        return;
+    }
+    let services: u32 = std::env::var("KPRS_SCALE_SERVICES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let legacy = std::env::var("KPRS_SCALE_BACKEND").as_deref() == Ok("legacy");
+    let node = Netns::new("restart-scale");
+    if legacy {
+        let out = node.exec_input(
+            ["iptables-legacy-restore", "-w", "--noflush"],
+            b"*mangle\n:KUBE-KUBELET-CANARY - [0:0]\nCOMMIT\n",
+        );
+        assert!(out.status.success());
+    }
+    let tmp = TempDir::new("restart-scale");
+    let file = tmp.path().join("objects.json");
+    let mut items = vec![serde_json::json!({
+        "apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-0"},
+        "status": {"addresses": [{"type": "InternalIP", "address": "192.168.50.1"}]}
+    })];
+    for i in 0..services {
+        let (svc, slice) = objects(i, 10, 0);
+        items.push(svc);
+        items.push(slice);
+    }
+    fs::write(
+        &file,
+        serde_json::to_vec(&serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}))
+            .unwrap(),
+    )
+    .unwrap();
+    let bin = env!("CARGO_BIN_EXE_kube-proxy-rs");
+    let flags = [
+        "--hostname-override",
+        "node-0",
+        "--cluster-cidr",
+        "10.128.0.0/10",
+    ];
+    let start = |log: &std::path::Path| {
+        node.command([bin, "--objects", file.to_str().unwrap()])
+            .args(flags)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    let backend = if legacy { "legacy" } else { "nft" };
+    let mut report = vec![format!("{services} Services x 10 endpoints, {backend} back end")];
+
+    let log1 = tmp.path().join("first.log");
+    let mut first = start(&log1);
+    let t = wait_log(&log1, "rules synced", 1, Duration::from_secs(1200));
+    report.push(format!("empty node -> first sync: {t:?}"));
+    let _ = first.kill();
+    let _ = first.wait();
+
+    let log2 = tmp.path().join("second.log");
+    let t0 = Instant::now();
+    let mut second = start(&log2);
+    let detected = wait_log(&log2, "iptables back end", 1, Duration::from_secs(1200));
+    let synced = wait_log(&log2, "rules synced", 1, Duration::from_secs(1200)) + detected;
+    let text = fs::read_to_string(&log2).unwrap();
+    let line = text.lines().find(|l| l.contains("rules synced")).unwrap();
+    report.push(format!(
+        "restart: back end chosen after {detected:?}, first sync after {:?} (its read of the tables {} ms, restore {} ms, total {} ms); peak RSS {} MiB",
+        t0.elapsed().min(synced),
+        log_field(line, "save_ms"),
+        log_field(line, "restore_ms"),
+        log_field(line, "total_ms"),
+        peak_rss_kib(second.id()).unwrap_or(0) / 1024
+    ));
+    assert!(!text.contains("error"), "{text}");
+    second.signal_term();
+    let _ = second.wait();
+
+    let t = Instant::now();
+    let out = node
+        .command([bin, "trace", "--src", "203.0.113.7", "--dst", "10.96.0.1:80"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    report.push(format!("trace on the live node: {:?}", t.elapsed()));
+
+    let t = Instant::now();
+    let out = node.command([bin, "--cleanup"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    report.push(format!("--cleanup: {:?}", t.elapsed()));
+    let left = if legacy {
+        node.exec_ok(["iptables-legacy-save", "-t", "nat"])
+    } else {
+        node.exec_ok(["nft", "list", "chains", "ip"])
+    };
+    assert!(!left.contains("KUBE-SVC-"), "cleanup left service chains");
+    for l in report {
+        eprintln!("{l}");
+    }
+}
+
+trait SignalTerm {
+    fn signal_term(&self);
+}
+
+impl SignalTerm for std::process::Child {
+    fn signal_term(&self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.id() as i32, libc::SIGTERM) };
+    }
+}
