@@ -147,6 +147,11 @@ async fn serve_connection(stream: tokio::net::TcpStream, handler: Handler) {
     let _ = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
+        // A client that sends its request and then shuts its write side down (`printf … |
+        // socat`, `nc -N`, some load-balancer checkers) still reads the answer: without this,
+        // hyper takes that EOF for an aborted request and closes without answering whenever it
+        // notices the EOF before it has written the answer. Go's server answers such clients.
+        .half_close(true)
         .serve_connection(TokioIo::new(stream), service)
         .await;
 }
