@@ -12,6 +12,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -21,9 +22,10 @@ use kube_proxy_rs::metrics::Metrics;
 use kube_proxy_rs::settings::ProxyMode;
 use rulegen::IpFamily;
 use support::agent::{
-    AgentProcess, HTTP, NODE, failing_restore, nft_nat, slice_yaml, wait_for, write_objects,
+    AgentProcess, HTTP, LAB_FLAGS, NODE, failing_restore, nft_nat, service, slice, slice_yaml,
+    svc_chains, wait_for, wait_until, write_objects,
 };
-use support::{Lab, TempDir};
+use support::{Lab, Netns, TempDir};
 
 /// One HTTP answer.
 #[derive(Debug)]
@@ -733,5 +735,209 @@ fn half_closed_clients_are_answered() {
         unanswered.is_empty(),
         "{} of 1000 unanswered: {unanswered:?}",
         unanswered.len()
+    );
+}
+
+/// A Slowloris attacker: holds connections to `addr` (from inside a namespace) that each sent
+/// part of a request and never finish it, reopening those the server closes while told to.
+struct Slowloris {
+    reopen: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    open: Arc<AtomicUsize>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Slowloris {
+    /// Opens `n` connections to `addr` from inside `ns`, then every 100 ms reopens up to
+    /// `per_round` of those the server closed (for at most ten minutes).
+    fn start(ns: &Netns, addr: SocketAddr, n: usize, per_round: usize) -> Slowloris {
+        let (reopen, stop) = (
+            Arc::new(AtomicBool::new(true)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let open = Arc::new(AtomicUsize::new(0));
+        let (r, s, o, path) = (reopen.clone(), stop.clone(), open.clone(), ns.path());
+        let thread = thread::spawn(move || {
+            let f = fs::File::open(&path).unwrap();
+            // SAFETY: setns on a valid namespace fd; only this thread changes namespace.
+            assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+            let connect = || -> Option<TcpStream> {
+                let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+                // No blank line: the request never ends.
+                s.write_all(b"GET /healthz HTTP/1.1\r\nHost: attacker\r\n")
+                    .ok()?;
+                s.set_nonblocking(true).ok()?;
+                Some(s)
+            };
+            let mut conns: Vec<Option<TcpStream>> = (0..n).map(|_| connect()).collect();
+            for _ in 0..6000 {
+                o.store(conns.iter().flatten().count(), Ordering::Relaxed);
+                if s.load(Ordering::Relaxed) {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(100));
+                let mut budget = per_round;
+                for c in conns.iter_mut() {
+                    let mut buf = [0u8; 256];
+                    let alive = c.as_mut().is_some_and(|s| {
+                        matches!(s.read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+                    });
+                    if alive {
+                        continue;
+                    }
+                    *c = None;
+                    if budget > 0 && r.load(Ordering::Relaxed) {
+                        budget -= 1;
+                        *c = connect();
+                    }
+                }
+            }
+        });
+        Slowloris {
+            reopen,
+            stop,
+            open,
+            thread: Some(thread),
+        }
+    }
+
+    /// How many of its connections the server had not closed at the last look.
+    fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Stops opening connections (those still open stay open).
+    fn hold(&self) {
+        self.reopen.store(false, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Slowloris {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `(soft, hard)` open-file limits of process `pid`.
+fn nofile_limits(pid: u32) -> (u64, u64) {
+    let limits = fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (v[0], v[1])
+}
+
+/// Open file descriptors of process `pid`.
+fn open_fds(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// More slow HTTP clients than the agent may open files never stop it syncing: started with a
+/// low soft open-file limit under a higher hard one (systemd, some container runtimes), it
+/// raises the soft limit to the hard one, holds at most a bounded share of it for the clients
+/// of one server, so a Service change is applied and `/metrics` answers while an attacker
+/// keeps 600 partial requests (more than the hard limit) against `:10256`; once the attacker
+/// stops opening new ones, its held connections time out and `/healthz` answers again.
+#[test]
+fn slow_http_clients_never_exhaust_the_agents_files() {
+    if !support::require_root() {
+        return;
+    }
+    const SOFT: u64 = 256;
+    const HARD: u64 = 512;
+    let node = Netns::new("fdx");
+    let tmp = TempDir::new("fdx");
+    let objects = tmp.path().join("objects.yaml");
+    let web = format!(
+        "{NODE}{}{}",
+        service("web", "10.96.0.10"),
+        slice("web", &["10.244.1.11"])
+    );
+    write_objects(&objects, &web);
+    let mut args = vec!["--objects", objects.to_str().unwrap()];
+    args.extend(LAB_FLAGS);
+    let agent = AgentProcess::start_limited(
+        &node,
+        &args,
+        &[],
+        &tmp.path().join("agent.log"),
+        Some((SOFT, HARD)),
+    );
+    let pid = agent.child.id();
+    let ns = node.path();
+    let (healthz, metrics) = (local(10256), local(10249));
+    let limit = Duration::from_secs(30);
+    wait_until("first sync", limit, &agent, || {
+        svc_chains(&nft_nat(node.name())) == 1
+    });
+    wait_for("healthz 200", limit, &agent, || {
+        get(Some(&ns), healthz, "/healthz")
+            .ok()
+            .filter(|a| a.status == 200)
+    });
+
+    let attack = Slowloris::start(&node, healthz, 600, 64);
+    wait_until("the attack under way", limit, &agent, || attack.open() > 0);
+    // A change during the attack is applied.
+    write_objects(
+        &objects,
+        &format!(
+            "{web}{}{}",
+            service("api", "10.96.0.11"),
+            slice("api", &["10.244.1.12"])
+        ),
+    );
+    wait_until("a sync during the attack", limit, &agent, || {
+        svc_chains(&nft_nat(node.name())) == 2
+    });
+    // The other servers keep their own connections.
+    let a = get(Some(&ns), metrics, "/metrics").unwrap();
+    assert_eq!(a.status, 200, "{a:?}");
+    let fds = open_fds(pid);
+    eprintln!(
+        "during the attack: {} attacker connections open, the agent holds {fds} files",
+        attack.open()
+    );
+    assert!(
+        fds < (HARD / 2) as usize,
+        "the agent holds {fds} files of {HARD}"
+    );
+    assert!(
+        !agent.log().contains("Too many open files"),
+        "{}",
+        agent.log()
+    );
+
+    // The attacker stops opening connections: those it holds time out, and /healthz answers.
+    attack.hold();
+    let start = Instant::now();
+    wait_for(
+        "healthz answers after the attack",
+        Duration::from_secs(90),
+        &agent,
+        || {
+            get(Some(&ns), healthz, "/healthz")
+                .ok()
+                .filter(|a| a.status == 200)
+        },
+    );
+    eprintln!(
+        "/healthz answered {:?} after the attacker stopped ({} of its connections still open)",
+        start.elapsed(),
+        attack.open()
+    );
+    drop(attack);
+    assert_eq!(
+        nofile_limits(pid),
+        (HARD, HARD),
+        "the soft limit is raised to the hard one"
     );
 }

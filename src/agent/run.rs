@@ -303,6 +303,14 @@ pub fn run(cli: &Cli) -> ExitCode {
         return ExitCode::FAILURE;
     };
     tune_allocator();
+    // Before any file is opened, and before the HTTP servers size their connection slots on it.
+    match super::fdlimit::raise_open_file_limit() {
+        Ok((before, after)) if after > before => {
+            tracing::info!(from = before, to = after, "raised the open-file limit")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
