@@ -136,7 +136,28 @@ fn healthz_and_livez_follow_the_status_rules() {
     let addr = health.serve(local(0)).expect("bound on an ephemeral port");
     assert_ne!(addr.port(), 0);
 
-    // Fresh (starting up): healthy, no per-family status yet, the node eligible.
+    // Fresh, no Node known yet (the objects are not read): the proxier is healthy (starting
+    // up), but the node is not eligible, so /healthz is 503 (upstream's `NodeEligible` without
+    // a Node); /livez does not look at the node.
+    let a = get(None, addr, "/healthz").unwrap();
+    assert_eq!(a.status, 503, "{a:?}");
+    let v = check_body(&a, true);
+    assert_eq!(v["healthy"], true);
+    assert_eq!(v["nodeEligible"], false);
+    assert!(v.get("status").is_none(), "{}", a.body);
+    assert_eq!(v["lastUpdated"], "0001-01-01T00:00:00Z", "{}", a.body);
+    assert_eq!(get(None, addr, "/livez").unwrap().status, 200);
+
+    // The Node is known: healthy, no per-family status yet, the node eligible.
+    let node = |json| {
+        let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(json).unwrap();
+        Some(Arc::new(node))
+    };
+    let current = Arc::new(std::sync::Mutex::new(node(
+        serde_json::json!({"metadata": {"name": "node-a"}}),
+    )));
+    let c = current.clone();
+    health.set_node_lookup(Arc::new(move || c.lock().unwrap().clone()));
     let a = get(None, addr, "/healthz").unwrap();
     assert_eq!(a.status, 200, "{a:?}");
     let v = check_body(&a, true);
@@ -183,13 +204,10 @@ fn healthz_and_livez_follow_the_status_rules() {
     assert_eq!(get(None, addr, "/livez").unwrap().status, 200);
 
     // The node is tainted for deletion: /healthz 503 (node not eligible), /livez still 200.
-    let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(serde_json::json!({
+    *current.lock().unwrap() = node(serde_json::json!({
         "metadata": {"name": "node-a"},
         "spec": {"taints": [{"key": "ToBeDeletedByClusterAutoscaler", "effect": "NoSchedule"}]}
-    }))
-    .unwrap();
-    let node = Arc::new(node);
-    health.set_node_lookup(Arc::new(move || Some(node.clone())));
+    }));
     let a = get(None, addr, "/healthz").unwrap();
     assert_eq!(a.status, 503);
     let v = check_body(&a, true);
@@ -209,7 +227,7 @@ fn healthz_and_livez_follow_the_status_rules() {
         "{text}"
     );
     assert!(
-        text.contains("kubeproxy_proxy_healthz_total{code=\"503\"} 2\n"),
+        text.contains("kubeproxy_proxy_healthz_total{code=\"503\"} 3\n"),
         "{text}"
     );
     assert!(
@@ -736,6 +754,75 @@ fn half_closed_clients_are_answered() {
         "{} of 1000 unanswered: {unanswered:?}",
         unanswered.len()
     );
+}
+
+/// An `--objects` file the agent cannot parse.
+const UNPARSEABLE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: [web\n";
+
+/// The agent started on an objects file it cannot parse has no rules to apply: its `/healthz`
+/// says so (503, upstream's body: no Node known, so not eligible; no sync yet, so no
+/// per-family status) until the file is fixed and the rules are in place.
+#[test]
+fn healthz_is_not_ready_while_the_objects_cannot_be_read() {
+    if !support::require_root() {
+        return;
+    }
+    let node = Netns::new("nrd");
+    let tmp = TempDir::new("nrd");
+    let objects = tmp.path().join("objects.yaml");
+    write_objects(&objects, UNPARSEABLE);
+    let mut args = vec!["--objects", objects.to_str().unwrap()];
+    args.extend(LAB_FLAGS);
+    let agent = AgentProcess::start(&node, &args, &[], &tmp.path().join("agent.log"));
+    let ns = node.path();
+    let healthz = local(10256);
+    let limit = Duration::from_secs(30);
+
+    wait_until("the file read and rejected", limit, &agent, || {
+        agent.log().contains("cannot read objects")
+    });
+    // Every answer while the file stays unreadable (several polls of it) is not ready.
+    for _ in 0..5 {
+        let a = get(Some(&ns), healthz, "/healthz").unwrap();
+        assert_eq!(a.status, 503, "{a:?}\n{}", agent.log());
+        let v = check_body(&a, true);
+        assert_eq!(v["nodeEligible"], false, "{}", a.body);
+        assert_eq!(
+            v["healthy"], true,
+            "upstream: no sync yet is not a late one"
+        );
+        assert_eq!(v["lastUpdated"], "0001-01-01T00:00:00Z", "{}", a.body);
+        assert!(v.get("status").is_none(), "{}", a.body);
+        thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(svc_chains(&nft_nat(node.name())), 0);
+    // /livez is upstream's too: the proxier is not late, only not started.
+    assert_eq!(get(Some(&ns), healthz, "/livez").unwrap().status, 200);
+
+    // Fixed: the rules are applied and the node is ready.
+    write_objects(
+        &objects,
+        &format!(
+            "{NODE}{}{}",
+            service("web", "10.96.0.10"),
+            slice("web", &["10.244.1.11"])
+        ),
+    );
+    let a = wait_for(
+        "healthz 200 once the objects are read",
+        limit,
+        &agent,
+        || {
+            get(Some(&ns), healthz, "/healthz")
+                .ok()
+                .filter(|a| a.status == 200)
+        },
+    );
+    let v = check_body(&a, true);
+    assert_eq!(v["nodeEligible"], true, "{}", a.body);
+    wait_until("the rules applied", limit, &agent, || {
+        svc_chains(&nft_nat(node.name())) == 1
+    });
 }
 
 /// A Slowloris attacker: holds connections to `addr` (from inside a namespace) that each sent

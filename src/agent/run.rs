@@ -480,12 +480,13 @@ async fn run_async(cli: &Cli, settings: Settings) -> anyhow::Result<()> {
                 t.run();
             }
         });
+        tracing::info!(node = %settings.hostname, "waiting for the initial list of Services, EndpointSlices and this Node");
+        stores.wait_until_ready().await?;
+        // Only once listed: until then no Node is known, and /healthz says not eligible.
         if let Some(h) = &health {
             let stores = stores.clone();
             h.set_node_lookup(Arc::new(move || stores.node()));
         }
-        tracing::info!(node = %settings.hostname, "waiting for the initial list of Services, EndpointSlices and this Node");
-        stores.wait_until_ready().await?;
         Source::Api(stores)
     };
 
