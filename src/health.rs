@@ -6,8 +6,9 @@
 //! queued ([`ProxyHealth::queued_update`]) and no sync succeeded ([`ProxyHealth::updated`])
 //! within the health timeout since (upstream: twice the sync period). Before the first
 //! `updated` it is healthy (starting up). `/healthz` is also 503 when this node is being
-//! deleted or is tainted `ToBeDeletedByClusterAutoscaler`, so load balancers drain it first;
-//! `/livez` ignores the node.
+//! deleted or is tainted `ToBeDeletedByClusterAutoscaler`, so load balancers drain it first,
+//! and while no Node can be known yet (the objects not read: upstream's `NodeEligible` is false
+//! without a Node, and upstream serves nothing before it has one); `/livez` ignores the node.
 
 pub(crate) mod http;
 pub mod service;
@@ -104,8 +105,8 @@ impl ProxyHealth {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Sets where this node's Node object is read from (until then the node counts as
-    /// eligible: it is starting up).
+    /// Sets where this node's Node object is read from, once the objects are read (until then
+    /// the node is not eligible: nothing about it is known yet).
     pub fn set_node_lookup(&self, lookup: NodeLookup) {
         *self.node.lock().unwrap_or_else(|p| p.into_inner()) = Some(lookup);
     }
@@ -141,12 +142,14 @@ impl ProxyHealth {
     }
 
     /// Whether this node may receive load-balancer traffic (upstream's `NodeEligible`). Before
-    /// any Node object was seen: eligible (upstream waits for it at start); once seen and gone:
+    /// the objects are read (no lookup set): not eligible, as upstream without a Node (an
+    /// agent whose objects file cannot be parsed has applied no rules). Once read, before any
+    /// Node object was seen: eligible (upstream waits for it at start); once seen and gone:
     /// deleted, not eligible.
     pub fn node_eligible(&self) -> bool {
         let lookup = self.node.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let Some(lookup) = lookup else {
-            return true;
+            return false;
         };
         match lookup() {
             Some(node) => {
@@ -284,7 +287,10 @@ mod tests {
             serde_json::json!({"metadata": {"name": "a"}}),
         )))));
         let p = present.clone();
-        assert!(h.node_eligible(), "no lookup yet: starting up");
+        assert!(
+            !h.node_eligible(),
+            "no lookup yet: the objects are not read"
+        );
         h.set_node_lookup(Arc::new(move || p.lock().unwrap().clone()));
         assert!(h.node_eligible());
         *present.lock().unwrap() = None;

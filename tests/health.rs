@@ -12,8 +12,9 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use kube_proxy_rs::health::ProxyHealth;
 use kube_proxy_rs::health::service::ServiceHealthServer;
@@ -21,9 +22,10 @@ use kube_proxy_rs::metrics::Metrics;
 use kube_proxy_rs::settings::ProxyMode;
 use rulegen::IpFamily;
 use support::agent::{
-    AgentProcess, HTTP, NODE, failing_restore, nft_nat, slice_yaml, wait_for, write_objects,
+    AgentProcess, HTTP, LAB_FLAGS, NODE, failing_restore, nft_nat, service, slice, slice_yaml,
+    svc_chains, wait_for, wait_until, write_objects,
 };
-use support::{Lab, TempDir};
+use support::{Lab, Netns, TempDir};
 
 /// One HTTP answer.
 #[derive(Debug)]
@@ -134,7 +136,28 @@ fn healthz_and_livez_follow_the_status_rules() {
     let addr = health.serve(local(0)).expect("bound on an ephemeral port");
     assert_ne!(addr.port(), 0);
 
-    // Fresh (starting up): healthy, no per-family status yet, the node eligible.
+    // Fresh, no Node known yet (the objects are not read): the proxier is healthy (starting
+    // up), but the node is not eligible, so /healthz is 503 (upstream's `NodeEligible` without
+    // a Node); /livez does not look at the node.
+    let a = get(None, addr, "/healthz").unwrap();
+    assert_eq!(a.status, 503, "{a:?}");
+    let v = check_body(&a, true);
+    assert_eq!(v["healthy"], true);
+    assert_eq!(v["nodeEligible"], false);
+    assert!(v.get("status").is_none(), "{}", a.body);
+    assert_eq!(v["lastUpdated"], "0001-01-01T00:00:00Z", "{}", a.body);
+    assert_eq!(get(None, addr, "/livez").unwrap().status, 200);
+
+    // The Node is known: healthy, no per-family status yet, the node eligible.
+    let node = |json| {
+        let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(json).unwrap();
+        Some(Arc::new(node))
+    };
+    let current = Arc::new(std::sync::Mutex::new(node(
+        serde_json::json!({"metadata": {"name": "node-a"}}),
+    )));
+    let c = current.clone();
+    health.set_node_lookup(Arc::new(move || c.lock().unwrap().clone()));
     let a = get(None, addr, "/healthz").unwrap();
     assert_eq!(a.status, 200, "{a:?}");
     let v = check_body(&a, true);
@@ -181,13 +204,10 @@ fn healthz_and_livez_follow_the_status_rules() {
     assert_eq!(get(None, addr, "/livez").unwrap().status, 200);
 
     // The node is tainted for deletion: /healthz 503 (node not eligible), /livez still 200.
-    let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(serde_json::json!({
+    *current.lock().unwrap() = node(serde_json::json!({
         "metadata": {"name": "node-a"},
         "spec": {"taints": [{"key": "ToBeDeletedByClusterAutoscaler", "effect": "NoSchedule"}]}
-    }))
-    .unwrap();
-    let node = Arc::new(node);
-    health.set_node_lookup(Arc::new(move || Some(node.clone())));
+    }));
     let a = get(None, addr, "/healthz").unwrap();
     assert_eq!(a.status, 503);
     let v = check_body(&a, true);
@@ -207,7 +227,7 @@ fn healthz_and_livez_follow_the_status_rules() {
         "{text}"
     );
     assert!(
-        text.contains("kubeproxy_proxy_healthz_total{code=\"503\"} 2\n"),
+        text.contains("kubeproxy_proxy_healthz_total{code=\"503\"} 3\n"),
         "{text}"
     );
     assert!(
@@ -664,5 +684,347 @@ fn ipvs_mode_serves_health_checks_and_metrics() {
     assert!(
         !families.contains("kubeproxy_sync_full_proxy_rules_duration_seconds"),
         "IPVS mode has no full/partial syncs: {families}"
+    );
+}
+
+/// A health server whose node is known and eligible, and which has synced once: it answers 200.
+fn eligible_health() -> Arc<ProxyHealth> {
+    let health = ProxyHealth::new(Duration::from_secs(60), IpFamily::V4, None);
+    let node: k8s_openapi::api::core::v1::Node =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "node-a"}})).unwrap();
+    let node = Arc::new(node);
+    health.set_node_lookup(Arc::new(move || Some(node.clone())));
+    health.updated();
+    health
+}
+
+/// The first line of what the server sent back to a client that wrote `request`, waited
+/// `delay` (spinning: a sleep would be far longer) and then shut its write side down
+/// (`printf … | socat`, `nc -N`, load-balancer checkers), read until the server closes.
+fn half_closed_exchange(stream: &mut TcpStream, request: &str, delay: Duration) -> String {
+    stream.write_all(request.as_bytes()).unwrap();
+    let start = Instant::now();
+    while start.elapsed() < delay {
+        std::hint::spin_loop();
+    }
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    text.lines().next().unwrap_or_default().to_string()
+}
+
+/// Whether `status_line` is a 200 (HTTP/1.0 requests get an HTTP/1.0 answer).
+fn answered(status_line: &str) -> bool {
+    status_line.starts_with("HTTP/1.") && status_line.ends_with(" 200 OK")
+}
+
+/// A client that sends its request and shuts its write side down is answered, as Go's server
+/// answers it. Whether the server notices the FIN before it has written its answer is a race,
+/// so 1,000 clients, HTTP/1.0 and 1.1, with and without `Connection: close`, each shutting
+/// down 0 to 1 ms after its request (spread evenly, so the window is hit on a fast machine or
+/// a loaded one: without half-close support 1 to 20 % of them went unanswered).
+#[test]
+fn half_closed_clients_are_answered() {
+    let requests = [
+        "GET /healthz HTTP/1.0\r\n\r\n",
+        "GET /healthz HTTP/1.1\r\nHost: node\r\n\r\n",
+        "GET /livez HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n",
+    ];
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let addr = {
+        let _enter = rt.enter();
+        eligible_health().serve(local(0)).unwrap()
+    };
+    let mut unanswered = Vec::new();
+    for i in 0..1000 {
+        let request = requests[i % requests.len()];
+        let delay = Duration::from_micros((i as u64 % 50) * 20);
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let status = half_closed_exchange(&mut stream, request, delay);
+        if !answered(&status) {
+            unanswered.push((i, status));
+        }
+    }
+    assert!(
+        unanswered.is_empty(),
+        "{} of 1000 unanswered: {unanswered:?}",
+        unanswered.len()
+    );
+}
+
+/// An `--objects` file the agent cannot parse.
+const UNPARSEABLE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: [web\n";
+
+/// The agent started on an objects file it cannot parse has no rules to apply: its `/healthz`
+/// says so (503, upstream's body: no Node known, so not eligible; no sync yet, so no
+/// per-family status) until the file is fixed and the rules are in place.
+#[test]
+fn healthz_is_not_ready_while_the_objects_cannot_be_read() {
+    if !support::require_root() {
+        return;
+    }
+    let node = Netns::new("nrd");
+    let tmp = TempDir::new("nrd");
+    let objects = tmp.path().join("objects.yaml");
+    write_objects(&objects, UNPARSEABLE);
+    let mut args = vec!["--objects", objects.to_str().unwrap()];
+    args.extend(LAB_FLAGS);
+    let agent = AgentProcess::start(&node, &args, &[], &tmp.path().join("agent.log"));
+    let ns = node.path();
+    let healthz = local(10256);
+    let limit = Duration::from_secs(30);
+
+    wait_until("the file read and rejected", limit, &agent, || {
+        agent.log().contains("cannot read objects")
+    });
+    // Every answer while the file stays unreadable (several polls of it) is not ready.
+    for _ in 0..5 {
+        let a = get(Some(&ns), healthz, "/healthz").unwrap();
+        assert_eq!(a.status, 503, "{a:?}\n{}", agent.log());
+        let v = check_body(&a, true);
+        assert_eq!(v["nodeEligible"], false, "{}", a.body);
+        assert_eq!(
+            v["healthy"], true,
+            "upstream: no sync yet is not a late one"
+        );
+        assert_eq!(v["lastUpdated"], "0001-01-01T00:00:00Z", "{}", a.body);
+        assert!(v.get("status").is_none(), "{}", a.body);
+        thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(svc_chains(&nft_nat(node.name())), 0);
+    // /livez is upstream's too: the proxier is not late, only not started.
+    assert_eq!(get(Some(&ns), healthz, "/livez").unwrap().status, 200);
+
+    // Fixed: the rules are applied and the node is ready.
+    write_objects(
+        &objects,
+        &format!(
+            "{NODE}{}{}",
+            service("web", "10.96.0.10"),
+            slice("web", &["10.244.1.11"])
+        ),
+    );
+    let a = wait_for(
+        "healthz 200 once the objects are read",
+        limit,
+        &agent,
+        || {
+            get(Some(&ns), healthz, "/healthz")
+                .ok()
+                .filter(|a| a.status == 200)
+        },
+    );
+    let v = check_body(&a, true);
+    assert_eq!(v["nodeEligible"], true, "{}", a.body);
+    wait_until("the rules applied", limit, &agent, || {
+        svc_chains(&nft_nat(node.name())) == 1
+    });
+}
+
+/// A Slowloris attacker: holds connections to `addr` (from inside a namespace) that each sent
+/// part of a request and never finish it, reopening those the server closes while told to.
+struct Slowloris {
+    reopen: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    open: Arc<AtomicUsize>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Slowloris {
+    /// Opens `n` connections to `addr` from inside `ns`, then every 100 ms reopens up to
+    /// `per_round` of those the server closed (for at most ten minutes).
+    fn start(ns: &Netns, addr: SocketAddr, n: usize, per_round: usize) -> Slowloris {
+        let (reopen, stop) = (
+            Arc::new(AtomicBool::new(true)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let open = Arc::new(AtomicUsize::new(0));
+        let (r, s, o, path) = (reopen.clone(), stop.clone(), open.clone(), ns.path());
+        let thread = thread::spawn(move || {
+            let f = fs::File::open(&path).unwrap();
+            // SAFETY: setns on a valid namespace fd; only this thread changes namespace.
+            assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+            let connect = || -> Option<TcpStream> {
+                let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+                // No blank line: the request never ends.
+                s.write_all(b"GET /healthz HTTP/1.1\r\nHost: attacker\r\n")
+                    .ok()?;
+                s.set_nonblocking(true).ok()?;
+                Some(s)
+            };
+            let mut conns: Vec<Option<TcpStream>> = (0..n).map(|_| connect()).collect();
+            for _ in 0..6000 {
+                o.store(conns.iter().flatten().count(), Ordering::Relaxed);
+                if s.load(Ordering::Relaxed) {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(100));
+                let mut budget = per_round;
+                for c in conns.iter_mut() {
+                    let mut buf = [0u8; 256];
+                    let alive = c.as_mut().is_some_and(|s| {
+                        matches!(s.read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+                    });
+                    if alive {
+                        continue;
+                    }
+                    *c = None;
+                    if budget > 0 && r.load(Ordering::Relaxed) {
+                        budget -= 1;
+                        *c = connect();
+                    }
+                }
+            }
+        });
+        Slowloris {
+            reopen,
+            stop,
+            open,
+            thread: Some(thread),
+        }
+    }
+
+    /// How many of its connections the server had not closed at the last look.
+    fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Stops opening connections (those still open stay open).
+    fn hold(&self) {
+        self.reopen.store(false, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Slowloris {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `(soft, hard)` open-file limits of process `pid`.
+fn nofile_limits(pid: u32) -> (u64, u64) {
+    let limits = fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (v[0], v[1])
+}
+
+/// Open file descriptors of process `pid`.
+fn open_fds(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// More slow HTTP clients than the agent may open files never stop it syncing: started with a
+/// low soft open-file limit under a higher hard one (systemd, some container runtimes), it
+/// raises the soft limit to the hard one, holds at most a bounded share of it for the clients
+/// of one server, so a Service change is applied and `/metrics` answers while an attacker
+/// keeps 600 partial requests (more than the hard limit) against `:10256`; once the attacker
+/// stops opening new ones, its held connections time out and `/healthz` answers again.
+#[test]
+fn slow_http_clients_never_exhaust_the_agents_files() {
+    if !support::require_root() {
+        return;
+    }
+    const SOFT: u64 = 256;
+    const HARD: u64 = 512;
+    let node = Netns::new("fdx");
+    let tmp = TempDir::new("fdx");
+    let objects = tmp.path().join("objects.yaml");
+    let web = format!(
+        "{NODE}{}{}",
+        service("web", "10.96.0.10"),
+        slice("web", &["10.244.1.11"])
+    );
+    write_objects(&objects, &web);
+    let mut args = vec!["--objects", objects.to_str().unwrap()];
+    args.extend(LAB_FLAGS);
+    let agent = AgentProcess::start_limited(
+        &node,
+        &args,
+        &[],
+        &tmp.path().join("agent.log"),
+        Some((SOFT, HARD)),
+    );
+    let pid = agent.child.id();
+    let ns = node.path();
+    let (healthz, metrics) = (local(10256), local(10249));
+    let limit = Duration::from_secs(30);
+    wait_until("first sync", limit, &agent, || {
+        svc_chains(&nft_nat(node.name())) == 1
+    });
+    wait_for("healthz 200", limit, &agent, || {
+        get(Some(&ns), healthz, "/healthz")
+            .ok()
+            .filter(|a| a.status == 200)
+    });
+
+    let attack = Slowloris::start(&node, healthz, 600, 64);
+    wait_until("the attack under way", limit, &agent, || attack.open() > 0);
+    // A change during the attack is applied.
+    write_objects(
+        &objects,
+        &format!(
+            "{web}{}{}",
+            service("api", "10.96.0.11"),
+            slice("api", &["10.244.1.12"])
+        ),
+    );
+    wait_until("a sync during the attack", limit, &agent, || {
+        svc_chains(&nft_nat(node.name())) == 2
+    });
+    // The other servers keep their own connections.
+    let a = get(Some(&ns), metrics, "/metrics").unwrap();
+    assert_eq!(a.status, 200, "{a:?}");
+    let fds = open_fds(pid);
+    eprintln!(
+        "during the attack: {} attacker connections open, the agent holds {fds} files",
+        attack.open()
+    );
+    assert!(
+        fds < (HARD / 2) as usize,
+        "the agent holds {fds} files of {HARD}"
+    );
+    assert!(
+        !agent.log().contains("Too many open files"),
+        "{}",
+        agent.log()
+    );
+
+    // The attacker stops opening connections: those it holds time out, and /healthz answers.
+    attack.hold();
+    let start = Instant::now();
+    wait_for(
+        "healthz answers after the attack",
+        Duration::from_secs(90),
+        &agent,
+        || {
+            get(Some(&ns), healthz, "/healthz")
+                .ok()
+                .filter(|a| a.status == 200)
+        },
+    );
+    eprintln!(
+        "/healthz answered {:?} after the attacker stopped ({} of its connections still open)",
+        start.elapsed(),
+        attack.open()
+    );
+    drop(attack);
+    assert_eq!(
+        nofile_limits(pid),
+        (HARD, HARD),
+        "the soft limit is raised to the hard one"
     );
 }

@@ -303,6 +303,14 @@ pub fn run(cli: &Cli) -> ExitCode {
         return ExitCode::FAILURE;
     };
     tune_allocator();
+    // Before any file is opened, and before the HTTP servers size their connection slots on it.
+    match super::fdlimit::raise_open_file_limit() {
+        Ok((before, after)) if after > before => {
+            tracing::info!(from = before, to = after, "raised the open-file limit")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -472,12 +480,13 @@ async fn run_async(cli: &Cli, settings: Settings) -> anyhow::Result<()> {
                 t.run();
             }
         });
+        tracing::info!(node = %settings.hostname, "waiting for the initial list of Services, EndpointSlices and this Node");
+        stores.wait_until_ready().await?;
+        // Only once listed: until then no Node is known, and /healthz says not eligible.
         if let Some(h) = &health {
             let stores = stores.clone();
             h.set_node_lookup(Arc::new(move || stores.node()));
         }
-        tracing::info!(node = %settings.hostname, "waiting for the initial list of Services, EndpointSlices and this Node");
-        stores.wait_until_ready().await?;
         Source::Api(stores)
     };
 

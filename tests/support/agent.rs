@@ -34,6 +34,19 @@ pub struct AgentProcess {
 impl AgentProcess {
     /// Starts `kube-proxy-rs args…` in `node` with debug logs (and `envs`) going to `log`.
     pub fn start(node: &Netns, args: &[&str], envs: &[(&str, String)], log: &Path) -> AgentProcess {
+        AgentProcess::start_limited(node, args, envs, log, None)
+    }
+
+    /// [`AgentProcess::start`], with the agent's open-file limit (`RLIMIT_NOFILE`) set to
+    /// `(soft, hard)` when given, as systemd and some container runtimes start it (a low soft
+    /// limit under a higher hard one).
+    pub fn start_limited(
+        node: &Netns,
+        args: &[&str],
+        envs: &[(&str, String)],
+        log: &Path,
+        nofile: Option<(u64, u64)>,
+    ) -> AgentProcess {
         let file = fs::File::create(log).unwrap();
         let mut cmd = node.command(
             std::iter::once(env!("CARGO_BIN_EXE_kube-proxy-rs")).chain(args.iter().copied()),
@@ -41,6 +54,24 @@ impl AgentProcess {
         cmd.env("RUST_LOG", "debug");
         for (k, v) in envs {
             cmd.env(k, v);
+        }
+        if let Some((soft, hard)) = nofile {
+            use std::os::unix::process::CommandExt;
+            let limit = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            // SAFETY: setrlimit is async-signal-safe and touches nothing but the child (`ip
+            // netns exec` keeps the limit across its exec of the agent).
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
         }
         cmd.stdout(Stdio::null()).stderr(file);
         AgentProcess {
