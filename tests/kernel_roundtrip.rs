@@ -4,9 +4,12 @@
 //! namespace, save it back table by table (in the file's table order, `#` lines dropped) and
 //! require byte equality. So `--dry-run` output, which the golden files pin, is canonical
 //! `iptables-save` text that the kernel accepts.
+//!
+//! A render with names longer than the API allows checks the comment cut against the kernel.
 
 mod support;
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -103,4 +106,63 @@ fn golden_rulesets_survive_the_kernel_round_trip() {
         cases.len() * Backend::ALL.len(),
         failures.join("\n\n")
     );
+}
+
+/// Issue #15 (7): iptables keeps 255 bytes of a comment and drops the rest without a word, so a
+/// render that wrote more would not be what `iptables-save` lists. Names this long are more than
+/// the API allows (no golden case can hold them), so the model is built here: each family, each
+/// back end, the render must come back byte for byte.
+#[test]
+fn an_over_long_comment_comes_back_as_rendered() {
+    if !support::require_root() {
+        return;
+    }
+    let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+    let mut failures = Vec::new();
+    for (family, rg_family, cluster_ip, endpoint) in [
+        (
+            Family::V4,
+            rulegen::IpFamily::V4,
+            "10.96.0.10",
+            "10.244.1.5",
+        ),
+        (
+            Family::V6,
+            rulegen::IpFamily::V6,
+            "fd00:96::10",
+            "fd00:244::5",
+        ),
+    ] {
+        let mut sp = rulegen::ServicePort::cluster_ip(
+            rulegen::ServicePortName::new("n".repeat(200), "s".repeat(100), "http"),
+            rulegen::Protocol::Tcp,
+            ip(cluster_ip),
+            80,
+        );
+        sp.endpoints = vec![rulegen::Endpoint::ready(ip(endpoint), 8080)];
+        let cfg = rulegen::RenderConfig {
+            family: rg_family,
+            ..rulegen::RenderConfig::default()
+        };
+        let text = rulegen::render(&rulegen::Model { services: vec![sp] }, &cfg)
+            .unwrap()
+            .to_save_text();
+        assert!(text.contains(&"n".repeat(200)), "{text}");
+        let tables = payload_tables(&text);
+        for backend in Backend::ALL {
+            let ns = Netns::new(&format!("rt-long-{backend}"));
+            if let Err(e) = restore_with(&ns, backend, family, &[], &text) {
+                failures.push(format!("{family:?} [{backend}]: rejected:\n{e}"));
+                continue;
+            }
+            let saved = save_tables_with(&ns, backend, family, &tables);
+            if saved != text {
+                failures.push(format!(
+                    "{family:?} [{backend}]: the kernel lists something else:\n{}",
+                    unified_diff(&text, &saved, "render", "iptables-save")
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
