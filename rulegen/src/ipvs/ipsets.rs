@@ -242,6 +242,25 @@ fn net_text(net: &IpNet) -> String {
     }
 }
 
+/// `net` as networks `hash:ip,port,net` can hold. The kernel refuses a `/0` there (a member's
+/// prefix must be 1 to 32 or 128; `ipset restore` fails with "The value of the CIDR parameter of
+/// the IP address is invalid"), so an all-addresses source range becomes its two `/1` halves,
+/// which match exactly the same sources. (Upstream adds the `/0` as it is, has it refused, logs
+/// that and goes on without it: the range then admits no client at all.)
+pub fn set_nets(net: &IpNet) -> Vec<IpNet> {
+    if net.prefix_len() != 0 {
+        return vec![*net];
+    }
+    let halves = match net {
+        IpNet::V4(_) => ["0.0.0.0/1", "128.0.0.0/1"],
+        IpNet::V6(_) => ["::/1", "8000::/1"],
+    };
+    halves
+        .iter()
+        .map(|h| h.parse().expect("a valid network"))
+        .collect()
+}
+
 impl IpSets {
     /// The sets `model` needs on this node.
     pub fn for_model(model: &Model, cfg: &RenderConfig) -> IpSets {
@@ -297,10 +316,12 @@ impl IpSets {
                     add(SetId::LoadBalancerFw, entry.clone());
                     let mut from_node = false;
                     for n in ranges {
-                        add(
-                            SetId::LoadBalancerSourceCidr,
-                            format!("{entry},{}", net_text(n)),
-                        );
+                        for member in set_nets(n) {
+                            add(
+                                SetId::LoadBalancerSourceCidr,
+                                format!("{entry},{}", net_text(&member)),
+                            );
+                        }
                         from_node |= primary.is_some_and(|ip| n.contains(ip));
                     }
                     if from_node {
