@@ -246,7 +246,7 @@ fn net_text(net: &IpNet) -> String {
 /// prefix must be 1 to 32 or 128; `ipset restore` fails with "The value of the CIDR parameter of
 /// the IP address is invalid"), so an all-addresses source range becomes its two `/1` halves,
 /// which match exactly the same sources. (Upstream adds the `/0` as it is, has it refused, logs
-/// that and goes on without it: the range then admits no client at all.)
+/// that and goes on without it: the range then admits no outside client at all.)
 pub fn set_nets(net: &IpNet) -> Vec<IpNet> {
     if net.prefix_len() != 0 {
         return vec![*net];
@@ -459,29 +459,54 @@ impl IpSets {
         temp_prefix: &str,
         applied: Option<&IpSets>,
     ) -> fmt::Result {
-        for (i, set) in self.sets.iter().enumerate() {
-            if applied.is_some_and(|a| a.family == self.family && a.sets.get(i) == Some(set)) {
-                continue;
-            }
-            let kind = set.id.kind();
-            // `-exist` on create keeps an existing set as it is (same type), as upstream's does.
-            self.write_create(out, &set.name, kind, false)?;
-            let tmp = format!("{temp_prefix}{i}");
-            self.write_create(out, &tmp, kind, false)?;
-            writeln!(out, "flush {tmp}")?;
-            for e in &set.entries {
-                writeln!(out, "add {tmp} {e}")?;
-            }
-            writeln!(out, "swap {tmp} {}", set.name)?;
-            writeln!(out, "destroy {tmp}")?;
+        for i in self.changed(applied) {
+            self.write_set_restore(out, temp_prefix, i)?;
         }
         Ok(())
+    }
+
+    /// The indexes in [`IpSets::sets`] of the sets that differ from their counterpart in
+    /// `applied` (every set without it, or when `applied` is of the other family).
+    pub fn changed(&self, applied: Option<&IpSets>) -> Vec<usize> {
+        (0..self.sets.len())
+            .filter(|&i| {
+                !applied
+                    .is_some_and(|a| a.family == self.family && a.sets.get(i) == self.sets.get(i))
+            })
+            .collect()
+    }
+
+    /// The part of [`IpSets::write_restore_script`] for the set at `index` alone: a script of
+    /// its own, so a set the kernel refuses can be told apart and holds back no other.
+    pub fn write_set_restore<W: fmt::Write>(
+        &self,
+        out: &mut W,
+        temp_prefix: &str,
+        index: usize,
+    ) -> fmt::Result {
+        let set = &self.sets[index];
+        let kind = set.id.kind();
+        // `-exist` on create keeps an existing set as it is (same type), as upstream's does.
+        self.write_create(out, &set.name, kind, false)?;
+        let tmp = temp_set_name(temp_prefix, index);
+        self.write_create(out, &tmp, kind, false)?;
+        writeln!(out, "flush {tmp}")?;
+        for e in &set.entries {
+            writeln!(out, "add {tmp} {e}")?;
+        }
+        writeln!(out, "swap {tmp} {}", set.name)?;
+        writeln!(out, "destroy {tmp}")
     }
 
     /// How many members all sets hold.
     pub fn entry_count(&self) -> usize {
         self.sets.iter().map(|s| s.entries.len()).sum()
     }
+}
+
+/// The temporary copy the restore script fills for the set at `index` (`temp_prefix` + index).
+pub fn temp_set_name(temp_prefix: &str, index: usize) -> String {
+    format!("{temp_prefix}{index}")
 }
 
 /// An `ipset save` text made comparable with [`IpSets::to_save_text`]: the kernel's random
