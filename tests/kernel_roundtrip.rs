@@ -5,7 +5,9 @@
 //! require byte equality. So `--dry-run` output, which the golden files pin, is canonical
 //! `iptables-save` text that the kernel accepts.
 //!
-//! A render with names longer than the API allows checks the comment cut against the kernel.
+//! The IPVS dry runs' ipset parts (`# ipset` of `expected.ipvs`, `expected.ipvs6`) are loaded the
+//! same way with `ipset restore` (this kernel has ipset but no IPVS; the VM test loads the rest),
+//! and a render with names longer than the API allows checks the comment cut against the kernel.
 
 mod support;
 
@@ -104,6 +106,81 @@ fn golden_rulesets_survive_the_kernel_round_trip() {
         "{} of {} round trips failed:\n\n{}",
         failures.len(),
         cases.len() * Backend::ALL.len(),
+        failures.join("\n\n")
+    );
+}
+
+/// The `# ipset` part of an IPVS dry run.
+fn ipset_part(text: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for line in text.lines() {
+        if let Some(h) = line.strip_prefix("# ") {
+            inside = h == "ipset";
+            continue;
+        }
+        if inside {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Issue #15 (4): every golden IPVS dry run's ipset part is accepted whole by `ipset restore`
+/// (one refused member would leave that set and every later one unloaded) and `ipset save` gives
+/// it back. `loadbalancer-source-ranges-all-addresses` holds a 0.0.0.0/0 and a ::/0 source
+/// range, which hash:ip,port,net refuses as such.
+#[test]
+fn golden_ipvs_ipsets_survive_the_kernel_round_trip() {
+    if !support::require_root() {
+        return;
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("golden");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap()
+        .flatten()
+        .flat_map(|e| ["expected.ipvs", "expected.ipvs6"].map(|f| e.path().join(f)))
+        .filter(|f| f.is_file())
+        .collect();
+    files.sort();
+    assert!(
+        files
+            .iter()
+            .any(|f| f.starts_with(root.join("loadbalancer-source-ranges-all-addresses"))),
+        "the all-addresses source-range case is missing"
+    );
+    let mut failures = Vec::new();
+    for file in &files {
+        let name = file.strip_prefix(&root).unwrap().display().to_string();
+        let part = ipset_part(&std::fs::read_to_string(file).unwrap());
+        assert!(part.contains("create "), "{name}: no ipset part");
+        let ns = Netns::new("rt-ipset");
+        let out = ns.exec_input(["ipset", "restore"], part.as_bytes());
+        if !out.status.success() {
+            failures.push(format!(
+                "{name}: ipset restore refused it: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+            continue;
+        }
+        let saved = ns.exec_ok(["ipset", "save"]);
+        let (ours, kernel) = (
+            rulegen::ipvs::ipsets::comparable_save(&part),
+            rulegen::ipvs::ipsets::comparable_save(&saved),
+        );
+        if ours != kernel {
+            failures.push(format!(
+                "{name}: ipset save differs:\n{}",
+                unified_diff(&ours, &kernel, "ours", "kernel")
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} ipset parts failed:\n\n{}",
+        failures.len(),
+        files.len(),
         failures.join("\n\n")
     );
 }
