@@ -212,7 +212,10 @@ fn every_golden_ipvs_case_loads_into_a_real_kernel_and_saves_back_unchanged() {
         )
         .unwrap();
     }
-    let out = support::vm::run_in_vm(&script, 512);
+    // Each case is a few seconds of TCG; the time limit grows with their number, so more golden
+    // cases (or a busy machine) do not run into a limit meant for one boot.
+    let limit = std::time::Duration::from_secs(120 + 10 * cases.len() as u64);
+    let out = support::vm::run_in_vm_for(&script, 512, limit);
     let mut saved: BTreeMap<(String, String), String> = BTreeMap::new();
     let mut key: Option<(String, String)> = None;
     for line in out.lines() {

@@ -87,6 +87,25 @@ const GOLDEN: &[(&str, &str, &[&str])] = &[
         "",
         &["--src fd00:10:244:1::9 --dst [fd00:10:96::a]:53 --proto udp"],
     ),
+    // A source range of every address admits clients from both halves of the address space.
+    (
+        "loadbalancer-source-ranges-all-addresses",
+        "",
+        &[
+            "--src 8.8.8.8 --dst 198.51.100.8:80",
+            "--src 200.1.2.3 --dst 198.51.100.9:443",
+        ],
+    ),
+    (
+        "loadbalancer-source-ranges-all-addresses",
+        "-ipvs",
+        &[
+            "--src 8.8.8.8 --dst 198.51.100.8:80",
+            "--src 200.1.2.3 --dst 198.51.100.9:443",
+            "--src [2001:db8:5::1] --dst [2001:db8:100::8]:53 --proto udp --ip-family ipv6",
+            "--src [fe80::1] --dst [2001:db8:100::9]:443 --ip-family ipv6",
+        ],
+    ),
 ];
 
 fn trace(args: &[String]) -> Run {

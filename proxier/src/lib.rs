@@ -29,7 +29,7 @@ pub use conntrack::{Conntrack, ConntrackError, ConntrackReport};
 pub use detect::{Detection, Evidence, detect_backend, detect_backend_within};
 pub use hooks::{BuiltinRules, HookError, HookReport};
 pub use interface::{DummyInterface, IPVS_INTERFACE, InterfaceError, local_addresses_except};
-pub use ipset::{Ipset, IpsetError, IpsetReport};
+pub use ipset::{Ipset, IpsetError, IpsetReport, RefusedSet};
 pub use iptables::{DEFAULT_TIMEOUT, Iptables};
 pub use ipvs::{
     FakeIpvs, IpvsError, IpvsHandle, IpvsSocket, IpvsSyncConfig, IpvsSyncReport, IpvsSyncer,

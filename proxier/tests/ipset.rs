@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use netns::Netns;
-use proxier::{Ipset, Launcher};
+use proxier::{Ipset, IpsetError, Launcher};
 use rulegen::ipvs::{IpSets, SetId};
 use rulegen::{
     Endpoint, IpFamily, Model, Protocol, RenderConfig, ServicePort, ServicePortName, TrafficPolicy,
@@ -169,5 +169,71 @@ async fn a_refused_script_is_a_clear_error() {
     assert!(
         err.contains("KUBE-CLUSTER-IP") || err.contains("line"),
         "{err}"
+    );
+}
+
+/// Issue #15 (4): `ipset restore` stops at the first line it refuses, and every set is swapped in
+/// whole, so one member the kernel refuses (here a /0 in hash:ip,port,net) used to leave its set
+/// and every later set of the script stale. Now every other set is applied, the refused one is
+/// named in the error (the sync fails and says why), no temporary copy is left, and the next
+/// restore without the bad member applies it.
+#[tokio::test]
+async fn a_refused_set_holds_back_no_other_set() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this kernel test needs root (it creates a network namespace)"
+    );
+    let ns = Netns::new("ipset-refused");
+    let ipset = Ipset::new(Launcher::netns(ns.name()), Duration::from_secs(30));
+    let good = sets(IpFamily::V4, 40);
+    let mut bad = good.clone();
+    let cidr = SetId::LoadBalancerSourceCidr as usize;
+    bad.sets[cidr]
+        .entries
+        .insert("198.51.100.8,tcp:80,0.0.0.0/0".to_string());
+    // Sets after it in the script must have members, or their staying stale would not show.
+    for later in [SetId::NodePortTcp, SetId::NodePortLocalTcp, SetId::IpvsIps] {
+        assert!(!good.is_empty(later), "{later:?} is empty");
+        assert!(later > SetId::LoadBalancerSourceCidr);
+    }
+    let err = ipset.restore(&bad, None).await.unwrap_err();
+    match &err {
+        IpsetError::Refused { refused, applied } => {
+            let names: Vec<&str> = refused.iter().map(|r| r.set.as_str()).collect();
+            assert_eq!(names, ["KUBE-LOAD-BALANCER-SOURCE-CIDR"]);
+            assert_eq!(*applied, SetId::ALL.len() - 1);
+        }
+        other => panic!("not a refused set: {other}"),
+    }
+    let err = err.to_string();
+    assert!(
+        err.contains("KUBE-LOAD-BALANCER-SOURCE-CIDR"),
+        "the error does not name the refused set: {err}"
+    );
+    let saved = ipset.save().await.unwrap();
+    assert!(!saved.contains("TMP"), "a temporary set was left:\n{saved}");
+    let only = |text: &str, keep: &dyn Fn(&str) -> bool| -> String {
+        text.lines()
+            .filter(|l| keep(l.split_whitespace().nth(1).unwrap_or("")))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    };
+    let others = |name: &str| name != "KUBE-LOAD-BALANCER-SOURCE-CIDR";
+    assert_eq!(
+        rulegen::ipvs::ipsets::comparable_save(&only(&saved, &others)),
+        rulegen::ipvs::ipsets::comparable_save(&only(&good.to_save_text(), &others)),
+        "the sets other than the refused one are not what was rendered"
+    );
+    // The refused set exists (the rules name it) and kept what it had: nothing.
+    let listed = ns.exec_ok(["ipset", "list", "KUBE-LOAD-BALANCER-SOURCE-CIDR"]);
+    assert!(listed.contains("Number of entries: 0"), "{listed}");
+
+    ipset.restore(&good, None).await.unwrap();
+    let saved = ipset.save().await.unwrap();
+    assert_eq!(
+        rulegen::ipvs::ipsets::comparable_save(&saved),
+        rulegen::ipvs::ipsets::comparable_save(&good.to_save_text())
     );
 }

@@ -480,19 +480,22 @@ pub fn plan(variant: &Variant) -> Plan {
     .iter()
     .map(|s| s.parse().unwrap())
     .collect();
+    let free =
+        |a: &&IpAddr| !taken.contains(a) && !model.cluster_cidrs.iter().any(|c| c.contains(*a));
+    // Outside every range, to see the firewall drop it; no address is outside a range of every
+    // address (0.0.0.0/0, ::/0), so those ranges are not looked at.
     let ext_outside = *outside_candidates
         .iter()
-        .find(|a| {
-            !taken.contains(a)
-                && !ranges.iter().any(|r| r.contains(*a))
-                && !model.cluster_cidrs.iter().any(|c| c.contains(*a))
-        })
+        .filter(free)
+        .find(|a| !ranges.iter().any(|r| r.prefix_len() != 0 && r.contains(*a)))
         .expect("an outside address");
     let mut ext_sources = vec![ext_outside];
     let mut inside_of: Vec<(IpNet, IpAddr)> = Vec::new();
     for r in &ranges {
         let hosts = host_count(r);
-        let inside = if hosts == 1 {
+        let inside = if r.prefix_len() == 0 {
+            ext_outside
+        } else if hosts == 1 {
             r.addr()
         } else {
             nth_host(r, 7.min(hosts - 2).max(1))
@@ -611,13 +614,19 @@ pub fn plan(variant: &Variant) -> Plan {
             if sp.load_balancer_source_ranges.is_empty() {
                 add("load balancer", Origin::External, ext_outside, dst, proto);
             } else {
-                add(
-                    "load balancer, source outside the ranges",
-                    Origin::External,
-                    ext_outside,
-                    dst,
-                    proto,
-                );
+                let outside = !sp
+                    .load_balancer_source_ranges
+                    .iter()
+                    .any(|r| r.contains(&ext_outside));
+                if outside {
+                    add(
+                        "load balancer, source outside the ranges",
+                        Origin::External,
+                        ext_outside,
+                        dst,
+                        proto,
+                    );
+                }
                 for r in &sp.load_balancer_source_ranges {
                     let inside = inside_of.iter().find(|(n, _)| n == r).unwrap().1;
                     add(

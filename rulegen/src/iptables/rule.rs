@@ -20,6 +20,14 @@ pub fn end(out: &mut String) {
     out.push('\n');
 }
 
+/// Whether a `-s`/`-d` match on `net` matches every address: the kernel stores `/0` as "no
+/// address match" and `iptables-save` prints nothing for it, so writing `-s 0.0.0.0/0` would make
+/// the dry run differ from what the kernel lists. (A negated `/0` matches nothing and is written
+/// as given: it is not an absent match.)
+pub fn is_match_all(negated: bool, net: &IpNet) -> bool {
+    !negated && net.prefix_len() == 0
+}
+
 fn neg(out: &mut String, negated: bool) {
     if negated {
         out.push_str(" !");
@@ -33,8 +41,12 @@ pub fn src_ip(out: &mut String, negated: bool, ip: &IpAddr) {
     host(out, ip);
 }
 
-/// ` [!] -s NET/len` for a network (printed with its host bits cleared, as the kernel stores it).
+/// ` [!] -s NET/len` for a network (printed with its host bits cleared, as the kernel stores it);
+/// nothing for a match-all `/0`, which `iptables-save` leaves out (see [`is_match_all`]).
 pub fn src_net(out: &mut String, negated: bool, net: &IpNet) {
+    if is_match_all(negated, net) {
+        return;
+    }
     neg(out, negated);
     out.push_str(" -s ");
     network(out, net);
@@ -47,8 +59,11 @@ pub fn dst_ip(out: &mut String, negated: bool, ip: &IpAddr) {
     host(out, ip);
 }
 
-/// ` [!] -d NET/len`.
+/// ` [!] -d NET/len`; nothing for a match-all `/0` (see [`is_match_all`]).
 pub fn dst_net(out: &mut String, negated: bool, net: &IpNet) {
+    if is_match_all(negated, net) {
+        return;
+    }
     neg(out, negated);
     out.push_str(" -d ");
     network(out, net);
@@ -67,14 +82,40 @@ pub fn proto(out: &mut String, p: Protocol) {
     out.push_str(p.as_str());
 }
 
-/// ` -m comment --comment TEXT`, quoted the way xtables quotes saved strings.
-pub fn comment(out: &mut String, text: &str) {
-    out.push_str(" -m comment --comment");
-    save_string(out, text);
+/// The most bytes a comment keeps: xt_comment's `XT_MAX_COMMENT_LEN` (256) less the NUL.
+/// iptables copies at most this many bytes of `--comment` into the rule and drops the rest
+/// without a word, so a longer comment would be listed differently from what was written.
+pub const MAX_COMMENT_BYTES: usize = 255;
+
+/// `text` cut to what the kernel keeps of a comment: its first [`MAX_COMMENT_BYTES`] bytes,
+/// backed off to a character boundary so the text stays UTF-8 (names from the API are ASCII, where
+/// this is exactly iptables' cut).
+pub fn clip_comment(text: &str) -> &str {
+    if text.len() <= MAX_COMMENT_BYTES {
+        return text;
+    }
+    let mut end = MAX_COMMENT_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
-/// ` -m comment --comment TEXT` where TEXT is the concatenation of `parts` (saves a `format!`).
+/// ` -m comment --comment TEXT`, cut to [`MAX_COMMENT_BYTES`] and quoted the way xtables quotes
+/// saved strings.
+pub fn comment(out: &mut String, text: &str) {
+    out.push_str(" -m comment --comment");
+    save_string(out, clip_comment(text));
+}
+
+/// ` -m comment --comment TEXT` where TEXT is the concatenation of `parts` (saves a `format!`),
+/// cut like [`comment`].
 pub fn comment_parts(out: &mut String, parts: &[&str]) {
+    if parts.iter().map(|p| p.len()).sum::<usize>() > MAX_COMMENT_BYTES {
+        // Rare (only names longer than the API allows get here): join, then cut.
+        comment(out, &parts.concat());
+        return;
+    }
     out.push_str(" -m comment --comment ");
     let bare = parts.iter().any(|p| !p.is_empty()) && parts.iter().all(|p| is_bare(p));
     if bare {

@@ -281,3 +281,194 @@ fn large_cluster_mode_drops_endpoint_comments() {
     assert!(!text.contains("ns1/big -> "));
     assert!(text.contains("\"ns1/big cluster IP\""));
 }
+
+/// Every `--comment` value of a rendered ruleset, unquoted.
+fn comments(rs: &Ruleset) -> Vec<String> {
+    rs.to_save_text()
+        .lines()
+        .filter_map(|line| {
+            let args = crate::restore::split_args(line);
+            let i = args.iter().position(|a| a == "--comment")?;
+            args.get(i + 1).cloned()
+        })
+        .collect()
+}
+
+/// Issue #15 (7): `loadBalancerSourceRanges: [0.0.0.0/0]` (or `::/0`) is a source match the
+/// kernel stores as "any address", which `iptables-save` lists without `-s`; the render must
+/// list it the same way, for both families.
+#[test]
+fn a_match_all_source_range_is_written_as_iptables_save_lists_it() {
+    for (family, cip, vip, all, node) in [
+        (
+            IpFamily::V4,
+            "172.30.0.45",
+            "5.6.7.8",
+            "0.0.0.0/0",
+            "192.168.0.2",
+        ),
+        (
+            IpFamily::V6,
+            "fd00:30::45",
+            "2001:db8::8",
+            "::/0",
+            "fd00:1::2",
+        ),
+    ] {
+        let mut s = svc("ns5", "svc5", "p80", cip, 80);
+        s.cluster_ips = vec![ip(cip)];
+        s.load_balancer_ips = vec![ip(vip)];
+        s.load_balancer_source_ranges = vec![all.parse().unwrap()];
+        s.endpoints = vec![Endpoint::ready(
+            ip(if family == IpFamily::V4 {
+                "10.180.0.3"
+            } else {
+                "fd00:180::3"
+            }),
+            80,
+        )];
+        let c = RenderConfig {
+            family,
+            node_ips: vec![ip(node)],
+            local_detector: LocalDetector::None,
+            ..cfg()
+        };
+        let rs = render(&Model { services: vec![s] }, &c).unwrap();
+        let fw = chain(&rs, "nat", "KUBE-FW-NUKIZ6OKUXPJNT4C");
+        assert_eq!(
+            fw[0],
+            "-A KUBE-FW-NUKIZ6OKUXPJNT4C -m comment --comment \"ns5/svc5:p80 loadbalancer IP\" -j KUBE-EXT-NUKIZ6OKUXPJNT4C",
+            "{family:?}: {fw:#?}"
+        );
+        let text = rs.to_save_text();
+        assert!(
+            !text.contains("/0 "),
+            "{family:?}: a /0 match is written:\n{text}"
+        );
+    }
+}
+
+/// Issue #15 (7): iptables keeps at most 255 bytes of a comment (xt_comment's
+/// `XT_MAX_COMMENT_LEN` less the NUL) and drops the rest silently; the render must write what the
+/// kernel will list. Names longer than the API allows are the only way to get there (see
+/// `comments_of_names_at_the_api_limits_fit_the_kernel`).
+#[test]
+fn comments_longer_than_the_kernel_keeps_are_cut_as_iptables_cuts_them() {
+    let ns = "n".repeat(300);
+    let mut s = svc(&ns, "svc", "p80", "172.30.0.41", 80);
+    s.endpoints = vec![Endpoint::ready(ip("10.180.0.1"), 80)];
+    let rs = render(&Model { services: vec![s] }, &cfg()).unwrap();
+    let all = comments(&rs);
+    let full = format!("{ns}/svc:p80");
+    for c in &all {
+        assert!(c.len() <= 255, "a comment of {} bytes: {c}", c.len());
+    }
+    // Every per-service comment starts with the name, so each is its first 255 bytes.
+    let cut = &full[..255];
+    let per_service: Vec<&String> = all.iter().filter(|c| c.starts_with("nnn")).collect();
+    assert!(per_service.len() >= 4, "{all:#?}");
+    for c in per_service {
+        assert_eq!(c, cut);
+    }
+    // A multi-byte character straddling byte 255 is left out whole (the text stays UTF-8).
+    let ns = format!("{}é", "n".repeat(254));
+    let mut s = svc(&ns, "svc", "p80", "172.30.0.41", 80);
+    s.endpoints = vec![Endpoint::ready(ip("10.180.0.1"), 80)];
+    let rs = render(&Model { services: vec![s] }, &cfg()).unwrap();
+    assert!(
+        comments(&rs).iter().any(|c| c == &"n".repeat(254)),
+        "{:#?}",
+        comments(&rs)
+    );
+}
+
+/// The longest names a real API server accepts (namespace 63, Service 63, port name 15) with
+/// the longest IPv6 endpoint, in every rule shape that carries the name: no comment needs
+/// cutting, so what `iptables-save` lists is the full text. Worst case today: "other traffic to
+/// NAME will be dropped by KUBE-PROXY-FIREWALL", 199 bytes.
+#[test]
+fn comments_of_names_at_the_api_limits_fit_the_kernel() {
+    let (ns, name, port) = ("n".repeat(63), "s".repeat(63), "p".repeat(15));
+    let mut longest = 0;
+    for family in [IpFamily::V4, IpFamily::V6] {
+        let v6 = family == IpFamily::V6;
+        let a = |v4: &str, v6s: &str| ip(if v6 { v6s } else { v4 });
+        let mut services = Vec::new();
+        for (i, policy) in [TrafficPolicy::Cluster, TrafficPolicy::Local]
+            .into_iter()
+            .enumerate()
+        {
+            for with_endpoints in [true, false] {
+                let k = i * 2 + usize::from(with_endpoints);
+                let mut s = svc(
+                    &ns,
+                    &format!("{}{k}", &name[..62]),
+                    &port,
+                    &format!("172.30.0.{}", 40 + k),
+                    65535,
+                );
+                s.cluster_ips = vec![a(
+                    &format!("172.30.0.{}", 40 + k),
+                    &format!("fd00:30::{}", 40 + k),
+                )];
+                s.node_port = Some(30000 + k as u16);
+                s.external_ips = vec![a("192.168.99.22", "2001:db8:ffff:ffff:ffff:ffff:ffff:22")];
+                s.load_balancer_ips = vec![a("5.6.7.8", "2001:db8:ffff:ffff:ffff:ffff:ffff:8")];
+                s.load_balancer_source_ranges = vec![if v6 {
+                    "fd00:1::/64".parse().unwrap()
+                } else {
+                    "192.168.0.0/24".parse().unwrap()
+                }];
+                s.external_traffic_policy = policy;
+                s.internal_traffic_policy = policy;
+                s.health_check_node_port = Some(32000 + k as u16);
+                s.session_affinity = SessionAffinity::ClientIp {
+                    timeout_seconds: 86400,
+                };
+                if with_endpoints {
+                    s.endpoints = vec![
+                        local_ep(
+                            if v6 {
+                                "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe"
+                            } else {
+                                "255.255.255.254"
+                            },
+                            65535,
+                            "node1",
+                        ),
+                        local_ep(
+                            if v6 {
+                                "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffd"
+                            } else {
+                                "255.255.255.253"
+                            },
+                            65535,
+                            "node2",
+                        ),
+                    ];
+                }
+                services.push(s);
+            }
+        }
+        let c = RenderConfig {
+            family,
+            node_ips: vec![a("192.168.0.2", "fd00:1::2")],
+            local_detector: LocalDetector::Cidrs(vec![if v6 {
+                "fd00:244::/64".parse().unwrap()
+            } else {
+                "10.0.0.0/8".parse().unwrap()
+            }]),
+            ..cfg()
+        };
+        let rs = render(&Model { services }, &c).unwrap();
+        let all = comments(&rs);
+        assert!(
+            all.iter().any(|c| c.contains(" -> [ffff:")) || !v6,
+            "{all:#?}"
+        );
+        for c in &all {
+            longest = longest.max(c.len());
+        }
+    }
+    assert_eq!(longest, 199, "the longest comment changed");
+}

@@ -242,6 +242,25 @@ fn net_text(net: &IpNet) -> String {
     }
 }
 
+/// `net` as networks `hash:ip,port,net` can hold. The kernel refuses a `/0` there (a member's
+/// prefix must be 1 to 32 or 128; `ipset restore` fails with "The value of the CIDR parameter of
+/// the IP address is invalid"), so an all-addresses source range becomes its two `/1` halves,
+/// which match exactly the same sources. (Upstream adds the `/0` as it is, has it refused, logs
+/// that and goes on without it: the range then admits no outside client at all.)
+pub fn set_nets(net: &IpNet) -> Vec<IpNet> {
+    if net.prefix_len() != 0 {
+        return vec![*net];
+    }
+    let halves = match net {
+        IpNet::V4(_) => ["0.0.0.0/1", "128.0.0.0/1"],
+        IpNet::V6(_) => ["::/1", "8000::/1"],
+    };
+    halves
+        .iter()
+        .map(|h| h.parse().expect("a valid network"))
+        .collect()
+}
+
 impl IpSets {
     /// The sets `model` needs on this node.
     pub fn for_model(model: &Model, cfg: &RenderConfig) -> IpSets {
@@ -297,10 +316,12 @@ impl IpSets {
                     add(SetId::LoadBalancerFw, entry.clone());
                     let mut from_node = false;
                     for n in ranges {
-                        add(
-                            SetId::LoadBalancerSourceCidr,
-                            format!("{entry},{}", net_text(n)),
-                        );
+                        for member in set_nets(n) {
+                            add(
+                                SetId::LoadBalancerSourceCidr,
+                                format!("{entry},{}", net_text(&member)),
+                            );
+                        }
                         from_node |= primary.is_some_and(|ip| n.contains(ip));
                     }
                     if from_node {
@@ -438,29 +459,54 @@ impl IpSets {
         temp_prefix: &str,
         applied: Option<&IpSets>,
     ) -> fmt::Result {
-        for (i, set) in self.sets.iter().enumerate() {
-            if applied.is_some_and(|a| a.family == self.family && a.sets.get(i) == Some(set)) {
-                continue;
-            }
-            let kind = set.id.kind();
-            // `-exist` on create keeps an existing set as it is (same type), as upstream's does.
-            self.write_create(out, &set.name, kind, false)?;
-            let tmp = format!("{temp_prefix}{i}");
-            self.write_create(out, &tmp, kind, false)?;
-            writeln!(out, "flush {tmp}")?;
-            for e in &set.entries {
-                writeln!(out, "add {tmp} {e}")?;
-            }
-            writeln!(out, "swap {tmp} {}", set.name)?;
-            writeln!(out, "destroy {tmp}")?;
+        for i in self.changed(applied) {
+            self.write_set_restore(out, temp_prefix, i)?;
         }
         Ok(())
+    }
+
+    /// The indexes in [`IpSets::sets`] of the sets that differ from their counterpart in
+    /// `applied` (every set without it, or when `applied` is of the other family).
+    pub fn changed(&self, applied: Option<&IpSets>) -> Vec<usize> {
+        (0..self.sets.len())
+            .filter(|&i| {
+                !applied
+                    .is_some_and(|a| a.family == self.family && a.sets.get(i) == self.sets.get(i))
+            })
+            .collect()
+    }
+
+    /// The part of [`IpSets::write_restore_script`] for the set at `index` alone: a script of
+    /// its own, so a set the kernel refuses can be told apart and holds back no other.
+    pub fn write_set_restore<W: fmt::Write>(
+        &self,
+        out: &mut W,
+        temp_prefix: &str,
+        index: usize,
+    ) -> fmt::Result {
+        let set = &self.sets[index];
+        let kind = set.id.kind();
+        // `-exist` on create keeps an existing set as it is (same type), as upstream's does.
+        self.write_create(out, &set.name, kind, false)?;
+        let tmp = temp_set_name(temp_prefix, index);
+        self.write_create(out, &tmp, kind, false)?;
+        writeln!(out, "flush {tmp}")?;
+        for e in &set.entries {
+            writeln!(out, "add {tmp} {e}")?;
+        }
+        writeln!(out, "swap {tmp} {}", set.name)?;
+        writeln!(out, "destroy {tmp}")
     }
 
     /// How many members all sets hold.
     pub fn entry_count(&self) -> usize {
         self.sets.iter().map(|s| s.entries.len()).sum()
     }
+}
+
+/// The temporary copy the restore script fills for the set at `index` (`temp_prefix` + index).
+pub fn temp_set_name(temp_prefix: &str, index: usize) -> String {
+    format!("{temp_prefix}{index}")
 }
 
 /// An `ipset save` text made comparable with [`IpSets::to_save_text`]: the kernel's random

@@ -260,3 +260,57 @@ fn the_restore_script_leaves_out_the_sets_the_kernel_already_holds() {
         SetId::ALL.len()
     );
 }
+
+/// Issue #15 (4): hash:ip,port,net refuses a /0 member, and one refused member makes
+/// `ipset restore` stop there; an all-addresses source range is its two /1 halves instead, which
+/// admit the same clients (and the node, through the VIP).
+#[test]
+fn an_all_addresses_source_range_is_held_as_its_two_halves() {
+    for (family, vip, all, halves, node) in [
+        (
+            IpFamily::V4,
+            "198.51.100.8",
+            "0.0.0.0/0",
+            ["0.0.0.0/1", "128.0.0.0/1"],
+            "192.168.0.10",
+        ),
+        (
+            IpFamily::V6,
+            "2001:db8:100::8",
+            "::/0",
+            ["8000::/1", "::/1"],
+            "2001:db8::10",
+        ),
+    ] {
+        let mut s = svc(
+            "open",
+            Protocol::Tcp,
+            if family == IpFamily::V4 {
+                "10.96.0.30"
+            } else {
+                "fd00:96::30"
+            },
+        );
+        s.load_balancer_ips = vec![ip(vip)];
+        s.load_balancer_source_ranges = vec![all.parse().unwrap()];
+        let sets = IpSets::for_model(&Model { services: vec![s] }, &cfg(family, &[node]));
+        let want: Vec<String> = halves.iter().map(|h| format!("{vip},tcp:80,{h}")).collect();
+        assert_eq!(
+            members(&sets, SetId::LoadBalancerSourceCidr),
+            want,
+            "{family:?}"
+        );
+        assert!(
+            members(&sets, SetId::LoadBalancerSourceCidr)
+                .iter()
+                .all(|m| !m.ends_with("/0")),
+            "{family:?}"
+        );
+        assert_eq!(
+            members(&sets, SetId::LoadBalancerSourceIp),
+            [format!("{vip},tcp:80,{vip}")],
+            "{family:?}: the node is in the range"
+        );
+        assert!(sets.no_node_access.is_empty());
+    }
+}
