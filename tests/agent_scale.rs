@@ -228,16 +228,7 @@ fn agent_at_scale() {
                 .unwrap();
             let last = fs::read_to_string(&log2).unwrap_or_default();
             for line in last.lines().filter(|l| l.contains("rules synced")).skip(1) {
-                let field = |name: &str| {
-                    line.split_whitespace()
-                        .map(|w| {
-                            w.replace("\u{1b}[3m", "")
-                                .replace("\u{1b}[0m", "")
-                                .replace("\u{1b}[2m", "")
-                        })
-                        .find_map(|w| w.strip_prefix(&format!("{name}=")).map(str::to_string))
-                        .unwrap_or_default()
-                };
+                let field = |name: &str| log_field(line, name);
                 tx.send(format!(
                     "sync: kind {} payload {} B, render {} ms, restore {} ms, total {} ms",
                     field("kind"),
@@ -278,7 +269,10 @@ fn wait_log(log: &std::path::Path, what: &str, count: usize, limit: Duration) ->
         if text.lines().filter(|l| l.contains(what)).count() >= count {
             return t.elapsed();
         }
-        assert!(t.elapsed() < limit, "{what:?} not logged within {limit:?}:\n{text}");
+        assert!(
+            t.elapsed() < limit,
+            "{what:?} not logged within {limit:?}:\n{text}"
+        );
         thread::sleep(Duration::from_millis(20));
     }
 }
@@ -327,8 +321,10 @@ fn restart_at_scale() {
     }
     fs::write(
         &file,
-        serde_json::to_vec(&serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}))
-            .unwrap(),
+        serde_json::to_vec(
+            &serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}),
+        )
+        .unwrap(),
     )
     .unwrap();
     let bin = env!("CARGO_BIN_EXE_kube-proxy-rs");
@@ -348,7 +344,9 @@ fn restart_at_scale() {
             .unwrap()
     };
     let backend = if legacy { "legacy" } else { "nft" };
-    let mut report = vec![format!("{services} Services x 10 endpoints, {backend} back end")];
+    let mut report = vec![format!(
+        "{services} Services x 10 endpoints, {backend} back end"
+    )];
 
     let log1 = tmp.path().join("first.log");
     let mut first = start(&log1);
@@ -378,15 +376,30 @@ fn restart_at_scale() {
 
     let t = Instant::now();
     let out = node
-        .command([bin, "trace", "--src", "203.0.113.7", "--dst", "10.96.0.1:80"])
+        .command([
+            bin,
+            "trace",
+            "--src",
+            "203.0.113.7",
+            "--dst",
+            "10.96.0.1:80",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     report.push(format!("trace on the live node: {:?}", t.elapsed()));
 
     let t = Instant::now();
     let out = node.command([bin, "--cleanup"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     report.push(format!("--cleanup: {:?}", t.elapsed()));
     let left = if legacy {
         node.exec_ok(["iptables-legacy-save", "-t", "nat"])
