@@ -67,6 +67,18 @@ pub fn parse_chain_listing(text: &str) -> ChainListing {
     out
 }
 
+/// Whether `e` says the program is not installed: not found when started directly, or `ip
+/// netns exec`'s "exec of … failed: No such file or directory" when started through it.
+fn not_installed(e: &CommandError) -> bool {
+    match e {
+        CommandError::Spawn { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
+        CommandError::Failed { stderr, .. } => {
+            stderr.contains("exec of") && stderr.contains("No such file or directory")
+        }
+        _ => false,
+    }
+}
+
 /// Each `-A` line's chain and the chain it jumps or goes to.
 fn jumps(text: &str) -> impl Iterator<Item = (&str, &str)> {
     text.lines().filter_map(|l| {
@@ -107,7 +119,23 @@ impl Iptables {
     ) -> Result<Vec<String>, CommandError> {
         match self.backend {
             Backend::Nft => {
-                let listing = self.list_chains().await?;
+                let listing = match self.list_chains().await {
+                    Ok(l) => l,
+                    // A node with iptables-nft but without the `nft` tool (Debian's iptables
+                    // does not pull it in): the save it is, as before, with its time limit.
+                    Err(e) if not_installed(&e) => {
+                        tracing::warn!(
+                            "`nft` is not installed: reading the tables with {} (slow on large nodes)",
+                            self.backend.save(self.family)
+                        );
+                        let mut out = Vec::with_capacity(tables.len());
+                        for table in tables {
+                            out.push(self.stream_save(table, rules_of).await?);
+                        }
+                        return Ok(out);
+                    }
+                    Err(e) => return Err(e),
+                };
                 let mut out = Vec::with_capacity(tables.len());
                 for table in tables {
                     let chains = listing.get(*table).map(Vec::as_slice).unwrap_or(&[]);

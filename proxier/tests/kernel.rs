@@ -1106,3 +1106,41 @@ async fn full_syncs_do_not_depend_on_whole_table_saves() {
     let nat = ns.exec_ok(["iptables-legacy-save", "-t", "nat"]);
     assert!(!nat.contains("KUBE-SERVICES"), "{nat}");
 }
+
+/// A node with iptables-nft but no `nft` tool: full syncs read the tables with the save tool,
+/// as before, rather than fail.
+#[tokio::test]
+async fn without_the_nft_tool_full_syncs_fall_back_to_the_save() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("no-nft-tool");
+    let dir = std::env::temp_dir().join(format!("kprs-no-nft-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for tool in [
+        "ip",
+        "iptables-nft",
+        "iptables-nft-restore",
+        "iptables-nft-save",
+    ] {
+        let real = String::from_utf8(
+            std::process::Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(real.trim(), dir.join(tool)).unwrap();
+    }
+    let mut a = IptablesApplier::new(Backend::Nft, Family::V4)
+        .with_launcher(launcher(&ns).with_env("PATH", dir.display().to_string()))
+        .with_timeout(Duration::from_secs(30));
+    let rs = render(Family::V4, 3);
+    a.full_sync(&rs).await.unwrap();
+    let report = a.full_sync(&rs).await.unwrap();
+    assert_eq!(report.hooks_inserted, 0, "{report:?}");
+    assert_holds(&ns, Backend::Nft, Family::V4, &rs.to_save_text(), &rs);
+    let _ = std::fs::remove_dir_all(&dir);
+}
