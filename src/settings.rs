@@ -18,7 +18,7 @@ use crate::config::{self, KubeProxyConfiguration};
 use crate::warning::Warning;
 
 mod interface_name;
-mod node_name;
+pub mod node_name;
 
 /// Upstream's default `--iptables-masquerade-bit`.
 pub const DEFAULT_MASQUERADE_BIT: u8 = 14;

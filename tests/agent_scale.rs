@@ -60,6 +60,28 @@ fn synced_count(log: &str) -> usize {
     log.lines().filter(|l| l.contains("rules synced")).count()
 }
 
+/// `KPRS_SCALE_SERVICES`, 10,000 by default.
+fn scale_services() -> u32 {
+    std::env::var("KPRS_SCALE_SERVICES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000)
+}
+
+/// kubelet's canary in the legacy tables of `node` (run inside its namespace with `ip netns
+/// exec`), as on a node whose kubelet uses iptables-legacy, so the agent picks that back end.
+fn seed_legacy_canary(node: &Netns) {
+    let out = node.exec_input(
+        ["iptables-legacy-restore", "-w", "--noflush"],
+        b"*mangle\n:KUBE-KUBELET-CANARY - [0:0]\nCOMMIT\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn peak_rss_kib(pid: u32) -> Option<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
@@ -72,24 +94,12 @@ fn agent_at_scale() {
     if !support::require_root() {
         return;
     }
-    let services: u32 = std::env::var("KPRS_SCALE_SERVICES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
+    let services = scale_services();
     let node = Netns::new("scale");
     // KPRS_SCALE_BACKEND=legacy seeds kubelet's canary in the legacy tables, as on a node whose
     // kubelet uses iptables-legacy, so the agent picks that back end (default: nft).
     if std::env::var("KPRS_SCALE_BACKEND").as_deref() == Ok("legacy") {
-        // Runs inside the test's own namespace (Netns::exec_input is `ip netns exec`).
-        let out = node.exec_input(
-            ["iptables-legacy-restore", "-w", "--noflush"],
-            b"*mangle\n:KUBE-KUBELET-CANARY - [0:0]\nCOMMIT\n",
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        seed_legacy_canary(&node);
     }
     let tmp = TempDir::new("scale");
     let kubeconfig = tmp.path().join("kubeconfig");
@@ -295,18 +305,11 @@ fn restart_at_scale() {
     if !support::require_root() {
         return;
     }
-    let services: u32 = std::env::var("KPRS_SCALE_SERVICES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
+    let services = scale_services();
     let legacy = std::env::var("KPRS_SCALE_BACKEND").as_deref() == Ok("legacy");
     let node = Netns::new("restart-scale");
     if legacy {
-        let out = node.exec_input(
-            ["iptables-legacy-restore", "-w", "--noflush"],
-            b"*mangle\n:KUBE-KUBELET-CANARY - [0:0]\nCOMMIT\n",
-        );
-        assert!(out.status.success());
+        seed_legacy_canary(&node);
     }
     let tmp = TempDir::new("restart-scale");
     let file = tmp.path().join("objects.json");

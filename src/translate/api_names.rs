@@ -74,18 +74,9 @@ fn is_dns1123_label(s: &str) -> bool {
         && b.iter().all(|c| alnum(c) || *c == b'-')
 }
 
-/// DNS-1123 labels joined by `.`, at most 253 bytes (each part may be up to the whole length,
-/// as the API's regular expression allows).
+/// DNS-1123 labels joined by `.`, at most 253 bytes: the rule a node name is held to at start.
 fn is_dns1123_subdomain(s: &str) -> bool {
-    let alnum = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
-    s.len() <= DNS1123_SUBDOMAIN_MAX
-        && s.split('.').all(|part| {
-            let b = part.as_bytes();
-            !b.is_empty()
-                && alnum(&b[0])
-                && alnum(&b[b.len() - 1])
-                && b.iter().all(|c| alnum(c) || *c == b'-')
-        })
+    crate::settings::node_name::check(s).is_ok()
 }
 
 /// `(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?`, at most 63 bytes; empty, as for the API.
