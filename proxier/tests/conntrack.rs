@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use netns::{Netns, in_ns, require_root};
 use proxier::conntrack::{self, Conntrack};
 use proxier::{Backend, Family, IptablesApplier, Launcher};
-use rulegen::conntrack::Lookup;
+use rulegen::sync::conntrack::Lookup;
 use rulegen::{
     Endpoint, IpFamily, LocalDetector, Model, Protocol, RenderConfig, ServicePort, ServicePortName,
 };
@@ -552,7 +552,7 @@ fn among_many_flows_only_the_stale_ones_go() {
                 .unwrap()
                 .to_string()
         };
-        let flow = rulegen::conntrack::Flow {
+        let flow = rulegen::sync::conntrack::Flow {
             proto: 17,
             orig_src: ip(&get("src=", 0)),
             orig_dst: ip(&get("dst=", 0)),

@@ -19,9 +19,9 @@ use proxier::{
     ApplyError, Backend, CommandError, Evidence, Family, IptablesApplier, Launcher, Rejected,
     RestoreError, SyncKind, detect_backend, detect_backend_within,
 };
-use rulegen::chains::ChainName;
-use rulegen::restore::saved_chains;
+use rulegen::render::iptables::chains::ChainName;
 use rulegen::scenario::{self, Scenario};
+use rulegen::sync::restore::saved_chains;
 use rulegen::{
     Endpoint, IpFamily, LocalDetector, Model, Protocol, RenderConfig, Ruleset, ServicePort,
     ServicePortName, Table,
@@ -559,7 +559,8 @@ async fn hooks_are_repaired_in_place_and_foreign_rules_stay(backend: Backend, fa
     );
 
     // Delete the second hook and put a foreign rule right where it was.
-    let second = rulegen::restore::split_args(input_hooks[1].strip_prefix("-A INPUT ").unwrap());
+    let second =
+        rulegen::sync::restore::split_args(input_hooks[1].strip_prefix("-A INPUT ").unwrap());
     let mut del = vec![
         ipt.clone(),
         "-w".into(),

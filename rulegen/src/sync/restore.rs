@@ -10,9 +10,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::chains::{ChainName, SERVICE_CHAIN_PREFIXES};
-use crate::payload::{Payload, Piece};
-use crate::ruleset::Ruleset;
+use crate::render::iptables::chains::{ChainName, SERVICE_CHAIN_PREFIXES};
+use crate::render::ruleset::Ruleset;
+use crate::sync::payload::{Payload, Piece};
 
 /// One hook rule in a built-in chain, as the agent ensures it (`iptables -t TABLE -C/-I CHAIN …`).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,9 +7,9 @@
 
 use std::sync::Arc;
 
-use crate::chains::ChainName;
-use crate::partial::AppliedState;
-use crate::ruleset::Ruleset;
+use crate::render::iptables::chains::ChainName;
+use crate::render::ruleset::Ruleset;
+use crate::sync::partial::AppliedState;
 
 /// Where a chain goes in a full sync sent in chunks: chains are filled in this order, so every
 /// jump in a chunk lands on a chain an earlier chunk (or the same one) filled — the kernel
@@ -25,9 +25,11 @@ pub fn apply_rank(name: &ChainName) -> u8 {
         3
     } else if n.starts_with("KUBE-FW-") {
         4
-    } else if n == crate::chains::KUBE_NODEPORTS || n == crate::chains::KUBE_EXTERNAL_SERVICES {
+    } else if n == crate::render::iptables::chains::KUBE_NODEPORTS
+        || n == crate::render::iptables::chains::KUBE_EXTERNAL_SERVICES
+    {
         5
-    } else if n == crate::chains::KUBE_SERVICES {
+    } else if n == crate::render::iptables::chains::KUBE_SERVICES {
         6
     } else {
         // KUBE-MARK-MASQ, KUBE-POSTROUTING, KUBE-FORWARD, the firewalls, the canary: leaves.

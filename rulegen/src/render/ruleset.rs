@@ -4,10 +4,10 @@
 use std::fmt;
 use std::ops::Range;
 
-use crate::chains::ChainName;
 use crate::model::IpFamily;
-use crate::partial::fingerprint;
-use crate::retain::Retain;
+use crate::render::iptables::chains::ChainName;
+use crate::sync::partial::fingerprint;
+use crate::sync::retain::Retain;
 
 /// One built-in chain (`INPUT`, `PREROUTING`, …) with the hook rules the proxy puts in it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,9 +17,9 @@ pub use servers::{
 };
 
 use crate::config::RenderConfig;
-use crate::iptables::RenderError;
 use crate::model::Model;
-use crate::ruleset::Ruleset;
+use crate::render::iptables::RenderError;
+use crate::render::ruleset::Ruleset;
 
 /// The settings only IPVS mode has.
 #[derive(Debug, Clone, PartialEq, Eq)]

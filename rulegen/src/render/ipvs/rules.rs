@@ -11,14 +11,14 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnet::IpNet;
 
 use super::ipsets::{IpSets, SetId};
-use crate::chains::{
+use crate::config::RenderConfig;
+use crate::model::{IpFamily, Protocol};
+use crate::render::iptables::chains::{
     ChainName, KUBE_FORWARD, KUBE_MARK_MASQ, KUBE_POSTROUTING, KUBE_PROXY_FIREWALL, KUBE_SERVICES,
 };
-use crate::config::RenderConfig;
-use crate::iptables::rule;
-use crate::iptables::{detector_match, mark_text};
-use crate::model::{IpFamily, Protocol};
-use crate::ruleset::{Ruleset, Table};
+use crate::render::iptables::rule;
+use crate::render::iptables::{detector_match, mark_text};
+use crate::render::ruleset::{Ruleset, Table};
 
 /// IPVS mode's node-port chain (iptables mode's is `KUBE-NODEPORTS`), in nat and in filter.
 pub const KUBE_NODE_PORT: &str = "KUBE-NODE-PORT";

@@ -2,7 +2,8 @@
 //! written in `iptables-save` spelling.
 
 use super::*;
-use crate::model::{Protocol, ServicePortName, TrafficPolicy};
+use crate::model::{Protocol, ServicePortName, SessionAffinity, TrafficPolicy};
+use std::net::Ipv4Addr;
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -287,7 +288,7 @@ fn comments(rs: &Ruleset) -> Vec<String> {
     rs.to_save_text()
         .lines()
         .filter_map(|line| {
-            let args = crate::restore::split_args(line);
+            let args = crate::sync::restore::split_args(line);
             let i = args.iter().position(|a| a == "--comment")?;
             args.get(i + 1).cloned()
         })

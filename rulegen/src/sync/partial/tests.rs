@@ -364,8 +364,10 @@ fn chunked_full_syncs_reach_the_full_render() {
     }
     let full = render(&s.model);
     let order = tables(&full);
-    let plan =
-        crate::retain::plan_chunks(&render_retaining(&s.model, &crate::Retain::Nothing), 2000);
+    let plan = crate::sync::retain::plan_chunks(
+        &render_retaining(&s.model, &crate::Retain::Nothing),
+        2000,
+    );
     assert!(plan.len() > 5, "{plan:?}");
     for start in [Kernel::default(), Kernel::holding(&older)] {
         let mut k = start;
@@ -381,12 +383,12 @@ fn chunked_full_syncs_reach_the_full_render() {
                 k.restore(&decl).unwrap();
             }
         }
-        let stale = full.stale_chains(&crate::restore::saved_chains(&k.save(&order)));
+        let stale = full.stale_chains(&crate::sync::restore::saved_chains(&k.save(&order)));
         for (i, chunk) in plan.iter().enumerate() {
             let rs = render_retaining(&s.model, &crate::Retain::Chunk(chunk.clone()));
             // Stale chains go with the last chunk of their table.
             let last = plan[i + 1..].iter().all(|c| c.table != chunk.table);
-            let mut mine = crate::restore::StaleChains::new();
+            let mut mine = crate::sync::restore::StaleChains::new();
             if last && let Some(gone) = stale.get(chunk.table) {
                 mine.insert(chunk.table.to_string(), gone.clone());
             }

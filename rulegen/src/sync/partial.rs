@@ -15,10 +15,10 @@
 
 use std::fmt;
 
-use crate::chains::{ChainName, KUBE_PROXY_CANARY};
 use crate::model::IpFamily;
-use crate::payload::{Payload, Piece};
-use crate::ruleset::{Ruleset, Table};
+use crate::render::iptables::chains::{ChainName, KUBE_PROXY_CANARY};
+use crate::render::ruleset::{Ruleset, Table};
+use crate::sync::payload::{Payload, Piece};
 
 /// A 64-bit fingerprint of a chain's rule text.
 ///

@@ -1,7 +1,7 @@
 use super::*;
 use crate::config::LocalDetector;
-use crate::ipvs::{IpvsConfig, render};
 use crate::model::Model;
+use crate::render::ipvs::{IpvsConfig, render};
 
 fn cfg() -> RenderConfig {
     RenderConfig {

@@ -13,11 +13,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use crate::chains::{
+use crate::render::iptables::chains::{
     KUBE_EXTERNAL_SERVICES, KUBE_FORWARD, KUBE_MARK_MASQ, KUBE_NODEPORTS, KUBE_POSTROUTING,
     KUBE_PROXY_CANARY, KUBE_PROXY_FIREWALL, KUBE_SERVICES,
 };
-use crate::ipvs::rules::{
+use crate::render::ipvs::rules::{
     KUBE_IPVS_FILTER, KUBE_IPVS_OUT_FILTER, KUBE_LOAD_BALANCER, KUBE_NODE_PORT,
     KUBE_SOURCE_RANGES_FIREWALL,
 };

@@ -9,12 +9,12 @@ use std::net::IpAddr;
 
 use super::{Exclusion, PathKind, detector_text, exclusion};
 use crate::config::RenderConfig;
-use crate::endpoints::{self, Categorized};
-use crate::ipvs::rules::{KUBE_IPVS_OUT_FILTER, KUBE_SOURCE_RANGES_FIREWALL};
-use crate::ipvs::{IpvsRender, SCHED_FLAG_MH_PORT, SetId, VirtualServer};
 use crate::model::{
     Endpoint, IpFamily, Protocol, ServicePort, ServicePortName, SessionAffinity, TrafficPolicy,
 };
+use crate::plan::endpoints::{self, Categorized};
+use crate::render::ipvs::rules::{KUBE_IPVS_OUT_FILTER, KUBE_SOURCE_RANGES_FIREWALL};
+use crate::render::ipvs::{IpvsRender, SCHED_FLAG_MH_PORT, SetId, VirtualServer};
 
 /// One service port as IPVS mode carries it on this node.
 #[derive(Debug, Clone, PartialEq)]
@@ -338,8 +338,8 @@ pub fn explain_port(
     if sets.has(SetId::ClusterIp, &cluster_member) {
         let set = vec![sets.name(SetId::ClusterIp)];
         let mut detector = String::new();
-        let has_detector =
-            !cfg.masquerade_all && crate::iptables::detector_match(cfg, &mut detector, true);
+        let has_detector = !cfg.masquerade_all
+            && crate::render::iptables::detector_match(cfg, &mut detector, true);
         let r = |origin, masquerade| IpvsRoute {
             origin,
             matched: set.clone(),
@@ -374,7 +374,7 @@ pub fn explain_port(
 
     // Node port: one virtual server per node address that serves node ports.
     if let Some(np) = sp.node_port {
-        let vss: Vec<VirtualServer> = crate::ipvs::servers::node_port_addresses(cfg)
+        let vss: Vec<VirtualServer> = crate::render::ipvs::servers::node_port_addresses(cfg)
             .into_iter()
             .filter_map(|ip| lookup(ip, np))
             .collect();
@@ -573,7 +573,7 @@ pub fn explain_port(
     let ipset_members = members(sp, cfg, &sets, &cluster_ip);
     let mut detector = String::new();
     let local_traffic = (!cfg.masquerade_all
-        && crate::iptables::detector_match(cfg, &mut detector, true))
+        && crate::render::iptables::detector_match(cfg, &mut detector, true))
     .then(|| detector_text(cfg))
     .flatten();
     Some(IpvsExplanation {
@@ -707,7 +707,7 @@ fn members(
                 if let Some(np) = sp.node_port.filter(|_| id == local_set || id == all_set) {
                     match p {
                         Protocol::Sctp => candidates.extend(
-                            crate::ipvs::servers::node_port_addresses(cfg)
+                            crate::render::ipvs::servers::node_port_addresses(cfg)
                                 .iter()
                                 .map(|ip| ip_port(ip, p, np)),
                         ),

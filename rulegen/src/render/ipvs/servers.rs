@@ -13,8 +13,8 @@ use std::fmt;
 use std::net::IpAddr;
 
 use crate::config::RenderConfig;
-use crate::endpoints::{self, Categorized};
 use crate::model::{Endpoint, Model, Protocol, SessionAffinity};
+use crate::plan::endpoints::{self, Categorized};
 
 /// `--ipvs-scheduler`'s default.
 pub const DEFAULT_SCHEDULER: &str = "rr";

@@ -318,7 +318,12 @@ fn the_walk_follows_the_rules_not_the_model() {
 
 #[test]
 fn ipvs_mode_goes_through_sets_and_virtual_servers() {
-    let r = crate::ipvs::render(&model(), &cfg(), &crate::ipvs::IpvsConfig::default()).unwrap();
+    let r = crate::render::ipvs::render(
+        &model(),
+        &cfg(),
+        &crate::render::ipvs::IpvsConfig::default(),
+    )
+    .unwrap();
     let rules = SavedRuleset::parse(&r.ruleset.to_save_text()).unwrap();
     let node = NodeContext {
         local_addresses: vec![ip(NODE_IP).into()],

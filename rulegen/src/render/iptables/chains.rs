@@ -3,8 +3,8 @@
 use std::cmp::Ordering;
 use std::fmt;
 
-use crate::hash::{EndpointHasher, endpoint_hash, service_port_hash};
 use crate::model::{Protocol, ServicePortName};
+use crate::render::iptables::hash::{EndpointHasher, endpoint_hash, service_port_hash};
 
 /// The longest chain name the kernel accepts.
 pub const MAX_CHAIN_NAME_LEN: usize = 28;

@@ -9,7 +9,7 @@
 
 use std::fmt;
 
-use crate::chains::ChainName;
+use crate::render::iptables::chains::ChainName;
 
 /// One piece of a restore payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

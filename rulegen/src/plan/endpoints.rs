@@ -1,6 +1,34 @@
-//! Which endpoints each traffic policy may use, as upstream's `CategorizeEndpoints` decides.
+//! Which endpoints each traffic policy may use, as upstream's `CategorizeEndpoints` decides,
+//! and the orders the modes list a port's endpoints in.
 
-use crate::model::{Endpoint, ServicePort, TrafficPolicy};
+use crate::model::{Endpoint, IpFamily, ServicePort, TrafficPolicy};
+
+/// The port's endpoints of `family` in iptables mode's order: by their `IP:port` text
+/// (upstream sorts the strings), one per address (the renderer computes the same order into
+/// reused buffers).
+pub fn by_address_text(sp: &ServicePort, family: IpFamily) -> Vec<(String, &Endpoint)> {
+    let mut eps: Vec<(String, &Endpoint)> = sp
+        .endpoints
+        .iter()
+        .filter(|e| family.contains(&e.ip))
+        .map(|e| (e.addr_string(), e))
+        .collect();
+    eps.sort_by(|a, b| a.0.cmp(&b.0));
+    eps.dedup_by(|a, b| a.0 == b.0);
+    eps
+}
+
+/// The port's endpoints of `family` in IPVS mode's order: by address and port (its real
+/// servers are deduplicated later, as upstream's are).
+pub fn by_address(sp: &ServicePort, family: IpFamily) -> Vec<&Endpoint> {
+    let mut eps: Vec<&Endpoint> = sp
+        .endpoints
+        .iter()
+        .filter(|e| family.contains(&e.ip))
+        .collect();
+    eps.sort_by_key(|e| (e.ip, e.port));
+    eps
+}
 
 /// The endpoint sets one service port's chains are built from, as indices into the endpoint
 /// list given to [`categorize`] (which is sorted, so index order is upstream's order).

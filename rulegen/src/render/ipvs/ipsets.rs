@@ -13,8 +13,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::config::RenderConfig;
-use crate::endpoints;
 use crate::model::{IpFamily, Model, Protocol};
+use crate::plan::endpoints;
 
 /// The kernel's limit on a set name (`IPSET_MAXNAMELEN` − 1).
 pub const MAX_NAME_LEN: usize = 31;

@@ -1,7 +1,7 @@
 //! What the iptables render does with one service port, as plain data: the addresses it is
 //! reachable on, which endpoints each path reaches (and why others are left out), where the
 //! source is masqueraded, and the chains that carry it. Built from the renderer's own decisions
-//! ([`crate::endpoints`], [`crate::chains`]) so it cannot tell a different story than the rules.
+//! ([`crate::plan::endpoints`], [`crate::render::iptables::chains`]) so it cannot tell a different story than the rules.
 
 pub mod ipvs;
 
@@ -9,11 +9,13 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::IpNet;
 
-use crate::chains::{self, ChainName, KUBE_NODEPORTS, KUBE_SERVICES, ServiceChains};
 use crate::config::{LocalDetector, RenderConfig};
-use crate::endpoints;
 use crate::model::{
     Endpoint, IpFamily, Protocol, ServicePort, ServicePortName, SessionAffinity, TrafficPolicy,
+};
+use crate::plan::endpoints;
+use crate::render::iptables::chains::{
+    self, ChainName, KUBE_NODEPORTS, KUBE_SERVICES, ServiceChains,
 };
 
 /// One service port as the render carries it on this node.
@@ -340,7 +342,7 @@ pub fn explain_port(sp: &ServicePort, cfg: &RenderConfig) -> Option<PortExplanat
     all_chains.extend(endpoints.iter().filter_map(|e| e.sep));
     all_chains.sort();
 
-    let detector = crate::iptables::detector_match(cfg, &mut String::new(), false);
+    let detector = crate::render::iptables::detector_match(cfg, &mut String::new(), false);
     let s = |c: &ChainName| c.as_str().to_string();
 
     // Cluster IP.
