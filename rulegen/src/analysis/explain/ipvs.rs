@@ -7,12 +7,10 @@
 
 use std::net::IpAddr;
 
-use super::{Exclusion, PathKind, detector_text, exclusion};
+use super::{Exclusion, PathKind, detector_text, exclusion, local_exclusion};
 use crate::config::RenderConfig;
-use crate::model::{
-    Endpoint, IpFamily, Protocol, ServicePort, ServicePortName, SessionAffinity, TrafficPolicy,
-};
-use crate::plan::endpoints::{self, Categorized};
+use crate::model::{Endpoint, IpFamily, Protocol, ServicePort, ServicePortName, TrafficPolicy};
+use crate::plan::{ClusterIpMasquerade, NodePlan, PortPlan, endpoints};
 use crate::render::ipvs::rules::{KUBE_IPVS_OUT_FILTER, KUBE_SOURCE_RANGES_FIREWALL};
 use crate::render::ipvs::{IpvsRender, SCHED_FLAG_MH_PORT, SetId, VirtualServer};
 
@@ -50,17 +48,7 @@ pub struct IpvsExplanation {
     pub ipset_members: Vec<SetMember>,
 }
 
-/// How a group of virtual servers chose its real servers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Selection {
-    /// Cluster policy: the cluster's endpoints.
-    Cluster,
-    /// Local policy: this node's endpoints.
-    Local,
-    /// Local policy with no endpoint on this node: the cluster's, as upstream's IPVS proxier
-    /// falls back (iptables mode drops instead).
-    LocalFallback,
-}
+pub use crate::plan::Selection;
 
 /// Whether an endpoint is a real server of a group of virtual servers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -260,38 +248,29 @@ impl Sets<'_> {
     }
 }
 
-fn selection(local_policy: bool, cat: &Categorized) -> Selection {
-    match (local_policy, cat.local.is_empty()) {
-        (false, _) => Selection::Cluster,
-        (true, false) => Selection::Local,
-        (true, true) => Selection::LocalFallback,
-    }
-}
-
 /// Why the endpoint `i` is not among `sel`'s picks (the same decisions as iptables mode's sets).
-fn why_not(
-    sp: &ServicePort,
-    sel: Selection,
-    i: usize,
-    eps: &[&Endpoint],
-    cat: &Categorized,
-    node: &str,
-) -> Exclusion {
-    let e = eps[i];
-    let local_reason = || {
-        if node.is_empty() || e.node_name.as_deref() != Some(node) {
-            Exclusion::OtherNode(e.node_name.as_deref().map(str::to_string))
-        } else {
-            exclusion(e, &cat.local, eps)
-        }
-    };
+fn why_not(plan: &PortPlan, sel: Selection, i: usize, eps: &[&Endpoint], node: &str) -> Exclusion {
+    let (e, cat) = (eps[i], &plan.endpoints);
+    let local_reason = || local_exclusion(e, node, &cat.local, eps);
     match sel {
         Selection::Cluster => exclusion(e, &cat.cluster, eps),
         Selection::Local => local_reason(),
         // A Local-only Service has no cluster endpoints to fall back to.
-        Selection::LocalFallback if !endpoints::uses_cluster_endpoints(sp) => local_reason(),
+        Selection::LocalFallback if !plan.policies.uses_cluster => local_reason(),
         Selection::LocalFallback => exclusion(e, &cat.cluster, eps),
     }
+}
+
+/// One port being explained: its plan and the render that carries it.
+struct Port<'a> {
+    plan: &'a PortPlan<'a>,
+    node: &'a NodePlan,
+    render: &'a IpvsRender,
+    sets: Sets<'a>,
+    /// `--hostname-override`: whose endpoints are local.
+    node_name: &'a str,
+    /// `namespace/name:port`, as the table names a virtual server's owner.
+    name: String,
 }
 
 /// Explains `sp` as `render` (IPVS mode's render for `cfg`) carries it; None when it has no
@@ -301,257 +280,26 @@ pub fn explain_port(
     cfg: &RenderConfig,
     render: &IpvsRender,
 ) -> Option<IpvsExplanation> {
-    let fam = cfg.family;
-    let cluster_ip = *sp.cluster_ips.iter().find(|ip| fam.contains(ip))?;
-    let sets = Sets { render };
-    let p = sp.protocol;
-    let name = sp.name.to_string();
-
+    let node = NodePlan::new(cfg);
     // The table builder's endpoint list: this family's, sorted by address and port.
-    let mut eps: Vec<&Endpoint> = sp
-        .endpoints
-        .iter()
-        .filter(|e| fam.contains(&e.ip))
-        .collect();
-    eps.sort_by_key(|e| (e.ip, e.port));
-    let cat = endpoints::categorize(sp, &eps, &cfg.node_name, cfg.node_zone.as_deref());
-    let internal_selection = selection(endpoints::internal_policy_local(sp), &cat);
-    let ext_selection = selection(endpoints::external_policy_local(sp), &cat);
-
-    let lookup = |addr: IpAddr, port: u16| -> Option<VirtualServer> {
-        render
-            .table
-            .virtual_servers
-            .iter()
-            .find(|vs| vs.addr == addr && vs.port == port && vs.protocol == p)
-            .cloned()
+    let eps = endpoints::by_address(sp, cfg.family);
+    let plan = PortPlan::new(sp, cfg, &node, &eps)?;
+    let x = Port {
+        plan: &plan,
+        node: &node,
+        render,
+        sets: Sets { render },
+        node_name: &cfg.node_name,
+        name: sp.name.to_string(),
     };
-    let of_family = |ips: &[IpAddr]| -> Vec<IpAddr> {
-        ips.iter().copied().filter(|ip| fam.contains(ip)).collect()
-    };
-
-    // Cluster IP.
-    let mut paths = Vec::new();
-    let cluster_vs: Vec<VirtualServer> = lookup(cluster_ip, sp.port).into_iter().collect();
-    let cluster_member = ip_port(&cluster_ip, p, sp.port);
-    let mut routes = Vec::new();
-    if sets.has(SetId::ClusterIp, &cluster_member) {
-        let set = vec![sets.name(SetId::ClusterIp)];
-        let mut detector = String::new();
-        let has_detector = !cfg.masquerade_all
-            && crate::render::iptables::detector_match(cfg, &mut detector, true);
-        let r = |origin, masquerade| IpvsRoute {
-            origin,
-            matched: set.clone(),
-            masquerade,
-            verdict: IpvsVerdict::RealServers,
-        };
-        if cfg.masquerade_all {
-            routes.push(r(IpvsOrigin::Any, Some(IpvsMasquerade::MasqueradeAll)));
-        } else if has_detector {
-            routes.push(r(IpvsOrigin::LocalPod, None));
-            routes.push(r(
-                IpvsOrigin::NotLocalPod,
-                Some(IpvsMasquerade::NotFromLocalPod),
-            ));
-        } else {
-            routes.push(r(
-                IpvsOrigin::FromServiceAddress,
-                Some(IpvsMasquerade::FromServiceAddress),
-            ));
-            routes.push(r(IpvsOrigin::OtherSources, None));
-        }
-        node_port_number(&sets, &mut routes, &cluster_ip, p, sp.port);
-    }
-    paths.push(finish(
-        PathKind::ClusterIp,
-        sp.port,
-        cluster_vs,
-        internal_selection,
-        Vec::new(),
-        routes,
-    ));
-
-    // Node port: one virtual server per node address that serves node ports.
-    if let Some(np) = sp.node_port {
-        let vss: Vec<VirtualServer> = crate::render::ipvs::servers::node_port_addresses(cfg)
-            .into_iter()
-            .filter_map(|ip| lookup(ip, np))
-            .collect();
-        let mut routes = Vec::new();
-        if let Some(first) = vss.first() {
-            let (local_set, all_set) = node_port_sets(p);
-            let m = node_port_member(&first.addr, p, np);
-            if sets.has(local_set, &m) {
-                routes.push(IpvsRoute {
-                    origin: IpvsOrigin::Any,
-                    matched: vec![sets.name(local_set)],
-                    masquerade: None,
-                    verdict: IpvsVerdict::RealServers,
-                });
-            } else if sets.has(all_set, &m) {
-                routes.push(IpvsRoute {
-                    origin: IpvsOrigin::Any,
-                    matched: vec![sets.name(all_set)],
-                    masquerade: Some(IpvsMasquerade::NodePort),
-                    verdict: IpvsVerdict::RealServers,
-                });
-            }
-        }
-        paths.push(finish(
-            PathKind::NodePort,
-            np,
-            vss,
-            ext_selection,
-            Vec::new(),
-            routes,
-        ));
-    }
-
-    // External IPs.
-    let external_ips = of_family(&sp.external_ips);
-    if let Some(first) = external_ips.first() {
-        let m = ip_port(first, p, sp.port);
-        let mut routes = Vec::new();
-        for (id, masquerade) in [
-            (SetId::ExternalIp, Some(IpvsMasquerade::ExternalIp)),
-            (SetId::ExternalIpLocal, None),
-        ] {
-            if sets.has(id, &m) {
-                routes.push(IpvsRoute {
-                    origin: IpvsOrigin::Any,
-                    matched: vec![sets.name(id)],
-                    masquerade,
-                    verdict: IpvsVerdict::RealServers,
-                });
-            }
-        }
-        // Both external-IP sets' rules ACCEPT in KUBE-SERVICES, so the packet never reaches
-        // KUBE-NODE-PORT: no node-port-number mark here.
-        let vss = external_ips
-            .iter()
-            .filter_map(|ip| lookup(*ip, sp.port))
-            .collect();
-        paths.push(finish(
-            PathKind::ExternalIp,
-            sp.port,
-            vss,
-            ext_selection,
-            Vec::new(),
-            routes,
-        ));
-    }
-
-    // Load-balancer IPs, behind the source-range firewall when they have ranges.
-    let lb_ips = of_family(&sp.load_balancer_ips);
-    if let Some(first) = lb_ips.first() {
-        let m = ip_port(first, p, sp.port);
-        let mut routes = Vec::new();
-        let mut source_ranges = Vec::new();
-        if sets.has(SetId::LoadBalancer, &m) {
-            let (lb_sets, masquerade) = if sets.has(SetId::LoadBalancerLocal, &m) {
-                (
-                    vec![
-                        sets.name(SetId::LoadBalancer),
-                        sets.name(SetId::LoadBalancerLocal),
-                    ],
-                    None,
-                )
-            } else {
-                (
-                    vec![sets.name(SetId::LoadBalancer)],
-                    Some(IpvsMasquerade::LoadBalancer),
-                )
-            };
-            let to_vs = |origin, first: Vec<String>| {
-                let mut matched = first;
-                matched.extend(lb_sets.iter().cloned());
-                IpvsRoute {
-                    origin,
-                    matched,
-                    masquerade,
-                    verdict: IpvsVerdict::RealServers,
-                }
-            };
-            if sets.has(SetId::LoadBalancerFw, &m) {
-                let fw = sets.name(SetId::LoadBalancerFw);
-                let prefix = format!("{m},");
-                source_ranges = sets
-                    .with_prefix(SetId::LoadBalancerSourceCidr, &prefix)
-                    .iter()
-                    .map(|e| e[prefix.len()..].to_string())
-                    .collect();
-                routes.push(to_vs(
-                    IpvsOrigin::InSourceRanges,
-                    vec![fw.clone(), sets.name(SetId::LoadBalancerSourceCidr)],
-                ));
-                if !sets
-                    .with_prefix(SetId::LoadBalancerSourceIp, &prefix)
-                    .is_empty()
-                {
-                    routes.push(to_vs(
-                        IpvsOrigin::ThisNode,
-                        vec![fw.clone(), sets.name(SetId::LoadBalancerSourceIp)],
-                    ));
-                } else if render.sets.no_node_access.contains(&(*first, p, sp.port)) {
-                    routes.push(IpvsRoute {
-                        origin: IpvsOrigin::ThisNode,
-                        matched: vec![KUBE_IPVS_OUT_FILTER.to_string()],
-                        masquerade: None,
-                        verdict: IpvsVerdict::DropNodeAccess,
-                    });
-                }
-                routes.push(IpvsRoute {
-                    origin: IpvsOrigin::OutsideSourceRanges,
-                    matched: vec![fw, KUBE_SOURCE_RANGES_FIREWALL.to_string()],
-                    masquerade: None,
-                    verdict: IpvsVerdict::DropSourceRanges,
-                });
-            } else {
-                routes.push(to_vs(IpvsOrigin::Any, Vec::new()));
-            }
-            // KUBE-LOAD-BALANCER returns to KUBE-SERVICES, which goes on to KUBE-NODE-PORT.
-            node_port_number(&sets, &mut routes, first, p, sp.port);
-        }
-        let vss = lb_ips
-            .iter()
-            .filter_map(|ip| lookup(*ip, sp.port))
-            .collect();
-        paths.push(finish(
-            PathKind::LoadBalancerIp,
-            sp.port,
-            vss,
-            ext_selection,
-            source_ranges,
-            routes,
-        ));
-    }
+    let internal_selection = plan.selection(plan.policies.internal_local);
+    let ext_selection = plan.selection(plan.policies.external_local);
+    let mut paths = vec![x.cluster_ip_path(internal_selection)];
+    paths.extend(x.node_port_path(ext_selection));
+    paths.extend(x.external_ip_path(ext_selection));
+    paths.extend(x.load_balancer_path(ext_selection));
 
     let has_external = paths.len() > 1;
-    let membership = |i: usize, sel: Selection, vss: &[VirtualServer]| -> Membership {
-        let e = eps[i];
-        let Some(vs) = vss.first() else {
-            let picked = match sel {
-                Selection::Local => &cat.local,
-                Selection::Cluster | Selection::LocalFallback => &cat.cluster,
-            };
-            if picked.contains(&i) {
-                return Membership::NoVirtualServer;
-            }
-            return Membership::Excluded(why_not(sp, sel, i, &eps, &cat, &cfg.node_name));
-        };
-        if let Some(rs) = vs
-            .real_servers
-            .iter()
-            .find(|r| r.addr == e.ip && r.port == e.port)
-        {
-            return Membership::RealServer { weight: rs.weight };
-        }
-        if vs.service != name {
-            return Membership::OtherOwner;
-        }
-        Membership::Excluded(why_not(sp, sel, i, &eps, &cat, &cfg.node_name))
-    };
     let external_vss: Vec<VirtualServer> = paths[1..]
         .iter()
         .flat_map(|p| p.virtual_servers.iter().cloned())
@@ -565,38 +313,305 @@ pub fn explain_port(
             ready: e.ready,
             serving: e.serving,
             terminating: e.terminating,
-            internal: membership(i, internal_selection, &paths[0].virtual_servers),
-            external: has_external.then(|| membership(i, ext_selection, &external_vss)),
+            internal: x.membership(&eps, i, internal_selection, &paths[0].virtual_servers),
+            external: has_external.then(|| x.membership(&eps, i, ext_selection, &external_vss)),
         })
         .collect();
 
-    let ipset_members = members(sp, cfg, &sets, &cluster_ip);
-    let mut detector = String::new();
-    let local_traffic = (!cfg.masquerade_all
-        && crate::render::iptables::detector_match(cfg, &mut detector, true))
-    .then(|| detector_text(cfg))
-    .flatten();
+    let cluster_ip = plan.addresses.cluster_ip;
+    let ipset_members = members(&plan, &node, &x.sets, &cluster_ip);
+    let masquerade = plan.decisions.cluster_ip_masquerade;
+    let local_traffic = (masquerade == ClusterIpMasquerade::NotFromLocalPod)
+        .then(|| detector_text(cfg))
+        .flatten();
     Some(IpvsExplanation {
         name: sp.name.clone(),
-        protocol: p,
+        protocol: sp.protocol,
         port: sp.port,
-        family: fam,
+        family: cfg.family,
         internal_policy: sp.internal_traffic_policy,
         external_policy: sp.external_traffic_policy,
-        affinity_seconds: match sp.session_affinity {
-            SessionAffinity::None => None,
-            SessionAffinity::ClientIp { timeout_seconds } => Some(timeout_seconds),
-        },
+        affinity_seconds: plan.decisions.affinity_seconds,
         local_traffic,
         internal_selection,
         external_selection: has_external.then_some(ext_selection),
         endpoints,
         paths,
-        health_check_node_port: sp
+        health_check_node_port: plan
+            .addresses
             .health_check_node_port
-            .filter(|hc| sets.has(SetId::HealthCheckNodePort, &hc.to_string())),
+            .filter(|hc| x.sets.has(SetId::HealthCheckNodePort, &hc.to_string())),
         ipset_members,
     })
+}
+
+impl Port<'_> {
+    /// The virtual server the table holds for `addr`:`port` and this port's protocol.
+    fn lookup(&self, addr: IpAddr, port: u16) -> Option<VirtualServer> {
+        let p = self.plan.port.protocol;
+        self.render
+            .table
+            .virtual_servers
+            .iter()
+            .find(|vs| vs.addr == addr && vs.port == port && vs.protocol == p)
+            .cloned()
+    }
+
+    /// What an endpoint is to a group of virtual servers (`vss`, chosen by `sel`).
+    fn membership(
+        &self,
+        eps: &[&Endpoint],
+        i: usize,
+        sel: Selection,
+        vss: &[VirtualServer],
+    ) -> Membership {
+        let (e, cat) = (eps[i], &self.plan.endpoints);
+        let node = self.node_name;
+        let Some(vs) = vss.first() else {
+            let picked = match sel {
+                Selection::Local => &cat.local,
+                Selection::Cluster | Selection::LocalFallback => &cat.cluster,
+            };
+            if picked.contains(&i) {
+                return Membership::NoVirtualServer;
+            }
+            return Membership::Excluded(why_not(self.plan, sel, i, eps, node));
+        };
+        if let Some(rs) = vs
+            .real_servers
+            .iter()
+            .find(|r| r.addr == e.ip && r.port == e.port)
+        {
+            return Membership::RealServer { weight: rs.weight };
+        }
+        if vs.service != self.name {
+            return Membership::OtherOwner;
+        }
+        Membership::Excluded(why_not(self.plan, sel, i, eps, node))
+    }
+
+    fn cluster_ip_path(&self, selection: Selection) -> IpvsPath {
+        let (sp, a) = (self.plan.port, &self.plan.addresses);
+        let p = sp.protocol;
+        let cluster_vs: Vec<VirtualServer> =
+            self.lookup(a.cluster_ip, a.port).into_iter().collect();
+        let cluster_member = ip_port(&a.cluster_ip, p, a.port);
+        let mut routes = Vec::new();
+        if self.sets.has(SetId::ClusterIp, &cluster_member) {
+            let set = vec![self.sets.name(SetId::ClusterIp)];
+            let r = |origin, masquerade| IpvsRoute {
+                origin,
+                matched: set.clone(),
+                masquerade,
+                verdict: IpvsVerdict::RealServers,
+            };
+            match self.plan.decisions.cluster_ip_masquerade {
+                ClusterIpMasquerade::All => {
+                    routes.push(r(IpvsOrigin::Any, Some(IpvsMasquerade::MasqueradeAll)));
+                }
+                ClusterIpMasquerade::NotFromLocalPod => {
+                    routes.push(r(IpvsOrigin::LocalPod, None));
+                    routes.push(r(
+                        IpvsOrigin::NotLocalPod,
+                        Some(IpvsMasquerade::NotFromLocalPod),
+                    ));
+                }
+                ClusterIpMasquerade::NoDetector => {
+                    routes.push(r(
+                        IpvsOrigin::FromServiceAddress,
+                        Some(IpvsMasquerade::FromServiceAddress),
+                    ));
+                    routes.push(r(IpvsOrigin::OtherSources, None));
+                }
+            }
+            node_port_number(&self.sets, &mut routes, &a.cluster_ip, p, a.port);
+        }
+        finish(
+            PathKind::ClusterIp,
+            a.port,
+            cluster_vs,
+            selection,
+            Vec::new(),
+            routes,
+        )
+    }
+
+    /// Node port: one virtual server per node address that serves node ports.
+    fn node_port_path(&self, selection: Selection) -> Option<IpvsPath> {
+        let np = self.plan.addresses.node_port?;
+        let p = self.plan.port.protocol;
+        let vss: Vec<VirtualServer> = self
+            .node
+            .node_port_ips
+            .iter()
+            .filter_map(|ip| self.lookup(*ip, np))
+            .collect();
+        let mut routes = Vec::new();
+        if let Some(first) = vss.first() {
+            let (local_set, all_set) = node_port_sets(p);
+            let m = node_port_member(&first.addr, p, np);
+            if self.sets.has(local_set, &m) {
+                routes.push(IpvsRoute {
+                    origin: IpvsOrigin::Any,
+                    matched: vec![self.sets.name(local_set)],
+                    masquerade: None,
+                    verdict: IpvsVerdict::RealServers,
+                });
+            } else if self.sets.has(all_set, &m) {
+                routes.push(IpvsRoute {
+                    origin: IpvsOrigin::Any,
+                    matched: vec![self.sets.name(all_set)],
+                    masquerade: Some(IpvsMasquerade::NodePort),
+                    verdict: IpvsVerdict::RealServers,
+                });
+            }
+        }
+        Some(finish(
+            PathKind::NodePort,
+            np,
+            vss,
+            selection,
+            Vec::new(),
+            routes,
+        ))
+    }
+
+    fn external_ip_path(&self, selection: Selection) -> Option<IpvsPath> {
+        let a = &self.plan.addresses;
+        let p = self.plan.port.protocol;
+        let first = a.external_ips.first()?;
+        let m = ip_port(first, p, a.port);
+        let mut routes = Vec::new();
+        for (id, masquerade) in [
+            (SetId::ExternalIp, Some(IpvsMasquerade::ExternalIp)),
+            (SetId::ExternalIpLocal, None),
+        ] {
+            if self.sets.has(id, &m) {
+                routes.push(IpvsRoute {
+                    origin: IpvsOrigin::Any,
+                    matched: vec![self.sets.name(id)],
+                    masquerade,
+                    verdict: IpvsVerdict::RealServers,
+                });
+            }
+        }
+        // Both external-IP sets' rules ACCEPT in KUBE-SERVICES, so the packet never reaches
+        // KUBE-NODE-PORT: no node-port-number mark here.
+        let vss = a
+            .external_ips
+            .iter()
+            .filter_map(|ip| self.lookup(*ip, a.port))
+            .collect();
+        Some(finish(
+            PathKind::ExternalIp,
+            a.port,
+            vss,
+            selection,
+            Vec::new(),
+            routes,
+        ))
+    }
+
+    /// Load-balancer IPs, behind the source-range firewall when they have ranges.
+    fn load_balancer_path(&self, selection: Selection) -> Option<IpvsPath> {
+        let a = &self.plan.addresses;
+        let p = self.plan.port.protocol;
+        let first = a.load_balancer_ips.first()?;
+        let m = ip_port(first, p, a.port);
+        let mut routes = Vec::new();
+        let mut source_ranges = Vec::new();
+        if self.sets.has(SetId::LoadBalancer, &m) {
+            source_ranges = self.load_balancer_routes(&mut routes, first, &m);
+            // KUBE-LOAD-BALANCER returns to KUBE-SERVICES, which goes on to KUBE-NODE-PORT.
+            node_port_number(&self.sets, &mut routes, first, p, a.port);
+        }
+        let vss = a
+            .load_balancer_ips
+            .iter()
+            .filter_map(|ip| self.lookup(*ip, a.port))
+            .collect();
+        Some(finish(
+            PathKind::LoadBalancerIp,
+            a.port,
+            vss,
+            selection,
+            source_ranges,
+            routes,
+        ))
+    }
+
+    /// The routes of a load balancer whose set member is `m`; returns its source ranges.
+    fn load_balancer_routes(
+        &self,
+        routes: &mut Vec<IpvsRoute>,
+        first: &IpAddr,
+        m: &str,
+    ) -> Vec<String> {
+        let sets = &self.sets;
+        let (p, port) = (self.plan.port.protocol, self.plan.addresses.port);
+        let (lb_sets, masquerade) = if sets.has(SetId::LoadBalancerLocal, m) {
+            (
+                vec![
+                    sets.name(SetId::LoadBalancer),
+                    sets.name(SetId::LoadBalancerLocal),
+                ],
+                None,
+            )
+        } else {
+            (
+                vec![sets.name(SetId::LoadBalancer)],
+                Some(IpvsMasquerade::LoadBalancer),
+            )
+        };
+        let to_vs = |origin, first: Vec<String>| {
+            let mut matched = first;
+            matched.extend(lb_sets.iter().cloned());
+            IpvsRoute {
+                origin,
+                matched,
+                masquerade,
+                verdict: IpvsVerdict::RealServers,
+            }
+        };
+        if !sets.has(SetId::LoadBalancerFw, m) {
+            routes.push(to_vs(IpvsOrigin::Any, Vec::new()));
+            return Vec::new();
+        }
+        let fw = sets.name(SetId::LoadBalancerFw);
+        let prefix = format!("{m},");
+        let source_ranges = sets
+            .with_prefix(SetId::LoadBalancerSourceCidr, &prefix)
+            .iter()
+            .map(|e| e[prefix.len()..].to_string())
+            .collect();
+        routes.push(to_vs(
+            IpvsOrigin::InSourceRanges,
+            vec![fw.clone(), sets.name(SetId::LoadBalancerSourceCidr)],
+        ));
+        if !sets
+            .with_prefix(SetId::LoadBalancerSourceIp, &prefix)
+            .is_empty()
+        {
+            routes.push(to_vs(
+                IpvsOrigin::ThisNode,
+                vec![fw.clone(), sets.name(SetId::LoadBalancerSourceIp)],
+            ));
+        } else if self.render.sets.no_node_access.contains(&(*first, p, port)) {
+            routes.push(IpvsRoute {
+                origin: IpvsOrigin::ThisNode,
+                matched: vec![KUBE_IPVS_OUT_FILTER.to_string()],
+                masquerade: None,
+                verdict: IpvsVerdict::DropNodeAccess,
+            });
+        }
+        routes.push(IpvsRoute {
+            origin: IpvsOrigin::OutsideSourceRanges,
+            matched: vec![fw, KUBE_SOURCE_RANGES_FIREWALL.to_string()],
+            masquerade: None,
+            verdict: IpvsVerdict::DropSourceRanges,
+        });
+        source_ranges
+    }
 }
 
 /// A path whose routes meet a virtual server without real servers ends there instead.
@@ -654,24 +669,11 @@ fn node_port_number(sets: &Sets, routes: &mut [IpvsRoute], addr: &IpAddr, p: Pro
 }
 
 /// Every member of the render's sets that this port put there, in the sets' order.
-fn members(
-    sp: &ServicePort,
-    cfg: &RenderConfig,
-    sets: &Sets,
-    cluster_ip: &IpAddr,
-) -> Vec<SetMember> {
-    let fam = cfg.family;
+fn members(plan: &PortPlan, node: &NodePlan, sets: &Sets, cluster_ip: &IpAddr) -> Vec<SetMember> {
+    let (sp, fam) = (plan.port, node.family);
     let p = sp.protocol;
-    let externals: Vec<&IpAddr> = sp
-        .external_ips
-        .iter()
-        .filter(|ip| fam.contains(ip))
-        .collect();
-    let lbs: Vec<&IpAddr> = sp
-        .load_balancer_ips
-        .iter()
-        .filter(|ip| fam.contains(ip))
-        .collect();
+    let externals: Vec<&IpAddr> = plan.addresses.external_ips.iter().collect();
+    let lbs: Vec<&IpAddr> = plan.addresses.load_balancer_ips.iter().collect();
     let mut out = Vec::new();
     for id in SetId::ALL {
         let mut candidates: Vec<String> = Vec::new();
@@ -706,11 +708,8 @@ fn members(
                 let (local_set, all_set) = node_port_sets(p);
                 if let Some(np) = sp.node_port.filter(|_| id == local_set || id == all_set) {
                     match p {
-                        Protocol::Sctp => candidates.extend(
-                            crate::render::ipvs::servers::node_port_addresses(cfg)
-                                .iter()
-                                .map(|ip| ip_port(ip, p, np)),
-                        ),
+                        Protocol::Sctp => candidates
+                            .extend(node.node_port_ips.iter().map(|ip| ip_port(ip, p, np))),
                         _ => candidates.push(np.to_string()),
                     }
                 }

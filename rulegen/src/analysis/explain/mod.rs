@@ -1,19 +1,19 @@
 //! What the iptables render does with one service port, as plain data: the addresses it is
 //! reachable on, which endpoints each path reaches (and why others are left out), where the
-//! source is masqueraded, and the chains that carry it. Built from the renderer's own decisions
-//! ([`crate::plan::endpoints`], [`crate::render::iptables::chains`]) so it cannot tell a different story than the rules.
+//! source is masqueraded, and the chains that carry it. Read off the port's
+//! [`PortPlan`] — the decisions the renderer writes — with chain names from
+//! [`crate::render::iptables::chains`], so it cannot tell a different story than the rules.
 
 pub mod ipvs;
-
-use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::IpNet;
 
 use crate::config::{LocalDetector, RenderConfig};
-use crate::model::{
-    Endpoint, IpFamily, Protocol, ServicePort, ServicePortName, SessionAffinity, TrafficPolicy,
+use crate::model::{Endpoint, IpFamily, Protocol, ServicePort, ServicePortName, TrafficPolicy};
+use crate::plan::{
+    ClusterIpMasquerade, EndpointSet as PlanSet, NodePlan, NodePortDestinations, PortPlan,
+    Unserved, endpoints,
 };
-use crate::plan::endpoints;
 use crate::render::iptables::chains::{
     self, ChainName, KUBE_NODEPORTS, KUBE_SERVICES, ServiceChains,
 };
@@ -209,32 +209,16 @@ pub struct Route {
 
 /// The node-port destinations the render accepts: every local address, or a list.
 pub fn node_port_addresses(cfg: &RenderConfig) -> Vec<String> {
-    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    let localhost = cfg.family == IpFamily::V4
-        && cfg.localhost_nodeports
-        && (cfg.nodeport_addresses.is_empty()
-            || cfg.nodeport_addresses.iter().any(|n| n.contains(&loopback)));
-    let all = cfg.nodeport_addresses.is_empty()
-        || cfg.nodeport_addresses.iter().any(|n| n.prefix_len() == 0);
-    if all {
-        return vec![match (cfg.family, localhost) {
-            (IpFamily::V4, true) => "every local address (127.0.0.1 included)".to_string(),
-            (IpFamily::V4, false) => "every local address but 127.0.0.0/8".to_string(),
-            (IpFamily::V6, _) => "every local address but ::1".to_string(),
-        }];
+    match NodePlan::new(cfg).node_port_destinations {
+        NodePortDestinations::EveryLocalAddress { loopback } => {
+            vec![match (cfg.family, loopback) {
+                (IpFamily::V4, true) => "every local address (127.0.0.1 included)".to_string(),
+                (IpFamily::V4, false) => "every local address but 127.0.0.0/8".to_string(),
+                (IpFamily::V6, _) => "every local address but ::1".to_string(),
+            }]
+        }
+        NodePortDestinations::Addresses(ips) => ips.iter().map(ToString::to_string).collect(),
     }
-    let mut ips: Vec<IpAddr> = cfg
-        .node_ips
-        .iter()
-        .copied()
-        .chain([loopback, IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)])
-        .filter(|ip| cfg.family.contains(ip))
-        .filter(|ip| cfg.nodeport_addresses.iter().any(|n| n.contains(ip)))
-        .filter(|ip| !ip.is_loopback() || localhost)
-        .collect();
-    ips.sort();
-    ips.dedup();
-    ips.iter().map(ToString::to_string).collect()
 }
 
 fn detector_text(cfg: &RenderConfig) -> Option<String> {
@@ -265,35 +249,81 @@ fn exclusion(e: &Endpoint, set: &[usize], all: &[&Endpoint]) -> Exclusion {
     Exclusion::NotReady
 }
 
+/// Why the Local set left out `e`, which it did.
+fn local_exclusion(e: &Endpoint, node: &str, set: &[usize], all: &[&Endpoint]) -> Exclusion {
+    if node.is_empty() || e.node_name.as_deref() != Some(node) {
+        Exclusion::OtherNode(e.node_name.as_deref().map(str::to_string))
+    } else {
+        exclusion(e, set, all)
+    }
+}
+
+/// The selection chain iptables mode names for an endpoint set.
+fn set_chain(sc: &ServiceChains, set: PlanSet) -> ChainName {
+    match set {
+        PlanSet::Cluster => sc.svc,
+        PlanSet::Local => sc.svl,
+    }
+}
+
+fn set_kind(set: PlanSet) -> SetKind {
+    match set {
+        PlanSet::Cluster => SetKind::Cluster,
+        PlanSet::Local => SetKind::Local,
+    }
+}
+
 /// Explains `sp` as the render for `cfg` carries it; None when it has no cluster IP of `cfg.family`.
 pub fn explain_port(sp: &ServicePort, cfg: &RenderConfig) -> Option<PortExplanation> {
-    let fam = cfg.family;
-    let cluster_ip = *sp.cluster_ips.iter().find(|ip| fam.contains(ip))?;
+    let node = NodePlan::new(cfg);
     // The renderer's endpoint order: this family's, sorted and deduplicated by "IP:port".
-    let mut eps: Vec<(String, &Endpoint)> = sp
-        .endpoints
-        .iter()
-        .filter(|e| fam.contains(&e.ip))
-        .map(|e| (e.addr_string(), e))
-        .collect();
-    eps.sort_by(|a, b| a.0.cmp(&b.0));
-    eps.dedup_by(|a, b| a.0 == b.0);
+    let eps = endpoints::by_address_text(sp, cfg.family);
     let refs: Vec<&Endpoint> = eps.iter().map(|(_, e)| *e).collect();
-    let cat = endpoints::categorize(sp, &refs, &cfg.node_name, cfg.node_zone.as_deref());
-
+    let plan = PortPlan::new(sp, cfg, &node, &refs)?;
     let sc = ServiceChains::new(&sp.name, sp.protocol);
-    let uses_cluster = endpoints::uses_cluster_endpoints(sp);
-    let uses_local = endpoints::uses_local_endpoints(sp);
-    let accessible = endpoints::externally_accessible(sp);
-    let internal_local = endpoints::internal_policy_local(sp);
-    let external_local = endpoints::external_policy_local(sp);
-    let has_any = cat.has_any;
-    let is_local = |e: &Endpoint| {
-        !cfg.node_name.is_empty() && e.node_name.as_deref() == Some(cfg.node_name.as_str())
+    let endpoints = endpoint_reports(&plan, &eps, &refs, &cfg.node_name);
+    let d = &plan.decisions;
+    let set = |set: PlanSet, exists: bool, used: bool| {
+        used.then(|| EndpointSet {
+            kind: set_kind(set),
+            chain: exists.then_some(set_chain(&sc, set)),
+            members: plan.members(set).to_vec(),
+        })
     };
+    Some(PortExplanation {
+        name: sp.name.clone(),
+        protocol: sp.protocol,
+        port: sp.port,
+        family: cfg.family,
+        internal_policy: sp.internal_traffic_policy,
+        external_policy: sp.external_traffic_policy,
+        affinity_seconds: d.affinity_seconds,
+        local_traffic: node
+            .has_local_detector
+            .then(|| detector_text(cfg))
+            .flatten(),
+        cluster_set: set(
+            PlanSet::Cluster,
+            d.cluster_selection,
+            plan.policies.uses_cluster,
+        ),
+        local_set: set(PlanSet::Local, d.local_selection, plan.policies.uses_local),
+        chains: port_chains(&plan, &sc, &endpoints),
+        paths: paths(&plan, &node, &sc, cfg),
+        endpoints,
+        health_check_node_port: plan.addresses.health_check_node_port,
+    })
+}
 
-    let endpoints: Vec<EndpointReport> = eps
-        .iter()
+/// Each endpoint with its `KUBE-SEP-*` chain and why each set in use left it out.
+fn endpoint_reports(
+    plan: &PortPlan,
+    eps: &[(String, &Endpoint)],
+    refs: &[&Endpoint],
+    node: &str,
+) -> Vec<EndpointReport> {
+    let (sp, cat) = (plan.port, &plan.endpoints);
+    eps.iter()
         .enumerate()
         .map(|(i, (addr, e))| EndpointReport {
             address: addr.clone(),
@@ -305,249 +335,200 @@ pub fn explain_port(sp: &ServicePort, cfg: &RenderConfig) -> Option<PortExplanat
                 .all_reachable
                 .contains(&i)
                 .then(|| chains::endpoint_chain(&sp.name, sp.protocol, addr)),
-            cluster_excluded: (uses_cluster && !cat.cluster.contains(&i))
-                .then(|| exclusion(e, &cat.cluster, &refs)),
-            local_excluded: (uses_local && !cat.local.contains(&i)).then(|| {
-                if !is_local(e) {
-                    Exclusion::OtherNode(e.node_name.as_deref().map(str::to_string))
-                } else {
-                    exclusion(e, &cat.local, &refs)
-                }
-            }),
+            cluster_excluded: (plan.policies.uses_cluster && !cat.cluster.contains(&i))
+                .then(|| exclusion(e, &cat.cluster, refs)),
+            local_excluded: (plan.policies.uses_local && !cat.local.contains(&i))
+                .then(|| local_exclusion(e, node, &cat.local, refs)),
         })
-        .collect();
+        .collect()
+}
 
-    let svc_exists = uses_cluster && !cat.cluster.is_empty();
-    let svl_exists = uses_local && !cat.local.is_empty();
-    let ext_exists = has_any && accessible;
-    let lb_ips: Vec<IpAddr> = sp
-        .load_balancer_ips
-        .iter()
-        .copied()
-        .filter(|ip| fam.contains(ip))
-        .collect();
-    let source_ranges: Vec<IpNet> = sp
-        .load_balancer_source_ranges
-        .iter()
-        .copied()
-        .filter(|n| fam.contains_net(n))
-        .collect();
-    let fw_exists = has_any && !lb_ips.is_empty() && !source_ranges.is_empty();
+/// Every per-service chain the render writes for the port, sorted.
+fn port_chains(plan: &PortPlan, sc: &ServiceChains, eps: &[EndpointReport]) -> Vec<ChainName> {
+    let d = &plan.decisions;
+    let mut all = Vec::new();
+    all.extend(d.cluster_selection.then_some(sc.svc));
+    all.extend(d.local_selection.then_some(sc.svl));
+    all.extend(d.external_dispatch.then_some(sc.ext));
+    all.extend(d.firewall.then_some(sc.fw));
+    all.extend(eps.iter().filter_map(|e| e.sep));
+    all.sort();
+    all
+}
 
-    let mut all_chains = Vec::new();
-    all_chains.extend(svc_exists.then_some(sc.svc));
-    all_chains.extend(svl_exists.then_some(sc.svl));
-    all_chains.extend(ext_exists.then_some(sc.ext));
-    all_chains.extend(fw_exists.then_some(sc.fw));
-    all_chains.extend(endpoints.iter().filter_map(|e| e.sep));
-    all_chains.sort();
-
-    let detector = crate::render::iptables::detector_match(cfg, &mut String::new(), false);
-    let s = |c: &ChainName| c.as_str().to_string();
-
-    // Cluster IP.
-    let (internal_chain, internal_kind, has_internal) = if internal_local {
-        (sc.svl, SetKind::Local, has_any && !cat.local.is_empty())
-    } else {
-        (sc.svc, SetKind::Cluster, has_any)
-    };
-    let internal_chains = vec![KUBE_SERVICES.to_string(), s(&internal_chain)];
-    let cluster_routes = if !has_any {
-        vec![route(
-            Origin::Any,
-            vec![KUBE_SERVICES.into()],
-            None,
-            Verdict::RejectNoEndpoints,
-        )]
-    } else if !has_internal {
-        vec![route(
-            Origin::Any,
-            vec![KUBE_SERVICES.into()],
-            None,
-            Verdict::DropNoLocalEndpoints,
-        )]
-    } else if cfg.masquerade_all {
-        vec![route(
-            Origin::Any,
-            internal_chains,
-            Some(Masquerade::MasqueradeAll),
-            Verdict::Endpoints(internal_kind),
-        )]
-    } else if detector {
-        vec![
-            route(
-                Origin::LocalPod,
-                internal_chains.clone(),
-                None,
-                Verdict::Endpoints(internal_kind),
-            ),
-            route(
-                Origin::NotLocalPod,
-                internal_chains,
-                Some(Masquerade::NotFromLocalPod),
-                Verdict::Endpoints(internal_kind),
-            ),
-        ]
-    } else {
-        vec![route(
-            Origin::Any,
-            internal_chains,
-            None,
-            Verdict::Endpoints(internal_kind),
-        )]
-    };
+/// Every way in, with what traffic of each origin meets.
+fn paths(plan: &PortPlan, node: &NodePlan, sc: &ServiceChains, cfg: &RenderConfig) -> Vec<Path> {
+    let a = &plan.addresses;
     let mut paths = vec![Path {
         kind: PathKind::ClusterIp,
-        addresses: vec![cluster_ip.to_string()],
-        port: sp.port,
+        addresses: vec![a.cluster_ip.to_string()],
+        port: a.port,
         source_ranges: Vec::new(),
-        routes: cluster_routes,
+        routes: cluster_ip_routes(plan, sc),
     }];
-
-    // External destinations all enter KUBE-EXT-*; `prefix` is how they get there.
-    let external_routes = |prefix: Vec<String>| -> Vec<Route> {
-        if !has_any {
-            // The filter table's KUBE-EXTERNAL-SERVICES rejects it.
-            return vec![route(
-                Origin::Any,
-                vec![chains::KUBE_EXTERNAL_SERVICES.into()],
-                None,
-                Verdict::RejectNoEndpoints,
-            )];
-        }
-        let mut via = prefix.clone();
-        via.push(s(&sc.ext));
-        let to = |c: &ChainName| {
-            let mut v = via.clone();
-            v.push(s(c));
-            v
-        };
-        if !external_local {
-            return vec![route(
-                Origin::Any,
-                to(&sc.svc),
-                Some(Masquerade::ExternalCluster),
-                Verdict::Endpoints(SetKind::Cluster),
-            )];
-        }
-        let mut out = Vec::new();
-        if detector {
-            out.push(route(
-                Origin::LocalPod,
-                to(&sc.svc),
-                None,
-                Verdict::Endpoints(SetKind::Cluster),
-            ));
-        }
-        out.push(route(
-            Origin::ThisNode,
-            to(&sc.svc),
-            Some(Masquerade::FromThisNode),
-            Verdict::Endpoints(SetKind::Cluster),
-        ));
-        if cat.local.is_empty() {
-            // Nothing in nat matches; the filter table's KUBE-EXTERNAL-SERVICES drops it.
-            let mut v = via;
-            v.push(chains::KUBE_EXTERNAL_SERVICES.into());
-            out.push(route(
-                Origin::Elsewhere,
-                v,
-                None,
-                Verdict::DropNoLocalEndpoints,
-            ));
-        } else {
-            out.push(route(
-                Origin::Elsewhere,
-                to(&sc.svl),
-                None,
-                Verdict::Endpoints(SetKind::Local),
-            ));
-        }
-        out
-    };
-
-    if let Some(np) = sp.node_port {
+    let external = |prefix: Vec<String>| external_routes(plan, node, sc, prefix);
+    if let Some(np) = a.node_port {
         paths.push(Path {
             kind: PathKind::NodePort,
             addresses: node_port_addresses(cfg),
             port: np,
             source_ranges: Vec::new(),
-            routes: external_routes(vec![KUBE_SERVICES.into(), KUBE_NODEPORTS.into()]),
+            routes: external(vec![KUBE_SERVICES.into(), KUBE_NODEPORTS.into()]),
         });
     }
-    let external_ips: Vec<String> = sp
-        .external_ips
-        .iter()
-        .filter(|ip| fam.contains(ip))
-        .map(ToString::to_string)
-        .collect();
-    if !external_ips.is_empty() {
+    if !a.external_ips.is_empty() {
         paths.push(Path {
             kind: PathKind::ExternalIp,
-            addresses: external_ips,
-            port: sp.port,
+            addresses: a.external_ips.iter().map(ToString::to_string).collect(),
+            port: a.port,
             source_ranges: Vec::new(),
-            routes: external_routes(vec![KUBE_SERVICES.into()]),
+            routes: external(vec![KUBE_SERVICES.into()]),
         });
     }
-    if !lb_ips.is_empty() {
-        let routes = if fw_exists {
-            let mut r = external_routes(vec![KUBE_SERVICES.into(), s(&sc.fw)]);
+    if !a.load_balancer_ips.is_empty() {
+        let routes = if plan.decisions.firewall {
+            let fw = sc.fw.as_str().to_string();
+            let mut r = external(vec![KUBE_SERVICES.into(), fw.clone()]);
             r.push(route(
                 Origin::OutsideSourceRanges,
-                vec![
-                    KUBE_SERVICES.into(),
-                    s(&sc.fw),
-                    chains::KUBE_PROXY_FIREWALL.into(),
-                ],
+                vec![KUBE_SERVICES.into(), fw, chains::KUBE_PROXY_FIREWALL.into()],
                 None,
                 Verdict::DropFirewall,
             ));
             r
         } else {
-            external_routes(vec![KUBE_SERVICES.into()])
+            external(vec![KUBE_SERVICES.into()])
         };
         paths.push(Path {
             kind: PathKind::LoadBalancerIp,
-            addresses: lb_ips.iter().map(ToString::to_string).collect(),
-            port: sp.port,
-            source_ranges: source_ranges.clone(),
+            addresses: a
+                .load_balancer_ips
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            port: a.port,
+            source_ranges: a.source_ranges.clone(),
             routes,
         });
     }
+    paths
+}
 
-    let set = |kind, exists: bool, chain: ChainName, members: &[usize], used: bool| {
-        used.then(|| EndpointSet {
-            kind,
-            chain: exists.then_some(chain),
-            members: members.to_vec(),
-        })
+/// What cluster-IP traffic meets.
+fn cluster_ip_routes(plan: &PortPlan, sc: &ServiceChains) -> Vec<Route> {
+    let internal = plan.decisions.internal;
+    let dispatch = || vec![KUBE_SERVICES.to_string()];
+    match internal.unserved {
+        Some(Unserved::NoEndpoints) => {
+            return vec![route(
+                Origin::Any,
+                dispatch(),
+                None,
+                Verdict::RejectNoEndpoints,
+            )];
+        }
+        Some(Unserved::NoLocalEndpoints) => {
+            return vec![route(
+                Origin::Any,
+                dispatch(),
+                None,
+                Verdict::DropNoLocalEndpoints,
+            )];
+        }
+        None => {}
+    }
+    let chains = vec![
+        KUBE_SERVICES.to_string(),
+        set_chain(sc, internal.set).as_str().to_string(),
+    ];
+    let to = Verdict::Endpoints(set_kind(internal.set));
+    match plan.decisions.cluster_ip_masquerade {
+        ClusterIpMasquerade::All => vec![route(
+            Origin::Any,
+            chains,
+            Some(Masquerade::MasqueradeAll),
+            to,
+        )],
+        ClusterIpMasquerade::NotFromLocalPod => vec![
+            route(Origin::LocalPod, chains.clone(), None, to),
+            route(
+                Origin::NotLocalPod,
+                chains,
+                Some(Masquerade::NotFromLocalPod),
+                to,
+            ),
+        ],
+        ClusterIpMasquerade::NoDetector => vec![route(Origin::Any, chains, None, to)],
+    }
+}
+
+/// What traffic to an external destination meets; they all enter `KUBE-EXT-*`, `prefix` is how
+/// they get there.
+fn external_routes(
+    plan: &PortPlan,
+    node: &NodePlan,
+    sc: &ServiceChains,
+    prefix: Vec<String>,
+) -> Vec<Route> {
+    let d = &plan.decisions;
+    if !d.has_endpoints {
+        // The filter table's KUBE-EXTERNAL-SERVICES rejects it.
+        return vec![route(
+            Origin::Any,
+            vec![chains::KUBE_EXTERNAL_SERVICES.into()],
+            None,
+            Verdict::RejectNoEndpoints,
+        )];
+    }
+    let mut via = prefix;
+    via.push(sc.ext.as_str().to_string());
+    let to = |c: &ChainName| {
+        let mut v = via.clone();
+        v.push(c.as_str().to_string());
+        v
     };
-    Some(PortExplanation {
-        name: sp.name.clone(),
-        protocol: sp.protocol,
-        port: sp.port,
-        family: fam,
-        internal_policy: sp.internal_traffic_policy,
-        external_policy: sp.external_traffic_policy,
-        affinity_seconds: match sp.session_affinity {
-            SessionAffinity::None => None,
-            SessionAffinity::ClientIp { timeout_seconds } => Some(timeout_seconds),
-        },
-        local_traffic: detector.then(|| detector_text(cfg)).flatten(),
-        cluster_set: set(
-            SetKind::Cluster,
-            svc_exists,
-            sc.svc,
-            &cat.cluster,
-            uses_cluster,
-        ),
-        local_set: set(SetKind::Local, svl_exists, sc.svl, &cat.local, uses_local),
-        endpoints,
-        paths,
-        health_check_node_port: sp.health_check_node_port,
-        chains: all_chains,
-    })
+    if !plan.policies.external_local {
+        return vec![route(
+            Origin::Any,
+            to(&sc.svc),
+            Some(Masquerade::ExternalCluster),
+            Verdict::Endpoints(SetKind::Cluster),
+        )];
+    }
+    let mut out = Vec::new();
+    if node.has_local_detector {
+        out.push(route(
+            Origin::LocalPod,
+            to(&sc.svc),
+            None,
+            Verdict::Endpoints(SetKind::Cluster),
+        ));
+    }
+    out.push(route(
+        Origin::ThisNode,
+        to(&sc.svc),
+        Some(Masquerade::FromThisNode),
+        Verdict::Endpoints(SetKind::Cluster),
+    ));
+    if d.external.served() {
+        out.push(route(
+            Origin::Elsewhere,
+            to(&sc.svl),
+            None,
+            Verdict::Endpoints(SetKind::Local),
+        ));
+    } else {
+        // Nothing in nat matches; the filter table's KUBE-EXTERNAL-SERVICES drops it.
+        let mut v = via;
+        v.push(chains::KUBE_EXTERNAL_SERVICES.into());
+        out.push(route(
+            Origin::Elsewhere,
+            v,
+            None,
+            Verdict::DropNoLocalEndpoints,
+        ));
+    }
+    out
 }
 
 fn route(origin: Origin, chains: Vec<String>, masquerade: Option<Masquerade>, v: Verdict) -> Route {

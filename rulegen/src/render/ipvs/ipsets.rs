@@ -12,9 +12,10 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use super::Planned;
 use crate::config::RenderConfig;
 use crate::model::{IpFamily, Model, Protocol};
-use crate::plan::endpoints;
+use crate::plan::{NodePlan, PortPlan};
 
 /// The kernel's limit on a set name (`IPSET_MAXNAMELEN` − 1).
 pub const MAX_NAME_LEN: usize = 31;
@@ -261,108 +262,147 @@ pub fn set_nets(net: &IpNet) -> Vec<IpNet> {
         .collect()
 }
 
+/// The members being collected, one sorted set per [`SetId`].
+struct Members {
+    entries: Vec<BTreeSet<String>>,
+    no_node_access: Vec<(IpAddr, Protocol, u16)>,
+}
+
+impl Members {
+    fn add(&mut self, id: SetId, e: String) {
+        self.entries[id as usize].insert(e);
+    }
+
+    /// Every local endpoint, ready or not: upstream does not look at conditions here.
+    fn loop_back(&mut self, plan: &PortPlan, cfg: &RenderConfig) {
+        let sp = plan.port;
+        let p = sp.protocol;
+        for e in sp.endpoints.iter().filter(|e| cfg.family.contains(&e.ip)) {
+            if !cfg.node_name.is_empty() && e.node_name.as_deref() == Some(&cfg.node_name) {
+                self.add(
+                    SetId::LoopBack,
+                    format!("{},{}:{},{}", e.ip, p.as_str(), e.port, e.ip),
+                );
+            }
+        }
+    }
+
+    fn external_ips(&mut self, plan: &PortPlan, cfg: &RenderConfig) {
+        let (p, port) = (plan.port.protocol, plan.addresses.port);
+        for ip in &plan.addresses.external_ips {
+            let id = if plan.policies.external_local {
+                SetId::ExternalIpLocal
+            } else {
+                SetId::ExternalIp
+            };
+            self.add(id, ip_port(ip, p, port));
+            if !cfg.node_ips.contains(ip) {
+                self.add(SetId::IpvsIps, ip.to_string());
+            }
+        }
+    }
+
+    /// `primary` is upstream's "primary node IP": the first address of the family the Node
+    /// reports; the node may reach a source-ranged load balancer only when it is in a range.
+    fn load_balancer_ips(&mut self, plan: &PortPlan, cfg: &RenderConfig, primary: Option<&IpAddr>) {
+        let (p, port) = (plan.port.protocol, plan.addresses.port);
+        let ranges = &plan.addresses.source_ranges;
+        for ip in &plan.addresses.load_balancer_ips {
+            let entry = ip_port(ip, p, port);
+            self.add(SetId::LoadBalancer, entry.clone());
+            if plan.policies.external_local {
+                self.add(SetId::LoadBalancerLocal, entry.clone());
+            }
+            if !ranges.is_empty() {
+                self.add(SetId::LoadBalancerFw, entry.clone());
+                let mut from_node = false;
+                for n in ranges {
+                    for member in set_nets(n) {
+                        self.add(
+                            SetId::LoadBalancerSourceCidr,
+                            format!("{entry},{}", net_text(&member)),
+                        );
+                    }
+                    from_node |= primary.is_some_and(|ip| n.contains(ip));
+                }
+                if from_node {
+                    self.add(SetId::LoadBalancerSourceIp, format!("{entry},{ip}"));
+                } else {
+                    self.no_node_access.push((*ip, p, port));
+                }
+            }
+            if !cfg.node_ips.contains(ip) {
+                self.add(SetId::IpvsIps, ip.to_string());
+            }
+        }
+    }
+
+    /// The node-port sets; false when no node address serves node ports, where upstream skips
+    /// the rest of the service port (its health-check port too).
+    fn node_port(&mut self, plan: &PortPlan, node: &NodePlan) -> bool {
+        let Some(node_port) = plan.addresses.node_port else {
+            return true;
+        };
+        if node.node_port_ips.is_empty() {
+            return false;
+        }
+        let p = plan.port.protocol;
+        let (all, locals) = match p {
+            Protocol::Tcp => (SetId::NodePortTcp, SetId::NodePortLocalTcp),
+            Protocol::Udp => (SetId::NodePortUdp, SetId::NodePortLocalUdp),
+            Protocol::Sctp => (SetId::NodePortSctp, SetId::NodePortLocalSctp),
+        };
+        let members: Vec<String> = match p {
+            Protocol::Sctp => node
+                .node_port_ips
+                .iter()
+                .map(|ip| ip_port(ip, p, node_port))
+                .collect(),
+            _ => vec![node_port.to_string()],
+        };
+        for m in members {
+            if plan.policies.external_local {
+                self.add(locals, m.clone());
+            }
+            self.add(all, m);
+        }
+        true
+    }
+}
+
 impl IpSets {
     /// The sets `model` needs on this node.
     pub fn for_model(model: &Model, cfg: &RenderConfig) -> IpSets {
+        let node = NodePlan::new(cfg);
+        Self::from_plans(&super::plan_ports(model, cfg, &node), cfg, &node)
+    }
+
+    /// The sets of the service ports `planned`.
+    pub(crate) fn from_plans(planned: &[Planned], cfg: &RenderConfig, node: &NodePlan) -> IpSets {
         let family = cfg.family;
-        let mut entries: Vec<BTreeSet<String>> = vec![BTreeSet::new(); SetId::ALL.len()];
-        let mut add = |id: SetId, e: String| {
-            entries[id as usize].insert(e);
+        let mut m = Members {
+            entries: vec![BTreeSet::new(); SetId::ALL.len()],
+            no_node_access: Vec::new(),
         };
-        let mut no_node_access = Vec::new();
-        let node_ips = super::servers::node_port_addresses(cfg);
-        // Upstream's "primary node IP": the first address of the family the Node reports.
         let primary = cfg.node_ips.iter().find(|ip| family.contains(ip));
-        for sp in &model.services {
-            let Some(cluster_ip) = sp.cluster_ips.iter().find(|ip| family.contains(ip)) else {
+        for Planned { plan, .. } in planned {
+            let a = &plan.addresses;
+            m.loop_back(plan, cfg);
+            m.add(
+                SetId::ClusterIp,
+                ip_port(&a.cluster_ip, plan.port.protocol, a.port),
+            );
+            m.add(SetId::IpvsIps, a.cluster_ip.to_string());
+            m.external_ips(plan, cfg);
+            m.load_balancer_ips(plan, cfg, primary);
+            if !m.node_port(plan, node) {
                 continue;
-            };
-            let p = sp.protocol;
-            for e in sp.endpoints.iter().filter(|e| family.contains(&e.ip)) {
-                // Every local endpoint, ready or not: upstream does not look at conditions here.
-                if !cfg.node_name.is_empty() && e.node_name.as_deref() == Some(&cfg.node_name) {
-                    add(
-                        SetId::LoopBack,
-                        format!("{},{}:{},{}", e.ip, p.as_str(), e.port, e.ip),
-                    );
-                }
             }
-            add(SetId::ClusterIp, ip_port(cluster_ip, p, sp.port));
-            add(SetId::IpvsIps, cluster_ip.to_string());
-            let local = endpoints::external_policy_local(sp);
-            for ip in sp.external_ips.iter().filter(|ip| family.contains(ip)) {
-                let id = if local {
-                    SetId::ExternalIpLocal
-                } else {
-                    SetId::ExternalIp
-                };
-                add(id, ip_port(ip, p, sp.port));
-                if !cfg.node_ips.contains(ip) {
-                    add(SetId::IpvsIps, ip.to_string());
-                }
-            }
-            for ip in sp.load_balancer_ips.iter().filter(|ip| family.contains(ip)) {
-                let entry = ip_port(ip, p, sp.port);
-                add(SetId::LoadBalancer, entry.clone());
-                if local {
-                    add(SetId::LoadBalancerLocal, entry.clone());
-                }
-                let ranges: Vec<&IpNet> = sp
-                    .load_balancer_source_ranges
-                    .iter()
-                    .filter(|n| family.contains_net(n))
-                    .collect();
-                if !ranges.is_empty() {
-                    add(SetId::LoadBalancerFw, entry.clone());
-                    let mut from_node = false;
-                    for n in ranges {
-                        for member in set_nets(n) {
-                            add(
-                                SetId::LoadBalancerSourceCidr,
-                                format!("{entry},{}", net_text(&member)),
-                            );
-                        }
-                        from_node |= primary.is_some_and(|ip| n.contains(ip));
-                    }
-                    if from_node {
-                        add(SetId::LoadBalancerSourceIp, format!("{entry},{ip}"));
-                    } else {
-                        no_node_access.push((*ip, p, sp.port));
-                    }
-                }
-                if !cfg.node_ips.contains(ip) {
-                    add(SetId::IpvsIps, ip.to_string());
-                }
-            }
-            if let Some(node_port) = sp.node_port {
-                // Upstream skips the rest of the service port (its health-check port too)
-                // when no node address serves node ports.
-                if node_ips.is_empty() {
-                    continue;
-                }
-                let (all, locals) = match p {
-                    Protocol::Tcp => (SetId::NodePortTcp, SetId::NodePortLocalTcp),
-                    Protocol::Udp => (SetId::NodePortUdp, SetId::NodePortLocalUdp),
-                    Protocol::Sctp => (SetId::NodePortSctp, SetId::NodePortLocalSctp),
-                };
-                let members: Vec<String> = match p {
-                    Protocol::Sctp => node_ips
-                        .iter()
-                        .map(|ip| ip_port(ip, p, node_port))
-                        .collect(),
-                    _ => vec![node_port.to_string()],
-                };
-                for m in members {
-                    if local {
-                        add(locals, m.clone());
-                    }
-                    add(all, m);
-                }
-            }
-            if let Some(hc) = sp.health_check_node_port {
-                add(SetId::HealthCheckNodePort, hc.to_string());
+            if let Some(hc) = a.health_check_node_port {
+                m.add(SetId::HealthCheckNodePort, hc.to_string());
             }
         }
+        let mut no_node_access = m.no_node_access;
         no_node_access
             .sort_by_key(|(ip, p, port)| (*ip, super::servers::protocol_order(*p), *port));
         no_node_access.dedup();
@@ -370,7 +410,7 @@ impl IpSets {
             family,
             sets: SetId::ALL
                 .iter()
-                .zip(entries)
+                .zip(m.entries)
                 .map(|(&id, entries)| IpSet {
                     id,
                     name: id.name(family),

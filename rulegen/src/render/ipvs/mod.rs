@@ -17,7 +17,9 @@ pub use servers::{
 };
 
 use crate::config::RenderConfig;
+use crate::model::Endpoint;
 use crate::model::Model;
+use crate::plan::{NodePlan, PortPlan, endpoints};
 use crate::render::iptables::RenderError;
 use crate::render::ruleset::Ruleset;
 
@@ -61,7 +63,9 @@ pub fn render(
     }
     crate::untrusted::check(model, cfg)?;
     crate::untrusted::text("IPVS scheduler", &ipvs.scheduler)?;
-    let sets = IpSets::for_model(model, cfg);
+    let node = NodePlan::new(cfg);
+    let planned = plan_ports(model, cfg, &node);
+    let sets = IpSets::from_plans(&planned, cfg, &node);
     let mut bound_addresses: Vec<IpAddr> = sets
         .get(SetId::IpvsIps)
         .entries
@@ -70,9 +74,34 @@ pub fn render(
         .collect();
     bound_addresses.sort();
     Ok(IpvsRender {
-        table: virtual_servers(model, cfg, &ipvs.scheduler),
+        table: servers::table_from_plans(&planned, &node, &ipvs.scheduler),
         ruleset: rules::ruleset(cfg, &sets),
         sets,
         bound_addresses,
     })
+}
+
+/// One service port's plan, with the endpoints its indices point into (IPVS mode's order).
+pub(crate) struct Planned<'m> {
+    /// The plan.
+    pub plan: PortPlan<'m>,
+    /// The port's endpoints of the family, by address and port.
+    pub eps: Vec<&'m Endpoint>,
+}
+
+/// The plan of every service port with a cluster IP of the family, in the model's order.
+pub(crate) fn plan_ports<'m>(
+    model: &'m Model,
+    cfg: &RenderConfig,
+    node: &NodePlan,
+) -> Vec<Planned<'m>> {
+    model
+        .services
+        .iter()
+        .filter_map(|sp| {
+            let eps = endpoints::by_address(sp, cfg.family);
+            let plan = PortPlan::new(sp, cfg, node, &eps)?;
+            Some(Planned { plan, eps })
+        })
+        .collect()
 }

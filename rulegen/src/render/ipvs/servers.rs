@@ -12,9 +12,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
+use super::Planned;
 use crate::config::RenderConfig;
-use crate::model::{Endpoint, Model, Protocol, SessionAffinity};
-use crate::plan::endpoints::{self, Categorized};
+use crate::model::{Endpoint, Model, Protocol};
+use crate::plan::{NodePlan, PortPlan, Selection};
 
 /// `--ipvs-scheduler`'s default.
 pub const DEFAULT_SCHEDULER: &str = "rr";
@@ -65,53 +66,30 @@ pub struct IpvsTable {
 /// The virtual servers `model` needs on this node (`cfg` gives the family, node name and
 /// addresses, and the node-port address filter).
 pub fn virtual_servers(model: &Model, cfg: &RenderConfig, scheduler: &str) -> IpvsTable {
+    let node = NodePlan::new(cfg);
+    table_from_plans(&super::plan_ports(model, cfg, &node), &node, scheduler)
+}
+
+/// The virtual-server table of the service ports `planned` (in the model's order: the first
+/// port to claim an address, port and protocol owns its virtual server).
+pub(crate) fn table_from_plans(planned: &[Planned], node: &NodePlan, scheduler: &str) -> IpvsTable {
     let mut table: BTreeMap<(IpAddr, u16, u8), VirtualServer> = BTreeMap::new();
-    let node_addrs = node_port_addresses(cfg);
-    for sp in &model.services {
-        let Some(cluster_ip) = sp.cluster_ips.iter().find(|ip| cfg.family.contains(ip)) else {
-            continue;
-        };
-        let mut eps: Vec<&Endpoint> = sp
-            .endpoints
-            .iter()
-            .filter(|e| cfg.family.contains(&e.ip))
-            .collect();
-        eps.sort_by_key(|e| (e.ip, e.port));
-        let cat = endpoints::categorize(sp, &eps, &cfg.node_name, cfg.node_zone.as_deref());
-        let internal = policy_real_servers(endpoints::internal_policy_local(sp), &eps, &cat);
-        let external = policy_real_servers(endpoints::external_policy_local(sp), &eps, &cat);
+    for Planned { plan, eps } in planned {
+        let sp = plan.port;
+        let internal = selected_real_servers(plan, eps, plan.policies.internal_local);
+        let external = selected_real_servers(plan, eps, plan.policies.external_local);
         let mut add = |addr: IpAddr, port: u16, rs: &Vec<RealServer>| {
             table
                 .entry((addr, port, protocol_order(sp.protocol)))
-                .or_insert_with(|| VirtualServer {
-                    protocol: sp.protocol,
-                    addr,
-                    port,
-                    scheduler: scheduler.to_string(),
-                    persistence: match sp.session_affinity {
-                        SessionAffinity::ClientIp { timeout_seconds } => Some(timeout_seconds),
-                        SessionAffinity::None => None,
-                    },
-                    flags: if scheduler == "mh" {
-                        SCHED_FLAG_MH_PORT
-                    } else {
-                        0
-                    },
-                    real_servers: rs.clone(),
-                    service: sp.name.to_string(),
-                });
+                .or_insert_with(|| virtual_server(plan, addr, port, scheduler, rs));
         };
-        add(*cluster_ip, sp.port, &internal);
-        for ip in sp
-            .external_ips
-            .iter()
-            .chain(&sp.load_balancer_ips)
-            .filter(|ip| cfg.family.contains(ip))
-        {
-            add(*ip, sp.port, &external);
+        let a = &plan.addresses;
+        add(a.cluster_ip, a.port, &internal);
+        for ip in a.external_ips.iter().chain(&a.load_balancer_ips) {
+            add(*ip, a.port, &external);
         }
-        if let Some(node_port) = sp.node_port {
-            for ip in &node_addrs {
+        if let Some(node_port) = a.node_port {
+            for ip in &node.node_port_ips {
                 add(*ip, node_port, &external);
             }
         }
@@ -121,14 +99,36 @@ pub fn virtual_servers(model: &Model, cfg: &RenderConfig, scheduler: &str) -> Ip
     }
 }
 
+fn virtual_server(
+    plan: &PortPlan,
+    addr: IpAddr,
+    port: u16,
+    scheduler: &str,
+    real_servers: &[RealServer],
+) -> VirtualServer {
+    VirtualServer {
+        protocol: plan.port.protocol,
+        addr,
+        port,
+        scheduler: scheduler.to_string(),
+        persistence: plan.decisions.affinity_seconds,
+        flags: if scheduler == "mh" {
+            SCHED_FLAG_MH_PORT
+        } else {
+            0
+        },
+        real_servers: real_servers.to_vec(),
+        service: plan.port.name.to_string(),
+    }
+}
+
 /// The real servers under a traffic policy: for Local, the local endpoints, or the cluster's
 /// when there are none (upstream's `syncEndpoint`, PR #97081: unlike iptables mode, which
 /// drops); for Cluster, the cluster's. A Local-only Service has no cluster endpoints at all.
-fn policy_real_servers(local: bool, eps: &[&Endpoint], cat: &Categorized) -> Vec<RealServer> {
-    if local && !cat.local.is_empty() {
-        real_servers(eps, &cat.local)
-    } else {
-        real_servers(eps, &cat.cluster)
+fn selected_real_servers(plan: &PortPlan, eps: &[&Endpoint], local: bool) -> Vec<RealServer> {
+    match plan.selection(local) {
+        Selection::Local => real_servers(eps, &plan.endpoints.local),
+        Selection::Cluster | Selection::LocalFallback => real_servers(eps, &plan.endpoints.cluster),
     }
 }
 
@@ -140,24 +140,6 @@ fn real_servers(eps: &[&Endpoint], picked: &[usize]) -> Vec<RealServer> {
             port: eps[i].port,
             weight: 1,
         })
-        .collect();
-    out.sort();
-    out.dedup();
-    out
-}
-
-/// The node addresses node ports are served on: the node's addresses of this family inside
-/// `--nodeport-addresses` (all of them when it is empty), loopback excluded.
-pub(crate) fn node_port_addresses(cfg: &RenderConfig) -> Vec<IpAddr> {
-    let mut out: Vec<IpAddr> = cfg
-        .node_ips
-        .iter()
-        .filter(|ip| cfg.family.contains(ip) && !ip.is_loopback())
-        .filter(|ip| {
-            cfg.nodeport_addresses.is_empty()
-                || cfg.nodeport_addresses.iter().any(|n| n.contains(*ip))
-        })
-        .copied()
         .collect();
     out.sort();
     out.dedup();

@@ -1,6 +1,6 @@
 use super::*;
 use crate::config::LocalDetector;
-use crate::model::Model;
+use crate::model::{Model, SessionAffinity};
 use crate::render::ipvs::{IpvsConfig, render};
 
 fn cfg() -> RenderConfig {

@@ -1,5 +1,5 @@
 use super::*;
-use crate::model::{ServicePort, ServicePortName, TrafficPolicy};
+use crate::model::{ServicePort, ServicePortName, SessionAffinity, TrafficPolicy};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
