@@ -79,15 +79,59 @@ fn proto_number(p: Protocol) -> u8 {
 /// The `filter` and `nat` tables of IPVS mode for `cfg.family`, given the sets they match on.
 pub fn ruleset(cfg: &RenderConfig, sets: &IpSets) -> Ruleset {
     let mark = mark_text(cfg.masquerade_bit);
-    let v6 = cfg.family == IpFamily::V6;
-    let empty = |id| sets.is_empty(id);
+    Ruleset {
+        family: cfg.family,
+        tables: vec![filter_table(cfg, sets, &mark), nat_table(cfg, sets, &mark)],
+    }
+}
 
-    // nat
+/// Set matches that ACCEPT in `KUBE-SERVICES` traffic from outside or to the node itself.
+const FROM_OUTSIDE: &str = " -m physdev ! --physdev-is-in -m addrtype ! --src-type LOCAL";
+/// A destination that is one of the node's addresses (each `kube-ipvs0` address is one).
+const TO_NODE: &str = " -m addrtype --dst-type LOCAL";
+
+/// `-A FROM -m comment --comment C -j TO`: one hook rule.
+fn hook(out: &mut String, from: &str, comment: &str, to: &str) {
+    Line::new(out, from).comment(comment).jump(to);
+}
+
+fn nat_table(cfg: &RenderConfig, sets: &IpSets, mark: &str) -> Table {
+    let mut nat = Table::new("nat", &["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"]);
+    for (i, from, comment, to) in [
+        (0, "PREROUTING", "kubernetes service portals", KUBE_SERVICES),
+        (2, "OUTPUT", "kubernetes service portals", KUBE_SERVICES),
+        (
+            3,
+            "POSTROUTING",
+            "kubernetes postrouting rules",
+            KUBE_POSTROUTING,
+        ),
+    ] {
+        hook(&mut nat.builtins[i].rules, from, comment, to);
+    }
+    let mut mark_masq = String::new();
+    Line::new(&mut mark_masq, KUBE_MARK_MASQ)
+        .raw(&format!(" -j MARK --set-xmark {mark}/{mark}"))
+        .out
+        .push('\n');
+    nat.add_chain(ChainName::new(KUBE_SERVICES), &nat_services(cfg, sets));
+    nat.add_chain(
+        ChainName::new(KUBE_POSTROUTING),
+        &nat_postrouting(cfg, sets, mark),
+    );
+    nat.add_chain(ChainName::new(KUBE_NODE_PORT), &nat_node_port(sets));
+    nat.add_chain(ChainName::new(KUBE_LOAD_BALANCER), &nat_load_balancer(sets));
+    nat.add_chain(ChainName::new(KUBE_MARK_MASQ), &mark_masq);
+    nat.seal();
+    nat
+}
+
+/// nat `KUBE-SERVICES`: loopback sources return, then the masquerade marks by set, the
+/// node-port jump, and the ACCEPTs.
+fn nat_services(cfg: &RenderConfig, sets: &IpSets) -> String {
+    let empty = |id| sets.is_empty(id);
     let mut services = String::new();
-    let mut postrouting = String::new();
-    let mut node_port = String::new();
-    let mut load_balancer = String::new();
-    let localhost: IpNet = if v6 {
+    let localhost: IpNet = if cfg.family == IpFamily::V6 {
         IpNet::from(IpAddr::V6(Ipv6Addr::LOCALHOST))
     } else {
         IpNet::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)), 8).expect("valid prefix")
@@ -97,51 +141,11 @@ pub fn ruleset(cfg: &RenderConfig, sets: &IpSets) -> Ruleset {
         rule::src_net(l.out, false, &localhost);
         l.jump("RETURN");
     }
-    if !empty(SetId::LoopBack) {
-        Line::new(&mut postrouting, KUBE_POSTROUTING)
-            .comment(SetId::LoopBack.comment())
-            .set(sets, SetId::LoopBack, "dst,dst,src")
-            .jump("MASQUERADE");
-    }
     if !empty(SetId::LoadBalancer) {
         Line::new(&mut services, KUBE_SERVICES)
             .comment(SetId::LoadBalancer.comment())
             .set(sets, SetId::LoadBalancer, "dst,dst")
             .jump(KUBE_LOAD_BALANCER);
-    }
-    if !empty(SetId::LoadBalancerLocal) {
-        Line::new(&mut load_balancer, KUBE_LOAD_BALANCER)
-            .comment(SetId::LoadBalancerLocal.comment())
-            .set(sets, SetId::LoadBalancerLocal, "dst,dst")
-            .jump("RETURN");
-    }
-    for (proto, local, all, flags) in [
-        (
-            Protocol::Tcp,
-            SetId::NodePortLocalTcp,
-            SetId::NodePortTcp,
-            "dst",
-        ),
-        (
-            Protocol::Udp,
-            SetId::NodePortLocalUdp,
-            SetId::NodePortUdp,
-            "dst",
-        ),
-        (
-            Protocol::Sctp,
-            SetId::NodePortLocalSctp,
-            SetId::NodePortSctp,
-            "dst,dst",
-        ),
-    ] {
-        for (id, target) in [(local, "RETURN"), (all, KUBE_MARK_MASQ)] {
-            if !empty(id) {
-                let l = Line::new(&mut node_port, KUBE_NODE_PORT);
-                rule::proto(l.out, proto);
-                l.comment(id.comment()).set(sets, id, flags).jump(target);
-            }
-        }
     }
     if !empty(SetId::ClusterIp) {
         // iptables-save prints the detector's `! -s`/`! -i` before the match modules.
@@ -158,8 +162,6 @@ pub fn ruleset(cfg: &RenderConfig, sets: &IpSets) -> Ruleset {
             .set(sets, SetId::ClusterIp, flags)
             .jump(KUBE_MARK_MASQ);
     }
-    const FROM_OUTSIDE: &str = " -m physdev ! --physdev-is-in -m addrtype ! --src-type LOCAL";
-    const TO_NODE: &str = " -m addrtype --dst-type LOCAL";
     if !empty(SetId::ExternalIp) {
         for (extra, target) in [
             ("", KUBE_MARK_MASQ),
@@ -185,13 +187,24 @@ pub fn ruleset(cfg: &RenderConfig, sets: &IpSets) -> Ruleset {
     Line::new(&mut services, KUBE_SERVICES)
         .raw(TO_NODE)
         .jump(KUBE_NODE_PORT);
-    Line::new(&mut load_balancer, KUBE_LOAD_BALANCER).jump(KUBE_MARK_MASQ);
     for id in [SetId::ClusterIp, SetId::LoadBalancer] {
         if !empty(id) {
             Line::new(&mut services, KUBE_SERVICES)
                 .set(sets, id, "dst,dst")
                 .jump("ACCEPT");
         }
+    }
+    services
+}
+
+/// nat `KUBE-POSTROUTING`: hairpin masquerade, then masquerade of marked packets.
+fn nat_postrouting(cfg: &RenderConfig, sets: &IpSets, mark: &str) -> String {
+    let mut postrouting = String::new();
+    if !sets.is_empty(SetId::LoopBack) {
+        Line::new(&mut postrouting, KUBE_POSTROUTING)
+            .comment(SetId::LoopBack.comment())
+            .set(sets, SetId::LoopBack, "dst,dst,src")
+            .jump("MASQUERADE");
     }
     Line::new(&mut postrouting, KUBE_POSTROUTING)
         .raw(&format!(" -m mark ! --mark {mark}/{mark}"))
@@ -210,103 +223,57 @@ pub fn ruleset(cfg: &RenderConfig, sets: &IpSets) -> Ruleset {
         })
         .out
         .push('\n');
-    let mut mark_masq = String::new();
-    Line::new(&mut mark_masq, KUBE_MARK_MASQ)
-        .raw(&format!(" -j MARK --set-xmark {mark}/{mark}"))
-        .out
-        .push('\n');
+    postrouting
+}
 
-    let mut nat = Table::new("nat", &["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"]);
-    let hook = |out: &mut String, from: &str, comment: &str, to: &str| {
-        Line::new(out, from).comment(comment).jump(to);
-    };
-    for (i, from, comment, to) in [
-        (0, "PREROUTING", "kubernetes service portals", KUBE_SERVICES),
-        (2, "OUTPUT", "kubernetes service portals", KUBE_SERVICES),
+/// nat `KUBE-NODE-PORT`: Local-policy node ports return, the others are masqueraded.
+fn nat_node_port(sets: &IpSets) -> String {
+    let mut node_port = String::new();
+    for (proto, local, all, flags) in [
         (
-            3,
-            "POSTROUTING",
-            "kubernetes postrouting rules",
-            KUBE_POSTROUTING,
+            Protocol::Tcp,
+            SetId::NodePortLocalTcp,
+            SetId::NodePortTcp,
+            "dst",
+        ),
+        (
+            Protocol::Udp,
+            SetId::NodePortLocalUdp,
+            SetId::NodePortUdp,
+            "dst",
+        ),
+        (
+            Protocol::Sctp,
+            SetId::NodePortLocalSctp,
+            SetId::NodePortSctp,
+            "dst,dst",
         ),
     ] {
-        hook(&mut nat.builtins[i].rules, from, comment, to);
-    }
-    nat.add_chain(ChainName::new(KUBE_SERVICES), &services);
-    nat.add_chain(ChainName::new(KUBE_POSTROUTING), &postrouting);
-    nat.add_chain(ChainName::new(KUBE_NODE_PORT), &node_port);
-    nat.add_chain(ChainName::new(KUBE_LOAD_BALANCER), &load_balancer);
-    nat.add_chain(ChainName::new(KUBE_MARK_MASQ), &mark_masq);
-    nat.seal();
-
-    // filter
-    let mut firewall = String::new();
-    let mut source_ranges = String::new();
-    let mut out_filter = String::new();
-    let mut forward = String::new();
-    let mut filter_node_port = String::new();
-    let mut ipvs_filter = String::new();
-    if !empty(SetId::LoadBalancerFw) {
-        Line::new(&mut firewall, KUBE_PROXY_FIREWALL)
-            .comment(SetId::LoadBalancerFw.comment())
-            .set(sets, SetId::LoadBalancerFw, "dst,dst")
-            .jump(KUBE_SOURCE_RANGES_FIREWALL);
-    }
-    for id in [SetId::LoadBalancerSourceCidr, SetId::LoadBalancerSourceIp] {
-        if !empty(id) {
-            Line::new(&mut source_ranges, KUBE_SOURCE_RANGES_FIREWALL)
-                .comment(id.comment())
-                .set(sets, id, "dst,dst,src")
-                .jump("RETURN");
+        for (id, target) in [(local, "RETURN"), (all, KUBE_MARK_MASQ)] {
+            if !sets.is_empty(id) {
+                let l = Line::new(&mut node_port, KUBE_NODE_PORT);
+                rule::proto(l.out, proto);
+                l.comment(id.comment()).set(sets, id, flags).jump(target);
+            }
         }
     }
-    Line::new(&mut source_ranges, KUBE_SOURCE_RANGES_FIREWALL).jump("DROP");
-    for (ip, proto, port) in &sets.no_node_access {
-        let l = Line::new(&mut out_filter, KUBE_IPVS_OUT_FILTER);
-        rule::src_ip(l.out, false, ip);
-        // libxt_ipvs saves `--vproto` first, as a number, and a host `--vaddr` bare.
-        l.out.push_str(" -m ipvs --vproto ");
-        rule::push_u32(l.out, u32::from(proto_number(*proto)));
-        l.out.push_str(" --vaddr ");
-        rule::push_ip(l.out, ip);
-        l.out.push_str(" --vport ");
-        rule::push_u32(l.out, u32::from(*port));
-        l.jump("DROP");
-    }
-    Line::new(&mut forward, KUBE_FORWARD)
-        .comment("kubernetes forwarding rules")
-        .raw(&format!(" -m mark --mark {mark}/{mark}"))
-        .jump("ACCEPT");
-    Line::new(&mut forward, KUBE_FORWARD)
-        .comment("kubernetes forwarding conntrack rule")
-        .raw(" -m conntrack --ctstate RELATED,ESTABLISHED")
-        .jump("ACCEPT");
-    Line::new(&mut filter_node_port, KUBE_NODE_PORT)
-        .comment(SetId::HealthCheckNodePort.comment())
-        .set(sets, SetId::HealthCheckNodePort, "dst")
-        .jump("ACCEPT");
-    for (id, flags) in [
-        (SetId::LoadBalancer, "dst,dst"),
-        (SetId::ClusterIp, "dst,dst"),
-        (SetId::ExternalIp, "dst,dst"),
-        (SetId::ExternalIpLocal, "dst,dst"),
-        (SetId::HealthCheckNodePort, "dst"),
-    ] {
-        Line::new(&mut ipvs_filter, KUBE_IPVS_FILTER)
-            .set(sets, id, flags)
+    node_port
+}
+
+/// nat `KUBE-LOAD-BALANCER`: Local-policy load balancers return, the others are masqueraded.
+fn nat_load_balancer(sets: &IpSets) -> String {
+    let mut load_balancer = String::new();
+    if !sets.is_empty(SetId::LoadBalancerLocal) {
+        Line::new(&mut load_balancer, KUBE_LOAD_BALANCER)
+            .comment(SetId::LoadBalancerLocal.comment())
+            .set(sets, SetId::LoadBalancerLocal, "dst,dst")
             .jump("RETURN");
     }
-    Line::new(&mut ipvs_filter, KUBE_IPVS_FILTER)
-        .raw(" -m conntrack --ctstate NEW")
-        .set(sets, SetId::IpvsIps, "dst")
-        .raw(if v6 {
-            " -j REJECT --reject-with icmp6-port-unreachable"
-        } else {
-            " -j REJECT --reject-with icmp-port-unreachable"
-        })
-        .out
-        .push('\n');
+    Line::new(&mut load_balancer, KUBE_LOAD_BALANCER).jump(KUBE_MARK_MASQ);
+    load_balancer
+}
 
+fn filter_table(cfg: &RenderConfig, sets: &IpSets, mark: &str) -> Table {
     let mut filter = Table::new("filter", &["INPUT", "FORWARD", "OUTPUT"]);
     // Upstream prepends each hook in turn, so a fresh node holds them in reverse order.
     for (i, from, comment, to) in [
@@ -334,18 +301,100 @@ pub fn ruleset(cfg: &RenderConfig, sets: &IpSets) -> Ruleset {
     ] {
         hook(&mut filter.builtins[i].rules, from, comment, to);
     }
+    let mut forward = String::new();
+    Line::new(&mut forward, KUBE_FORWARD)
+        .comment("kubernetes forwarding rules")
+        .raw(&format!(" -m mark --mark {mark}/{mark}"))
+        .jump("ACCEPT");
+    Line::new(&mut forward, KUBE_FORWARD)
+        .comment("kubernetes forwarding conntrack rule")
+        .raw(" -m conntrack --ctstate RELATED,ESTABLISHED")
+        .jump("ACCEPT");
+    let mut filter_node_port = String::new();
+    Line::new(&mut filter_node_port, KUBE_NODE_PORT)
+        .comment(SetId::HealthCheckNodePort.comment())
+        .set(sets, SetId::HealthCheckNodePort, "dst")
+        .jump("ACCEPT");
+    let mut firewall = String::new();
+    if !sets.is_empty(SetId::LoadBalancerFw) {
+        Line::new(&mut firewall, KUBE_PROXY_FIREWALL)
+            .comment(SetId::LoadBalancerFw.comment())
+            .set(sets, SetId::LoadBalancerFw, "dst,dst")
+            .jump(KUBE_SOURCE_RANGES_FIREWALL);
+    }
     filter.add_chain(ChainName::new(KUBE_FORWARD), &forward);
     filter.add_chain(ChainName::new(KUBE_NODE_PORT), &filter_node_port);
     filter.add_chain(ChainName::new(KUBE_PROXY_FIREWALL), &firewall);
-    filter.add_chain(ChainName::new(KUBE_SOURCE_RANGES_FIREWALL), &source_ranges);
-    filter.add_chain(ChainName::new(KUBE_IPVS_FILTER), &ipvs_filter);
-    filter.add_chain(ChainName::new(KUBE_IPVS_OUT_FILTER), &out_filter);
+    filter.add_chain(
+        ChainName::new(KUBE_SOURCE_RANGES_FIREWALL),
+        &source_ranges_firewall(sets),
+    );
+    filter.add_chain(ChainName::new(KUBE_IPVS_FILTER), &ipvs_filter(cfg, sets));
+    filter.add_chain(ChainName::new(KUBE_IPVS_OUT_FILTER), &ipvs_out_filter(sets));
     filter.seal();
+    filter
+}
 
-    Ruleset {
-        family: cfg.family,
-        tables: vec![filter, nat],
+/// filter `KUBE-SOURCE-RANGES-FIREWALL`: allowed sources return, the rest is dropped.
+fn source_ranges_firewall(sets: &IpSets) -> String {
+    let mut source_ranges = String::new();
+    for id in [SetId::LoadBalancerSourceCidr, SetId::LoadBalancerSourceIp] {
+        if !sets.is_empty(id) {
+            Line::new(&mut source_ranges, KUBE_SOURCE_RANGES_FIREWALL)
+                .comment(id.comment())
+                .set(sets, id, "dst,dst,src")
+                .jump("RETURN");
+        }
     }
+    Line::new(&mut source_ranges, KUBE_SOURCE_RANGES_FIREWALL).jump("DROP");
+    source_ranges
+}
+
+/// filter `KUBE-IPVS-OUT-FILTER`: the node's own connections to load balancers whose source
+/// ranges leave it out are dropped.
+fn ipvs_out_filter(sets: &IpSets) -> String {
+    let mut out_filter = String::new();
+    for (ip, proto, port) in &sets.no_node_access {
+        let l = Line::new(&mut out_filter, KUBE_IPVS_OUT_FILTER);
+        rule::src_ip(l.out, false, ip);
+        // libxt_ipvs saves `--vproto` first, as a number, and a host `--vaddr` bare.
+        l.out.push_str(" -m ipvs --vproto ");
+        rule::push_u32(l.out, u32::from(proto_number(*proto)));
+        l.out.push_str(" --vaddr ");
+        rule::push_ip(l.out, ip);
+        l.out.push_str(" --vport ");
+        rule::push_u32(l.out, u32::from(*port));
+        l.jump("DROP");
+    }
+    out_filter
+}
+
+/// filter `KUBE-IPVS-FILTER`: Service addresses return, other new connections to a
+/// `kube-ipvs0` address are rejected.
+fn ipvs_filter(cfg: &RenderConfig, sets: &IpSets) -> String {
+    let mut ipvs_filter = String::new();
+    for (id, flags) in [
+        (SetId::LoadBalancer, "dst,dst"),
+        (SetId::ClusterIp, "dst,dst"),
+        (SetId::ExternalIp, "dst,dst"),
+        (SetId::ExternalIpLocal, "dst,dst"),
+        (SetId::HealthCheckNodePort, "dst"),
+    ] {
+        Line::new(&mut ipvs_filter, KUBE_IPVS_FILTER)
+            .set(sets, id, flags)
+            .jump("RETURN");
+    }
+    Line::new(&mut ipvs_filter, KUBE_IPVS_FILTER)
+        .raw(" -m conntrack --ctstate NEW")
+        .set(sets, SetId::IpvsIps, "dst")
+        .raw(if cfg.family == IpFamily::V6 {
+            " -j REJECT --reject-with icmp6-port-unreachable"
+        } else {
+            " -j REJECT --reject-with icmp-port-unreachable"
+        })
+        .out
+        .push('\n');
+    ipvs_filter
 }
 
 #[cfg(test)]
