@@ -4,12 +4,14 @@
 //!
 //! The flow is model → per-port plan → render: [`plan`] decides once per service port which
 //! addresses, endpoint sets, chains or virtual servers, masquerade points and verdicts it has;
-//! each mode under [`render`] turns those decisions into its own text; [`sync`] works out what
+//! each mode under [`render`](mod@render) turns those decisions into its own text; [`sync`] works out what
 //! to send to the kernel (partial and chunked payloads, cleanup, stale conntrack flows);
 //! [`analysis`] explains a Service from the same plan and walks packets through saved rules.
 //!
 //! It is pure: no I/O, no Kubernetes types, no async. The same model and config always give
 //! byte-identical output, whatever order the model lists its services and endpoints in.
+
+#![warn(missing_docs)]
 
 pub mod analysis;
 pub mod config;

@@ -57,18 +57,45 @@ pub struct Rule {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Match {
     /// `[!] -s CIDR`.
-    Source { negated: bool, net: String },
+    Source {
+        /// Whether a `!` came before it.
+        negated: bool,
+        /// The source network, as written.
+        net: String,
+    },
     /// `[!] -d CIDR`.
-    Destination { negated: bool, net: String },
+    Destination {
+        /// Whether a `!` came before it.
+        negated: bool,
+        /// The destination network, as written.
+        net: String,
+    },
     /// `[!] -p PROTO`.
-    Protocol { negated: bool, proto: String },
+    Protocol {
+        /// Whether a `!` came before it.
+        negated: bool,
+        /// The protocol name.
+        proto: String,
+    },
     /// `[!] -i NAME` (a trailing `+` is a prefix).
-    InInterface { negated: bool, name: String },
+    InInterface {
+        /// Whether a `!` came before it.
+        negated: bool,
+        /// The interface name.
+        name: String,
+    },
     /// `[!] -o NAME`.
-    OutInterface { negated: bool, name: String },
+    OutInterface {
+        /// Whether a `!` came before it.
+        negated: bool,
+        /// The interface name.
+        name: String,
+    },
     /// `-m NAME` with its options.
     Module {
+        /// The module's name.
         name: String,
+        /// Its options, in order.
         options: Vec<ModuleOption>,
     },
 }
