@@ -17,6 +17,7 @@ use ipnet::IpNet;
 pub use endpoints::Categorized;
 pub use node::{NodePlan, NodePortDestinations};
 
+use crate::config::RenderConfig;
 use crate::model::{Endpoint, ServicePort, SessionAffinity};
 
 /// Which endpoint set a kind of traffic is sent to.
@@ -159,7 +160,7 @@ impl<'m> PortPlan<'m> {
     /// endpoints of the family in the mode's order; None without a cluster IP of the family.
     pub fn new(
         sp: &'m ServicePort,
-        cfg: &crate::config::RenderConfig,
+        cfg: &RenderConfig,
         node: &NodePlan,
         eps: &[&Endpoint],
     ) -> Option<PortPlan<'m>> {
@@ -179,7 +180,7 @@ impl<'m> PortPlan<'m> {
     pub fn with_sets(
         sp: &'m ServicePort,
         cluster_ip: IpAddr,
-        cfg: &crate::config::RenderConfig,
+        cfg: &RenderConfig,
         node: &NodePlan,
         eps: &[&Endpoint],
         mut sets: Categorized,
@@ -237,7 +238,7 @@ fn of_family<T: Copy>(items: &[T], keep: impl Fn(&T) -> bool) -> Vec<T> {
 
 fn decide(
     sp: &ServicePort,
-    cfg: &crate::config::RenderConfig,
+    cfg: &RenderConfig,
     node: &NodePlan,
     addresses: &Addresses,
     policies: &Policies,
@@ -286,3 +287,6 @@ fn decide(
         },
     }
 }
+
+#[cfg(test)]
+mod tests;
