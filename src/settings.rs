@@ -14,6 +14,7 @@ use ipnet::IpNet;
 use rulegen::IpFamily;
 
 pub mod config_file;
+pub mod duration;
 pub mod flags;
 mod interface_name;
 pub mod node_name;

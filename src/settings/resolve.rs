@@ -102,8 +102,8 @@ impl Settings {
             };
             bail!(
                 "the min sync period ({}) must not exceed the sync period ({}): check --{min} and --{max} (or the config file's)",
-                crate::agent::duration::format_go_duration(settings.min_sync_period),
-                crate::agent::duration::format_go_duration(settings.sync_period)
+                super::duration::format_go_duration(settings.min_sync_period),
+                super::duration::format_go_duration(settings.sync_period)
             );
         }
         Ok((settings, warnings))
@@ -379,7 +379,7 @@ fn go_duration(
     let Some(text) = value.map(str::trim).filter(|t| !t.is_empty()) else {
         return Ok(default);
     };
-    let d = crate::agent::duration::parse_go_duration(text).map_err(|e| anyhow!("{name}: {e}"))?;
+    let d = super::duration::parse_go_duration(text).map_err(|e| anyhow!("{name}: {e}"))?;
     if d.is_zero() && from_file {
         return Ok(default);
     }
@@ -411,7 +411,7 @@ fn conntrack(cfg: &KubeProxyConfiguration, src: &Source) -> anyhow::Result<Connt
         .filter(|t| !t.is_empty())
     {
         None => Ok(default),
-        Some(t) => crate::agent::duration::parse_go_duration(t)
+        Some(t) => super::duration::parse_go_duration(t)
             .map_err(|e| anyhow!("{}: {e}", src.name(flag, field))),
     };
     Ok(ConntrackSettings {

@@ -14,9 +14,9 @@ use super::config_file::{
     IptablesConfiguration, IpvsConfiguration, KIND, KubeProxyConfiguration, LoggingConfiguration,
     PLAIN, Qps,
 };
+use super::duration::format_go_duration as duration;
 use super::flags::Flags;
 use super::{DEFAULT_MIN_SYNC_PERIOD, DEFAULT_SYNC_PERIOD, ProxyMode, Settings};
-use crate::agent::duration::format_go_duration as duration;
 
 /// The configuration that gives `settings` (every field this proxy reads, resolved), with
 /// `hostname_override` as given rather than the machine's name, so one file serves every node.
