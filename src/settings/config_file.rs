@@ -40,17 +40,22 @@ pub struct KubeProxyConfiguration {
     pub kind: Option<String>,
 
     /// The node's name; defaults to the machine's hostname, lower-cased.
-    #[arg(long, value_name = "NODE")]
+    #[arg(
+        id = "hostnameOverride",
+        long = "hostname-override",
+        value_name = "NODE"
+    )]
     pub hostname_override: Option<String>,
 
     /// The cluster's pod CIDR(s), comma-separated, one per family; traffic from outside it is masqueraded.
-    #[arg(long, value_name = "CIDR[,CIDR]")]
+    #[arg(id = "clusterCIDR", long = "cluster-cidr", value_name = "CIDR[,CIDR]")]
     // rename_all would spell it `clusterCidr`; upstream keeps the acronym upper-case.
     #[serde(rename = "clusterCIDR")]
     pub cluster_cidr: Option<String>,
 
     /// The addresses NodePorts are served on, as CIDRs; default: every local address.
     #[arg(
+        id = "nodePortAddresses",
         long = "nodeport-addresses",
         value_name = "CIDR,...",
         value_delimiter = ','
@@ -63,7 +68,11 @@ pub struct KubeProxyConfiguration {
     pub iptables: IptablesConfiguration,
 
     /// How traffic from local pods is recognised: ClusterCIDR, NodeCIDR, BridgeInterface or InterfaceNamePrefix.
-    #[arg(long, value_name = "MODE")]
+    #[arg(
+        id = "detectLocalMode",
+        long = "detect-local-mode",
+        value_name = "MODE"
+    )]
     #[serde(serialize_with = "plain")]
     pub detect_local_mode: Option<String>,
 
@@ -73,7 +82,7 @@ pub struct KubeProxyConfiguration {
     pub detect_local: DetectLocalConfiguration,
 
     /// The proxy mode: iptables (default) or ipvs.
-    #[arg(long = "proxy-mode", value_name = "MODE")]
+    #[arg(id = "mode", long = "proxy-mode", value_name = "MODE")]
     #[serde(serialize_with = "plain")]
     pub mode: Option<String>,
 
@@ -83,11 +92,19 @@ pub struct KubeProxyConfiguration {
     pub ipvs: IpvsConfiguration,
 
     /// Where /healthz and /livez are served, IP:port [default: 0.0.0.0:10256]; empty disables.
-    #[arg(long, value_name = "IP:PORT")]
+    #[arg(
+        id = "healthzBindAddress",
+        long = "healthz-bind-address",
+        value_name = "IP:PORT"
+    )]
     pub healthz_bind_address: Option<String>,
 
     /// Where /metrics is served, IP:port [default: 127.0.0.1:10249]; empty disables.
-    #[arg(long, value_name = "IP:PORT")]
+    #[arg(
+        id = "metricsBindAddress",
+        long = "metrics-bind-address",
+        value_name = "IP:PORT"
+    )]
     pub metrics_bind_address: Option<String>,
 
     /// `conntrack`: the node's connection-tracking set-up.
@@ -148,12 +165,20 @@ pub struct KubeProxyConfiguration {
 #[serde(rename_all = "camelCase")]
 pub struct IptablesConfiguration {
     /// SNAT all traffic sent to cluster IPs.
-    #[arg(long = "masquerade-all", action = clap::ArgAction::Set, num_args = 0..=1,
-          require_equals = true, default_missing_value = "true", value_parser = parse_go_bool)]
+    #[arg(
+        id = "iptables.masqueradeAll",
+        long = "masquerade-all",
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = parse_go_bool
+    )]
     pub masquerade_all: Option<bool>,
 
     /// The fwmark bit (0-31) that marks packets for masquerading [default: 14].
     #[arg(
+        id = "iptables.masqueradeBit",
         long = "iptables-masquerade-bit",
         value_name = "N",
         allow_negative_numbers = true
@@ -161,13 +186,21 @@ pub struct IptablesConfiguration {
     pub masquerade_bit: Option<i64>,
 
     /// Accept NodePort connections on 127.0.0.1 (IPv4 only) [default: true].
-    #[arg(long = "iptables-localhost-nodeports", value_name = "IPTABLES_LOCALHOST_NODEPORTS", action = clap::ArgAction::Set, num_args = 0..=1,
-          require_equals = true, default_missing_value = "true", value_parser = parse_go_bool)]
+    #[arg(
+        id = "iptables.localhostNodePorts",
+        long = "iptables-localhost-nodeports",
+        value_name = "IPTABLES_LOCALHOST_NODEPORTS",
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = parse_go_bool
+    )]
     pub localhost_node_ports: Option<bool>,
 
     /// The longest time between two syncs (a Go duration, e.g. 30s) [default: 30s].
     #[arg(
-        id = "iptables-sync-period",
+        id = "iptables.syncPeriod",
         long = "iptables-sync-period",
         value_name = "DURATION"
     )]
@@ -176,7 +209,7 @@ pub struct IptablesConfiguration {
 
     /// The shortest time between two syncs (e.g. 1s) [default: 1s].
     #[arg(
-        id = "iptables-min-sync-period",
+        id = "iptables.minSyncPeriod",
         long = "iptables-min-sync-period",
         value_name = "DURATION"
     )]
@@ -189,11 +222,19 @@ pub struct IptablesConfiguration {
 #[serde(rename_all = "camelCase")]
 pub struct DetectLocalConfiguration {
     /// The bridge local pods hang off (--detect-local-mode BridgeInterface).
-    #[arg(long = "pod-bridge-interface", value_name = "NAME")]
+    #[arg(
+        id = "detectLocal.bridgeInterface",
+        long = "pod-bridge-interface",
+        value_name = "NAME"
+    )]
     pub bridge_interface: Option<String>,
 
     /// The interface-name prefix of local pods (--detect-local-mode InterfaceNamePrefix).
-    #[arg(long = "pod-interface-name-prefix", value_name = "PREFIX")]
+    #[arg(
+        id = "detectLocal.interfaceNamePrefix",
+        long = "pod-interface-name-prefix",
+        value_name = "PREFIX"
+    )]
     pub interface_name_prefix: Option<String>,
 }
 
@@ -202,11 +243,12 @@ pub struct DetectLocalConfiguration {
 #[serde(rename_all = "camelCase")]
 pub struct IpvsConfiguration {
     /// The IPVS scheduler (rr, wrr, lc, wlc, lblc, lblcr, sh, dh, sed, nq, mh, …) [default: rr].
-    #[arg(long = "ipvs-scheduler", value_name = "NAME")]
+    #[arg(id = "ipvs.scheduler", long = "ipvs-scheduler", value_name = "NAME")]
     pub scheduler: Option<String>,
 
     /// CIDRs whose IPVS virtual servers the proxy never deletes (comma-separated).
     #[arg(
+        id = "ipvs.excludeCIDRs",
         long = "ipvs-exclude-cidrs",
         value_name = "CIDR,...",
         value_delimiter = ','
@@ -216,14 +258,22 @@ pub struct IpvsConfiguration {
 
     /// IPVS mode: set arp_ignore=1 and arp_announce=2, so the node does not answer ARP for the
     /// addresses on kube-ipvs0 (needed by MetalLB's L2 mode).
-    #[arg(long = "ipvs-strict-arp", value_name = "IPVS_STRICT_ARP", action = clap::ArgAction::Set, num_args = 0..=1,
-          require_equals = true, default_missing_value = "true", value_parser = parse_go_bool)]
+    #[arg(
+        id = "ipvs.strictARP",
+        long = "ipvs-strict-arp",
+        value_name = "IPVS_STRICT_ARP",
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = parse_go_bool
+    )]
     #[serde(rename = "strictARP")]
     pub strict_arp: Option<bool>,
 
     /// IPVS mode: the longest time between two syncs (e.g. 30s) [default: 30s].
     #[arg(
-        id = "ipvs-sync-period",
+        id = "ipvs.syncPeriod",
         long = "ipvs-sync-period",
         value_name = "DURATION"
     )]
@@ -232,7 +282,7 @@ pub struct IpvsConfiguration {
 
     /// IPVS mode: the shortest time between two syncs (e.g. 1s) [default: 1s].
     #[arg(
-        id = "ipvs-min-sync-period",
+        id = "ipvs.minSyncPeriod",
         long = "ipvs-min-sync-period",
         value_name = "DURATION"
     )]
@@ -255,31 +305,51 @@ pub struct IpvsConfiguration {
 #[serde(rename_all = "camelCase")]
 pub struct ConntrackConfiguration {
     /// The most conntrack entries per CPU; 0 leaves the limit as it is [default: 32768].
-    #[arg(long = "conntrack-max-per-core", value_name = "N")]
+    #[arg(
+        id = "conntrack.maxPerCore",
+        long = "conntrack-max-per-core",
+        value_name = "N"
+    )]
     pub max_per_core: Option<i64>,
 
     /// The floor for --conntrack-max-per-core × CPUs [default: 131072].
-    #[arg(long = "conntrack-min", value_name = "N")]
+    #[arg(id = "conntrack.min", long = "conntrack-min", value_name = "N")]
     pub min: Option<i64>,
 
     /// The conntrack time-out of established TCP connections; 0 leaves it [default: 24h0m0s].
-    #[arg(long = "conntrack-tcp-timeout-established", value_name = "DURATION")]
+    #[arg(
+        id = "conntrack.tcpEstablishedTimeout",
+        long = "conntrack-tcp-timeout-established",
+        value_name = "DURATION"
+    )]
     #[serde(serialize_with = "plain")]
     pub tcp_established_timeout: Option<String>,
 
     /// The conntrack time-out of TCP connections in CLOSE_WAIT; 0 leaves it [default: 1h0m0s].
-    #[arg(long = "conntrack-tcp-timeout-close-wait", value_name = "DURATION")]
+    #[arg(
+        id = "conntrack.tcpCloseWaitTimeout",
+        long = "conntrack-tcp-timeout-close-wait",
+        value_name = "DURATION"
+    )]
     #[serde(serialize_with = "plain")]
     pub tcp_close_wait_timeout: Option<String>,
 
     /// Set nf_conntrack_tcp_be_liberal (and leave out the INVALID-drop rule, as upstream).
-    #[arg(long = "conntrack-tcp-be-liberal", value_name = "CONNTRACK_TCP_BE_LIBERAL", action = clap::ArgAction::Set, num_args = 0..=1,
-          require_equals = true, default_missing_value = "true", value_parser = parse_go_bool)]
+    #[arg(
+        id = "conntrack.tcpBeLiberal",
+        long = "conntrack-tcp-be-liberal",
+        value_name = "CONNTRACK_TCP_BE_LIBERAL",
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = parse_go_bool
+    )]
     pub tcp_be_liberal: Option<bool>,
 
     /// The conntrack time-out of UDP flows; 0 leaves it [default: 0].
     #[arg(
-        id = "conntrack-udp-timeout",
+        id = "conntrack.udpTimeout",
         long = "conntrack-udp-timeout",
         value_name = "DURATION"
     )]
@@ -287,7 +357,11 @@ pub struct ConntrackConfiguration {
     pub udp_timeout: Option<String>,
 
     /// The conntrack time-out of UDP streams; 0 leaves it [default: 0].
-    #[arg(long = "conntrack-udp-timeout-stream", value_name = "DURATION")]
+    #[arg(
+        id = "conntrack.udpStreamTimeout",
+        long = "conntrack-udp-timeout-stream",
+        value_name = "DURATION"
+    )]
     #[serde(serialize_with = "plain")]
     pub udp_stream_timeout: Option<String>,
 }
@@ -297,16 +371,25 @@ pub struct ConntrackConfiguration {
 #[serde(rename_all = "camelCase")]
 pub struct ClientConnectionConfiguration {
     /// Path to a kubeconfig file (default: in-cluster config, then $KUBECONFIG, then ~/.kube/config).
-    #[arg(long, value_name = "FILE")]
+    #[arg(
+        id = "clientConnection.kubeconfig",
+        long = "kubeconfig",
+        value_name = "FILE"
+    )]
     pub kubeconfig: Option<PathBuf>,
 
     /// Queries per second to the API server [default: 5].
-    #[arg(long = "kube-api-qps", value_name = "QPS", value_parser = Qps::from_flag)]
+    #[arg(
+        id = "clientConnection.qps",
+        long = "kube-api-qps",
+        value_name = "QPS",
+        value_parser = Qps::from_flag
+    )]
     pub qps: Option<Qps>,
 
     /// Burst of queries to the API server [default: 10].
     // The flag is a u32 as upstream's; the file's negative numbers are refused when resolved.
-    #[arg(long = "kube-api-burst", value_name = "N",
+    #[arg(id = "clientConnection.burst", long = "kube-api-burst", value_name = "N",
           value_parser = clap::value_parser!(u32).map(i64::from))]
     pub burst: Option<i64>,
 
@@ -323,12 +406,12 @@ pub struct ClientConnectionConfiguration {
 #[serde(rename_all = "camelCase")]
 pub struct LoggingConfiguration {
     /// Log format: text or json.
-    #[arg(long = "logging-format", value_name = "FORMAT")]
+    #[arg(id = "logging.format", long = "logging-format", value_name = "FORMAT")]
     #[serde(serialize_with = "plain")]
     pub format: Option<String>,
 
     /// Log verbosity (0-10), as upstream's -v.
-    #[arg(short = 'v', long = "v", value_name = "N")]
+    #[arg(id = "logging.verbosity", short = 'v', long = "v", value_name = "N")]
     pub verbosity: Option<u8>,
 
     /// `flushFrequency`: accepted, no effect.
@@ -537,6 +620,42 @@ winkernel:
             ..crate::settings::Settings::default()
         };
         assert_eq!(settings, defaults);
+    }
+
+    /// A setting's clap id is its path in the file (messages and precedence find one from the
+    /// other): each flag, given alone, sets exactly the field its id names.
+    #[test]
+    fn every_flag_id_is_its_config_path() {
+        fn leaves(v: &Value, path: String, out: &mut Vec<String>) {
+            match v {
+                Value::Null => {}
+                Value::Object(fields) => {
+                    for (k, v) in fields {
+                        let inner = if path.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{path}.{k}")
+                        };
+                        leaves(v, inner, out);
+                    }
+                }
+                _ => out.push(path),
+            }
+        }
+        let cmd = <KubeProxyConfiguration as clap::Args>::augment_args(clap::Command::new("t"));
+        let args: Vec<_> = cmd.get_arguments().collect();
+        assert_eq!(args.len(), 31);
+        for arg in args {
+            let long = arg.get_long().unwrap();
+            let flags = crate::settings::flags::parse_for_test(&[&format!("--{long}=1")]);
+            let mut set = Vec::new();
+            leaves(
+                &serde_json::to_value(&flags.configuration).unwrap(),
+                String::new(),
+                &mut set,
+            );
+            assert_eq!(set, [arg.get_id().as_str()], "--{long}");
+        }
     }
 
     #[test]

@@ -21,9 +21,9 @@ use super::{
 use crate::addr::parse_cidr_sloppy;
 use crate::warning::Warning;
 
-/// The flags that count even with `--config` (clap ids): the node's name, and logging, whose
+/// The settings whose flags count even with `--config`: the node's name, and logging, whose
 /// flags win over the file's as upstream's logging flags do.
-const FLAGS_OVER_FILE: [&str; 3] = ["hostname_override", "format", "verbosity"];
+const FLAGS_OVER_FILE: [&str; 3] = ["hostnameOverride", "logging.format", "logging.verbosity"];
 
 /// Where the values being resolved came from, so a message names what the user wrote.
 #[derive(Debug, Clone, Default)]
@@ -35,11 +35,12 @@ struct Source {
 }
 
 impl Source {
-    /// `--flag` for flags, `field (in FILE)` for the config file.
-    fn name(&self, flag: &str, field: &str) -> String {
+    /// The setting `path` (its config-file path, which is also its flag's clap id) as the user
+    /// wrote it: `--flag` for flags, `path (in FILE)` for the config file.
+    fn name(&self, path: &str) -> String {
         match &self.file {
-            Some(file) => format!("{field} (in {file})"),
-            None => format!("--{flag}"),
+            Some(file) => format!("{path} (in {file})"),
+            None => flag_of(path),
         }
     }
 
@@ -96,12 +97,10 @@ impl Settings {
         };
         let settings = resolve(&cfg, &src, flags.ip_family, machine_hostname)?;
         if settings.min_sync_period > settings.sync_period {
-            let (min, max) = match settings.mode {
-                ProxyMode::Iptables => ("iptables-min-sync-period", "iptables-sync-period"),
-                ProxyMode::Ipvs => ("ipvs-min-sync-period", "ipvs-sync-period"),
-            };
+            let min = flag_of(sync_path(settings.mode, true));
+            let max = flag_of(sync_path(settings.mode, false));
             bail!(
-                "the min sync period ({}) must not exceed the sync period ({}): check --{min} and --{max} (or the config file's)",
+                "the min sync period ({}) must not exceed the sync period ({}): check {min} and {max} (or the config file's)",
                 super::duration::format_go_duration(settings.min_sync_period),
                 super::duration::format_go_duration(settings.sync_period)
             );
@@ -148,13 +147,13 @@ fn resolve(
         Some(s) if IPVS_SCHEDULERS.contains(&s) => s.to_string(),
         Some(s) => bail!(
             "{} {s:?} is not an IPVS scheduler (use one of {})",
-            src.name("ipvs-scheduler", "ipvs.scheduler"),
+            src.name("ipvs.scheduler"),
             IPVS_SCHEDULERS.join(", ")
         ),
     };
     let ipvs_exclude_cidrs = cidr_list(
         cfg.ipvs.exclude_cidrs.as_deref().unwrap_or_default(),
-        &src.name("ipvs-exclude-cidrs", "ipvs.excludeCIDRs"),
+        &src.name("ipvs.excludeCIDRs"),
     )?;
 
     let masquerade_bit = match cfg.iptables.masquerade_bit {
@@ -162,7 +161,7 @@ fn resolve(
         Some(bit) => u8::try_from(bit).ok().filter(|b| *b <= 31).ok_or_else(|| {
             anyhow!(
                 "{} {bit} is out of range: it must be between 0 and 31",
-                src.name("iptables-masquerade-bit", "iptables.masqueradeBit")
+                src.name("iptables.masqueradeBit")
             )
         })?,
     };
@@ -174,7 +173,7 @@ fn resolve(
         None | Some("") => DetectLocalMode::default(),
         Some(s) => s
             .parse()
-            .map_err(|e| anyhow!("{}: {e}", src.name("detect-local-mode", "detectLocalMode")))?,
+            .map_err(|e| anyhow!("{}: {e}", src.name("detectLocalMode")))?,
     };
     let pod_bridge_interface = cfg
         .detect_local
@@ -188,11 +187,11 @@ fn resolve(
         .unwrap_or_default();
     // Only the mode's own interface reaches the rules, so only it is checked (as upstream).
     if detect_local_mode == DetectLocalMode::BridgeInterface {
-        let name = src.name("pod-bridge-interface", "detectLocal.bridgeInterface");
+        let name = src.name("detectLocal.bridgeInterface");
         if pod_bridge_interface.is_empty() {
             bail!(
                 "{name} must be set when {} is BridgeInterface",
-                src.name("detect-local-mode", "detectLocalMode")
+                src.name("detectLocalMode")
             );
         }
         interface_name::check_name(&pod_bridge_interface).map_err(|e| {
@@ -200,14 +199,11 @@ fn resolve(
         })?;
     }
     if detect_local_mode == DetectLocalMode::InterfaceNamePrefix {
-        let name = src.name(
-            "pod-interface-name-prefix",
-            "detectLocal.interfaceNamePrefix",
-        );
+        let name = src.name("detectLocal.interfaceNamePrefix");
         if pod_interface_name_prefix.is_empty() {
             bail!(
                 "{name} must be set when {} is InterfaceNamePrefix",
-                src.name("detect-local-mode", "detectLocalMode")
+                src.name("detectLocalMode")
             );
         }
         interface_name::check_prefix(&pod_interface_name_prefix).map_err(|e| {
@@ -237,7 +233,7 @@ fn resolve(
             }
             Some(h) => bail!(
                 "{} {h:?} is not a node name: {e}",
-                src.name("hostname-override", "hostnameOverride")
+                src.name("hostnameOverride")
             ),
             None => bail!(
                 "this machine's hostname {hostname:?} is not a node name: {e}; set --hostname-override"
@@ -286,7 +282,7 @@ fn resolve(
             Some("json") => LogFormat::Json,
             Some(f) => bail!(
                 "{} {f:?} is invalid (use text or json)",
-                src.name("logging-format", "logging.format")
+                src.name("logging.format")
             ),
         },
         verbosity: cfg.logging.verbosity.unwrap_or(0),
@@ -313,7 +309,7 @@ fn resolve(
                 Ok(q) if q > 0.0 && q.is_finite() => Some(q),
                 _ => bail!(
                     "{} {v:?} must be a positive number",
-                    src.name("kube-api-qps", "clientConnection.qps")
+                    src.name("clientConnection.qps")
                 ),
             },
         },
@@ -322,20 +318,20 @@ fn resolve(
             Some(b) => Some(u32::try_from(b).ok().filter(|b| *b > 0).ok_or_else(|| {
                 anyhow!(
                     "{} {b} must be a positive number",
-                    src.name("kube-api-burst", "clientConnection.burst")
+                    src.name("clientConnection.burst")
                 )
             })?),
         },
         healthz_bind_address: bind_address(
             cfg.healthz_bind_address.as_deref(),
             DEFAULT_HEALTHZ_BIND_ADDRESS,
-            &src.name("healthz-bind-address", "healthzBindAddress"),
+            &src.name("healthzBindAddress"),
             src.is_file(),
         )?,
         metrics_bind_address: bind_address(
             cfg.metrics_bind_address.as_deref(),
             DEFAULT_METRICS_BIND_ADDRESS,
-            &src.name("metrics-bind-address", "metricsBindAddress"),
+            &src.name("metricsBindAddress"),
             src.is_file(),
         )?,
     })
@@ -347,24 +343,37 @@ fn check_mode(cfg: &KubeProxyConfiguration, src: &Source) -> anyhow::Result<Prox
         "ipvs" => Ok(ProxyMode::Ipvs),
         m @ ("nftables" | "kernelspace") => bail!(
             "{} {m:?} is not supported yet (use iptables or ipvs)",
-            src.name("proxy-mode", "mode")
+            src.name("mode")
         ),
         m => bail!(
             "{} {m:?} is invalid (use iptables or ipvs)",
-            src.name("proxy-mode", "mode")
+            src.name("mode")
         ),
     }
 }
 
 /// The name of the sync-period setting `src` names for `mode`, for messages.
 fn sync_names(src: &Source, mode: ProxyMode, min: bool) -> String {
-    let (flag, field) = match (mode, min) {
-        (ProxyMode::Iptables, false) => ("iptables-sync-period", "iptables.syncPeriod"),
-        (ProxyMode::Iptables, true) => ("iptables-min-sync-period", "iptables.minSyncPeriod"),
-        (ProxyMode::Ipvs, false) => ("ipvs-sync-period", "ipvs.syncPeriod"),
-        (ProxyMode::Ipvs, true) => ("ipvs-min-sync-period", "ipvs.minSyncPeriod"),
-    };
-    src.name(flag, field)
+    src.name(sync_path(mode, min))
+}
+
+/// The config path of the sync-period setting for `mode`.
+fn sync_path(mode: ProxyMode, min: bool) -> &'static str {
+    match (mode, min) {
+        (ProxyMode::Iptables, false) => "iptables.syncPeriod",
+        (ProxyMode::Iptables, true) => "iptables.minSyncPeriod",
+        (ProxyMode::Ipvs, false) => "ipvs.syncPeriod",
+        (ProxyMode::Ipvs, true) => "ipvs.minSyncPeriod",
+    }
+}
+
+/// The flag of the setting at config path `path` (its clap id), as `--name`.
+fn flag_of(path: &str) -> String {
+    <KubeProxyConfiguration as clap::Args>::augment_args(clap::Command::new(""))
+        .get_arguments()
+        .find(|a| a.get_id() == path)
+        .and_then(|a| a.get_long())
+        .map_or_else(|| path.to_string(), |long| format!("--{long}"))
 }
 
 /// A Go duration; absent, empty or (in a config file, where kubeadm writes `0s` for "unset")
@@ -395,56 +404,44 @@ fn conntrack(cfg: &KubeProxyConfiguration, src: &Source) -> anyhow::Result<Connt
     let d = ConntrackSettings::default();
     // The kernel's nf_conntrack_max is an int: a larger count is refused when written, and
     // one near u64's limit would overflow when scaled by the CPUs.
-    let count = |v: Option<i64>, default: u64, flag: &str, field: &str| match v {
+    let count = |v: Option<i64>, default: u64, path: &str| match v {
         None => Ok(default),
-        Some(n) if n < 0 => bail!("{} {n} must not be negative", src.name(flag, field)),
+        Some(n) if n < 0 => bail!("{} {n} must not be negative", src.name(path)),
         Some(n) if n > i64::from(i32::MAX) => bail!(
             "{} {n} is above {}, the most the kernel's nf_conntrack_max holds",
-            src.name(flag, field),
+            src.name(path),
             i32::MAX
         ),
         Some(n) => Ok(n.unsigned_abs()),
     };
-    let timeout = |v: &Option<String>, default: Duration, flag: &str, field: &str| match v
+    let timeout = |v: &Option<String>, default: Duration, path: &str| match v
         .as_deref()
         .map(str::trim)
         .filter(|t| !t.is_empty())
     {
         None => Ok(default),
-        Some(t) => super::duration::parse_go_duration(t)
-            .map_err(|e| anyhow!("{}: {e}", src.name(flag, field))),
+        Some(t) => {
+            super::duration::parse_go_duration(t).map_err(|e| anyhow!("{}: {e}", src.name(path)))
+        }
     };
     Ok(ConntrackSettings {
-        max_per_core: count(
-            c.max_per_core,
-            d.max_per_core,
-            "conntrack-max-per-core",
-            "conntrack.maxPerCore",
-        )?,
-        min: count(c.min, d.min, "conntrack-min", "conntrack.min")?,
+        max_per_core: count(c.max_per_core, d.max_per_core, "conntrack.maxPerCore")?,
+        min: count(c.min, d.min, "conntrack.min")?,
         tcp_established_timeout: timeout(
             &c.tcp_established_timeout,
             d.tcp_established_timeout,
-            "conntrack-tcp-timeout-established",
             "conntrack.tcpEstablishedTimeout",
         )?,
         tcp_close_wait_timeout: timeout(
             &c.tcp_close_wait_timeout,
             d.tcp_close_wait_timeout,
-            "conntrack-tcp-timeout-close-wait",
             "conntrack.tcpCloseWaitTimeout",
         )?,
         tcp_be_liberal: c.tcp_be_liberal.unwrap_or(false),
-        udp_timeout: timeout(
-            &c.udp_timeout,
-            d.udp_timeout,
-            "conntrack-udp-timeout",
-            "conntrack.udpTimeout",
-        )?,
+        udp_timeout: timeout(&c.udp_timeout, d.udp_timeout, "conntrack.udpTimeout")?,
         udp_stream_timeout: timeout(
             &c.udp_stream_timeout,
             d.udp_stream_timeout,
-            "conntrack-udp-timeout-stream",
             "conntrack.udpStreamTimeout",
         )?,
     })
@@ -487,7 +484,7 @@ fn cidr_list(entries: &[String], name: &str) -> anyhow::Result<Vec<IpNet>> {
 
 /// Comma-separated, at most one CIDR per family, as upstream validates `clusterCIDR`.
 fn cluster_cidrs(cfg: &KubeProxyConfiguration, src: &Source) -> anyhow::Result<Vec<IpNet>> {
-    let name = src.name("cluster-cidr", "clusterCIDR");
+    let name = src.name("clusterCIDR");
     let Some(text) = cfg.cluster_cidr.as_deref() else {
         return Ok(Vec::new());
     };
@@ -508,7 +505,7 @@ fn cluster_cidrs(cfg: &KubeProxyConfiguration, src: &Source) -> anyhow::Result<V
 }
 
 fn nodeport_addresses(cfg: &KubeProxyConfiguration, src: &Source) -> anyhow::Result<Vec<IpNet>> {
-    let name = src.name("nodeport-addresses", "nodePortAddresses");
+    let name = src.name("nodePortAddresses");
     let mut nets = Vec::new();
     for entry in cfg
         .node_port_addresses
