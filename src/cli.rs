@@ -2,8 +2,9 @@
 //! subcommands (`explain`, `trace`), which take the same flags.
 
 use std::ops::{Deref, DerefMut};
+use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::settings::{Flags, Settings};
 use crate::warning::Warning;
@@ -54,7 +55,7 @@ pub enum Command {
     /// Show how this node's rules carry a Service: its addresses, endpoints and their shares,
     /// masquerading and chains (with --proxy-mode ipvs: its virtual servers, real servers and ipset
     /// members). Takes the dry run's flags after SERVICE (--objects, --hostname-override, …).
-    Explain(crate::explain::ExplainArgs),
+    Explain(ExplainArgs),
     /// Walk one packet through this node's rules: every rule it matches, the jumps, the random
     /// branches with their shares, the DNAT, the masquerade, the REJECT or DROP. Takes --src,
     /// --dst, --proto, --from, and the dry run's flags (--objects …) or --ruleset FILE; with neither, this
@@ -65,7 +66,7 @@ pub enum Command {
                       --hostname-override NODE, --cluster-cidr CIDR, --config FILE, --proxy-mode ipvs, \
                       --ip-family ipv6, --detect-local-mode MODE, --nodeport-addresses CIDR,…, --masquerade-all, …"
     )]
-    Trace(crate::trace::TraceArgs),
+    Trace(TraceArgs),
 }
 
 #[cfg(test)]
@@ -113,4 +114,102 @@ mod tests {
         assert_eq!(args.dst.as_deref(), Some("10.0.0.1:80"));
         assert_eq!(args.flags.configuration.iptables.masquerade_all, Some(true));
     }
+}
+
+/// `explain`'s arguments: SERVICE, `--output`, and the node flags (before or after SERVICE).
+#[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
+pub struct ExplainArgs {
+    /// NAMESPACE/NAME, or NAMESPACE/NAME:PORT (a port name or number).
+    pub service: String,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+
+    /// The dry run's flags: --objects PATH …, --hostname-override NODE, --cluster-cidr CIDR, --config FILE, ….
+    #[command(flatten)]
+    pub flags: Flags,
+}
+
+/// `explain --output`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned text for a person.
+    #[default]
+    Text,
+    /// JSON for tools.
+    Json,
+}
+
+/// `trace`'s arguments. Its own flags may come in any order with the dry run's node flags
+/// (`--objects`, `--hostname-override`, `--cluster-cidr`, `--config`, `--proxy-mode`, …).
+#[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
+pub struct TraceArgs {
+    /// The packet's source, IP[:PORT] ([IPv6]:PORT) [default port: 40000].
+    #[arg(long, value_name = "IP[:PORT]")]
+    pub src: Option<String>,
+
+    /// The packet's destination, IP:PORT ([IPv6]:PORT).
+    #[arg(long, value_name = "IP:PORT")]
+    pub dst: Option<String>,
+
+    /// The protocol.
+    #[arg(long, value_enum, default_value_t = ProtoArg::Tcp)]
+    pub proto: ProtoArg,
+
+    /// Where the packet comes from [default: node if SRC is one of the node's addresses, pod if
+    /// it is in the cluster CIDR, else external].
+    #[arg(long, value_enum)]
+    pub from: Option<FromArg>,
+
+    /// Trace this iptables-save (or ip6tables-save) output instead of rendering --objects.
+    #[arg(long, value_name = "FILE")]
+    pub ruleset: Option<PathBuf>,
+
+    /// With --ruleset of an IPVS node: its `ipset save` output.
+    #[arg(long, value_name = "FILE")]
+    pub ipsets: Option<PathBuf>,
+
+    /// With --ruleset of an IPVS node: its `ipvsadm -Sn` output.
+    #[arg(long, value_name = "FILE")]
+    pub ipvs: Option<PathBuf>,
+
+    /// More addresses of the node (comma-separated, repeatable), besides its Node object's and loopback.
+    #[arg(long, value_name = "IP[,IP]", value_delimiter = ',')]
+    pub local_address: Vec<String>,
+
+    /// The interface the packet arrives on [default: a pod's packet matches `-i` rules, an external one does not].
+    #[arg(long, value_name = "NAME")]
+    pub in_interface: Option<String>,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+
+    /// The dry run's flags: --objects PATH …, --hostname-override NODE, --cluster-cidr CIDR, --config FILE, ….
+    #[command(flatten)]
+    pub flags: Flags,
+}
+
+/// `trace --proto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum ProtoArg {
+    /// TCP.
+    #[default]
+    Tcp,
+    /// UDP.
+    Udp,
+    /// SCTP.
+    Sctp,
+}
+
+/// `trace --from`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FromArg {
+    /// A pod on this node.
+    Pod,
+    /// The node itself.
+    Node,
+    /// Outside the node.
+    External,
 }

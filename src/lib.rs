@@ -1,22 +1,21 @@
-//! kube-proxy-rs: a drop-in replacement for Kubernetes' kube-proxy (iptables mode).
+//! kube-proxy-rs: a drop-in replacement for Kubernetes' kube-proxy (iptables and IPVS modes).
 //!
-//! This library holds the binary's steps so tests, benches and property tests can call them:
-//! objects ([`objects`]) → model ([`translate`]) → rules (the `rulegen` crate), driven by the
-//! command line ([`cli`], [`settings`]) and run by [`dryrun`].
+//! The binary's steps, grouped by role so tests, benches and property tests can call them:
+//! where objects come from ([`sources`]) → the model ([`translate`]) → plan and render (the
+//! `rulegen` crate) → apply (the `proxier` crate); the command line and config file ([`cli`],
+//! [`settings`]); the commands that drive those steps ([`commands`]); what they print
+//! ([`reports`]); and what the agent shows of itself ([`telemetry`]).
 
 #![warn(missing_docs)]
 
 pub mod addr;
-pub mod agent;
 pub mod cli;
-pub mod dryrun;
-pub mod explain;
-pub mod health;
-pub mod metrics;
-pub mod nodesetup;
+pub mod commands;
 pub mod objects;
+pub mod reports;
 pub mod settings;
-pub mod trace;
+pub mod sources;
+pub mod telemetry;
 pub mod translate;
 pub mod warning;
 pub mod yaml;
@@ -24,7 +23,8 @@ pub mod yaml;
 use std::process::ExitCode;
 
 pub use cli::Cli;
-pub use dryrun::{DryRunOutput, load_model};
+pub use commands::dryrun::{DryRunOutput, load_model};
+use commands::{agent, cleanup, dryrun, explain, trace};
 pub use settings::Settings;
 pub use translate::{Translation, translate};
 pub use warning::Warning;
@@ -48,7 +48,7 @@ pub fn run(cli: &Cli) -> ExitCode {
         return agent::run_init_only(cli);
     }
     if cli.cleanup {
-        return agent::cleanup::run_cleanup(cli);
+        return cleanup::run_cleanup(cli);
     }
     agent::run(cli)
 }

@@ -184,7 +184,7 @@ fn stdout_is_exactly_the_rendered_save_text() {
     cli.flags.dry_run = true;
     cli.flags.objects = vec![f.clone()];
     cli.flags.configuration.hostname_override = Some("node-1".into());
-    let out = kube_proxy_rs::dryrun::render(&cli).unwrap();
+    let out = kube_proxy_rs::commands::dryrun::render(&cli).unwrap();
     assert_eq!(r.stdout, out.save_text);
 }
 

@@ -521,7 +521,7 @@ async fn the_agents_requests_are_exactly_what_rbac_grants() {
     );
 
     let changed = Arc::new(tokio::sync::Notify::new());
-    let stores = kube_proxy_rs::agent::api::start(server.client(), "node-a", changed);
+    let stores = kube_proxy_rs::sources::api::start(server.client(), "node-a", changed);
     let ready = tokio::time::timeout(Duration::from_secs(30), stores.wait_until_ready()).await;
 
     // The watches follow the lists at once; wait until each granted access has been seen.

@@ -164,7 +164,9 @@ fn chain_words(text: &str) -> Vec<&str> {
 fn dry_run_text(cli: &kube_proxy_rs::Cli) -> String {
     let mut cli = cli.clone();
     cli.dry_run = true;
-    kube_proxy_rs::dryrun::render(&cli).unwrap().save_text
+    kube_proxy_rs::commands::dryrun::render(&cli)
+        .unwrap()
+        .save_text
 }
 
 #[test]
@@ -449,7 +451,7 @@ fn ipvs_analysis_names_exactly_what_the_dry_run_holds_for_every_case() {
             let render = rulegen::render::ipvs::render(
                 &t.model,
                 &t.config,
-                &kube_proxy_rs::dryrun::ipvs_config(&settings),
+                &kube_proxy_rs::commands::dryrun::ipvs_config(&settings),
             )
             .unwrap();
             let mut named = std::collections::BTreeSet::new();

@@ -16,10 +16,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use kube_proxy_rs::health::ProxyHealth;
-use kube_proxy_rs::health::service::ServiceHealthServer;
-use kube_proxy_rs::metrics::Metrics;
 use kube_proxy_rs::settings::ProxyMode;
+use kube_proxy_rs::telemetry::health::ProxyHealth;
+use kube_proxy_rs::telemetry::metrics::Metrics;
+use kube_proxy_rs::telemetry::service_health::ServiceHealthServer;
 use rulegen::IpFamily;
 use support::agent::{
     AgentProcess, HTTP, LAB_FLAGS, NODE, failing_restore, nft_nat, service, slice, slice_yaml,

@@ -13,11 +13,11 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use kube_proxy_rs::health::service::ServiceHealthServer;
-use kube_proxy_rs::metrics::sync::SyncTelemetry;
-use kube_proxy_rs::metrics::{Change, Metrics, PROMETHEUS_TEXT};
 use kube_proxy_rs::objects::Objects;
 use kube_proxy_rs::settings::{ProxyMode, Settings};
+use kube_proxy_rs::telemetry::metrics::{Change, Metrics, PROMETHEUS_TEXT};
+use kube_proxy_rs::telemetry::service_health::ServiceHealthServer;
+use kube_proxy_rs::telemetry::sync::SyncTelemetry;
 use proxier::{SyncKind, SyncReport};
 use rulegen::IpFamily;
 

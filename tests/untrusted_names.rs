@@ -239,7 +239,7 @@ fn dry_run(
         file.as_os_str(),
     ])
     .unwrap();
-    let out = kube_proxy_rs::dryrun::render(&cli)
+    let out = kube_proxy_rs::commands::dryrun::render(&cli)
         .map_err(|e| TestCaseError::fail(format!("dry run failed: {e:#}")))?;
     Ok((
         out.save_text,

@@ -156,7 +156,7 @@ pub fn load_case(v: &Variant) -> CaseModel {
         "{}: a case with expected.iptables renders in iptables mode",
         v.name
     );
-    let t = kube_proxy_rs::dryrun::load_model(&cli.objects, &settings)
+    let t = kube_proxy_rs::commands::dryrun::load_model(&cli.objects, &settings)
         .unwrap_or_else(|e| panic!("{}: objects: {e:#}", v.name));
     let fam = |ip: &IpAddr| ip.is_ipv4() == (v.family == Family::V4);
     let mut services = t.model.services.clone();

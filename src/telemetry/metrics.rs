@@ -16,7 +16,6 @@
 pub mod changes;
 pub mod exposition;
 pub mod rules;
-pub mod sync;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -25,8 +24,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rulegen::IpFamily;
 
-use crate::health::http;
 use crate::settings::ProxyMode;
+use crate::telemetry::http;
 use exposition::{Family, Histogram, Kind, Samples, exponential_buckets, linear_buckets};
 
 /// What a watch event did to an object.

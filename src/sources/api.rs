@@ -14,9 +14,9 @@ use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
-use crate::metrics::{Change, Metrics, changes};
 use crate::objects::{Objects, Origin};
 use crate::settings::{Flags, Settings};
+use crate::telemetry::metrics::{Change, Metrics, changes};
 use crate::translate::endpointslices::{NodeNames, digest};
 use crate::translate::{self, ServiceDigest, SliceDigest, Translation, services};
 
@@ -154,7 +154,7 @@ pub fn fetch_translation(cli: &Flags, settings: &Settings) -> anyhow::Result<Tra
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let client = super::run::connect(cli, settings).await?;
+        let client = super::client::connect(cli, settings).await?;
         let stores = start(client, &settings.hostname, Arc::new(Notify::new()));
         tokio::time::timeout(LIST_TIMEOUT, stores.wait_until_ready())
             .await

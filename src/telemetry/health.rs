@@ -10,9 +10,7 @@
 //! and while no Node can be known yet (the objects not read: upstream's `NodeEligible` is false
 //! without a Node, and upstream serves nothing before it has one); `/livez` ignores the node.
 
-pub(crate) mod http;
-pub mod service;
-
+use super::http;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -20,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use k8s_openapi::api::core::v1::Node;
 use rulegen::IpFamily;
 
-use crate::metrics::{Metrics, family_label};
+use crate::telemetry::metrics::{Metrics, family_label};
 
 /// The taint the cluster autoscaler puts on a node before deleting it.
 pub const TO_BE_DELETED_TAINT: &str = "ToBeDeletedByClusterAutoscaler";

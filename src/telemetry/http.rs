@@ -79,7 +79,7 @@ impl Limits {
     fn for_new_server() -> Self {
         static PROCESS: OnceLock<(usize, Arc<Semaphore>)> = OnceLock::new();
         let (per_server, process) = PROCESS.get_or_init(|| {
-            let limit = crate::agent::fdlimit::open_file_limits()
+            let limit = crate::telemetry::fdlimit::open_file_limits()
                 .map(|(soft, _)| usize::try_from(soft).unwrap_or(usize::MAX))
                 .unwrap_or(1024);
             let per_server = (limit / 4).clamp(1, MAX_CONNECTIONS_PER_SERVER);

@@ -20,7 +20,7 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Runs the clean-up for `cli`; exit 0 when everything was removed.
 pub fn run_cleanup(cli: &crate::Cli) -> ExitCode {
-    let Some(settings) = super::settings_and_logging(cli) else {
+    let Some(settings) = super::agent::settings_and_logging(cli) else {
         return ExitCode::FAILURE;
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()

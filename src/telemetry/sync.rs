@@ -9,11 +9,13 @@ use std::time::{Duration, SystemTime};
 use proxier::{ApplyError, SyncKind, SyncReport};
 use rulegen::Ruleset;
 
-use super::Metrics;
-use super::rules::RuleCounts;
-use crate::health::ProxyHealth;
-use crate::health::service::{ServiceHealthServer, ServiceHealthState, no_local_endpoints};
+use super::metrics::Metrics;
+use super::metrics::rules::RuleCounts;
 use crate::settings::{ProxyMode, Settings};
+use crate::telemetry::health::ProxyHealth;
+use crate::telemetry::service_health::{
+    ServiceHealthServer, ServiceHealthState, no_local_endpoints,
+};
 use crate::translate::Translation;
 
 /// A cloneable handle for whatever notices changes: marks a sync as queued.

@@ -80,7 +80,7 @@ impl IpvsDataplane {
         let syncer = IpvsSyncer::new(socket, sync_config.clone());
         Ok(IpvsDataplane {
             family: settings.family,
-            config: crate::dryrun::ipvs_config(settings),
+            config: crate::commands::dryrun::ipvs_config(settings),
             syncer: Some(syncer),
             sync_config,
             ipset: Ipset::new(Launcher::host(), IPSET_TIMEOUT),

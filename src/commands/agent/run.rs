@@ -11,15 +11,14 @@ use proxier::{IptablesApplier, Launcher, Runner, SyncKind};
 use rulegen::{Retain, Ruleset};
 use tokio::sync::{Mutex, Notify, watch};
 
-use super::api::{self, ApiStores};
 use super::conntrack::{ConntrackPlan, ConntrackReconciler};
-use super::files::{self, FileSnapshot};
 use super::ipvs::IpvsDataplane;
-use super::ratelimit;
 use crate::cli::Cli;
-use crate::metrics::changes;
-use crate::metrics::sync::SyncTelemetry;
 use crate::settings::{ProxyMode, Settings};
+use crate::sources::api::{self, ApiStores};
+use crate::sources::files::{self, FileSnapshot};
+use crate::telemetry::metrics::changes;
+use crate::telemetry::sync::SyncTelemetry;
 use crate::translate;
 
 /// How often a sync reads the kernel back and rewrites every chain (stale chains, hooks) even
@@ -315,7 +314,7 @@ pub fn run(cli: &Cli) -> ExitCode {
     };
     tune_allocator();
     // Before any file is opened, and before the HTTP servers size their connection slots on it.
-    match super::fdlimit::raise_open_file_limit() {
+    match crate::telemetry::fdlimit::raise_open_file_limit() {
         Ok((before, after)) if after > before => {
             tracing::info!(from = before, to = after, "raised the open-file limit")
         }
@@ -367,38 +366,6 @@ fn release_free_memory() {
     }
 }
 
-/// The API client the agent uses: kubeconfig (or in-cluster), `--master`, qps and burst.
-pub(crate) async fn connect(
-    cli: &crate::settings::Flags,
-    settings: &Settings,
-) -> anyhow::Result<kube::Client> {
-    // `clientConnection.kubeconfig` (kubeadm's file) or `--kubeconfig`: with kubeadm the API
-    // server is reached directly, never through the `kubernetes` Service this agent programs.
-    let mut config = match &settings.kubeconfig {
-        Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-                .await
-                .with_context(|| format!("invalid kubeconfig {}", path.display()))?
-        }
-        None => kube::Config::infer()
-            .await
-            .context("no kubeconfig: pass --kubeconfig, set KUBECONFIG, or run in a pod")?,
-    };
-    if let Some(master) = &cli.master {
-        config.cluster_url = master
-            .parse()
-            .with_context(|| format!("--master {master:?} is not a URL"))?;
-    }
-    let qps = settings.kube_api_qps.unwrap_or(ratelimit::DEFAULT_QPS);
-    let burst = settings.kube_api_burst.unwrap_or(ratelimit::DEFAULT_BURST);
-    Ok(kube::client::ClientBuilder::try_from(config)
-        .context("cannot build the API client")?
-        .with_layer(&ratelimit::RateLimitLayer::new(qps, burst))
-        .build())
-}
-
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
@@ -433,7 +400,7 @@ async fn run_async(cli: &Cli, settings: Settings) -> anyhow::Result<()> {
     // Node set-up as upstream does at start; a setting that cannot be written (an unprivileged
     // container whose init container set it) is logged, not fatal.
     // IPVS was opened just above when the mode needs it: no second probe.
-    crate::nodesetup::set_up_and_log(&settings, ipvs.is_some());
+    crate::commands::nodesetup::set_up_and_log(&settings, ipvs.is_some());
     // As upstream, the INVALID-drop rule follows what the kernel does, not what was asked: in
     // an unprivileged container the write may have been refused.
     let mut settings = settings;
@@ -472,12 +439,12 @@ async fn run_async(cli: &Cli, settings: Settings) -> anyhow::Result<()> {
         if let Some(h) = &health {
             let (rx, name) = (rx.clone(), settings.hostname.clone());
             h.set_node_lookup(Arc::new(move || {
-                crate::health::find_node(&rx.borrow().as_ref()?.objects, &name)
+                crate::telemetry::health::find_node(&rx.borrow().as_ref()?.objects, &name)
             }));
         }
         Source::Files(rx)
     } else {
-        let client = connect(cli, &settings).await?;
+        let client = crate::sources::client::connect(cli, &settings).await?;
         let changed = Arc::new(Notify::new());
         let stores = api::start_counting(
             client,

@@ -1,14 +1,9 @@
 //! The node agent: keeps a model of the cluster (from the API server or from files), renders it
 //! and applies it to this node's kernel, paced like upstream's bounded-frequency runner.
 
-pub mod api;
-pub mod cleanup;
 pub mod conntrack;
-pub mod fdlimit;
-pub mod files;
 pub mod ipvs;
 pub mod logging;
-pub mod ratelimit;
 pub mod run;
 
 pub use run::run;
@@ -38,7 +33,7 @@ pub fn run_init_only(cli: &crate::Cli) -> std::process::ExitCode {
     let Some(settings) = settings_and_logging(cli) else {
         return ExitCode::FAILURE;
     };
-    let failed = crate::nodesetup::set_up_and_log(&settings, false);
+    let failed = crate::commands::nodesetup::set_up_and_log(&settings, false);
     if failed.is_empty() {
         tracing::info!("node set up (--init-only); exiting");
         ExitCode::SUCCESS

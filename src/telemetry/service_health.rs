@@ -14,7 +14,8 @@ use rulegen::plan::endpoints;
 use rulegen::{IpFamily, Model, RenderConfig};
 use tokio::task::JoinHandle;
 
-use super::{ProxyHealth, http};
+use super::health::ProxyHealth;
+use super::http;
 
 /// A Service by namespace and name.
 pub type ServiceName = (String, String);
