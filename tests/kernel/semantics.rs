@@ -84,6 +84,53 @@ fn assert_tally(lab: &Lab, what: &str, t: &Tally, want: &[&str], peers: &[&str])
     );
 }
 
+/// The address MASQUERADE gives a connection toward a pod: the node's br0 ([`BRIDGE_IP`]), also
+/// toward a routed pod, whose veth has none (the kernel picks the first suitable node address).
+const MASQ: &str = "10.244.1.1";
+
+/// Where a row's connections start.
+#[derive(Clone, Copy)]
+enum Origin {
+    /// The client namespace of that name.
+    Client(&'static str),
+    /// That client, bound to this extra source address of it.
+    ClientAs(&'static str, &'static str),
+    /// The pod of that name.
+    Pod(&'static str),
+    /// The node itself.
+    Node,
+}
+use Origin::{Client, ClientAs, Node, Pod};
+
+/// One row of a test's table: what it checks, where the connections start, the destination
+/// address and port, how many connections, the backends they must reach (all of them, no other),
+/// and the source addresses those backends must see.
+struct Reach<'a>(
+    &'a str,
+    Origin,
+    &'a str,
+    u16,
+    u32,
+    &'a [&'a str],
+    &'a [&'a str],
+);
+
+/// Runs each row's connections in `lab` and asserts where they went.
+#[track_caller]
+fn check(lab: &Lab, table: &[Reach]) {
+    assert_eq!(BRIDGE_IP.to_string(), MASQ);
+    for Reach(what, from, dst, port, n, want, peers) in table {
+        let (ns, src) = match *from {
+            Client(c) => (&lab.client(c).ns, None),
+            ClientAs(c, src) => (&lab.client(c).ns, Some(src)),
+            Pod(p) => (&lab.pod(p).ns, None),
+            Node => (&lab.node, None),
+        };
+        let t = lab.tally(ns, src, dst, *port, *n);
+        assert_tally(lab, what, &t, want, peers);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 1. externalTrafficPolicy
 // ---------------------------------------------------------------------------------------------
@@ -137,16 +184,12 @@ fn etp_lab(tag: &str, backend: Backend) -> Lab {
 }
 
 fn check_etp_local_from_outside(lab: &Lab) {
-    let c = &lab.client("c").ns;
-    let t = lab.tally(c, None, NODE_IP, NP_LOCAL, 12);
     // A rule set that used all endpoints would reach pb with probability 1 - 2^-12.
-    assert_tally(
-        lab,
-        "eTP=Local NodePort from outside",
-        &t,
-        &["pa"],
-        &[CLIENT_C],
-    );
+    #[rustfmt::skip]
+    let table = [
+        Reach("eTP=Local NodePort from outside", Client("c"), NODE_IP, NP_LOCAL, 12, &["pa"], &[CLIENT_C]),
+    ];
+    check(lab, &table);
 }
 
 /// eTP=Local: an outside client reaches only the local endpoint, which sees the client's own IP.
@@ -171,15 +214,12 @@ fn external_traffic_policy_local_legacy_backend() {
 fn external_traffic_policy_cluster_masquerades_and_reaches_all_endpoints() {
     testkit::needs_root!();
     let lab = etp_lab("etpc", Backend::Nft);
-    let t = lab.tally(&lab.client("c").ns, None, NODE_IP, NP_CLUSTER, 20);
     // Both reached: false failure 2 * 2^-20.
-    assert_tally(
-        &lab,
-        "eTP=Cluster NodePort from outside",
-        &t,
-        &["pa", "pb"],
-        &[&BRIDGE_IP.to_string()],
-    );
+    #[rustfmt::skip]
+    let table = [
+        Reach("eTP=Cluster NodePort from outside", Client("c"), NODE_IP, NP_CLUSTER, 20, &["pa", "pb"], &[MASQ]),
+    ];
+    check(&lab, &table);
 }
 
 /// eTP=Local: a pod on this node connecting to the NodePort on the node IP short-circuits to the
@@ -189,24 +229,13 @@ fn external_traffic_policy_cluster_masquerades_and_reaches_all_endpoints() {
 fn external_traffic_policy_local_pod_on_the_node_short_circuits_to_all_endpoints() {
     testkit::needs_root!();
     let lab = etp_lab("etpsc", Backend::Nft);
-    let px = &lab.pod("px").ns;
-    let t = lab.tally(px, None, NODE_IP, NP_LOCAL, 20);
     // Both reached: false failure 2 * 2^-20.
-    assert_tally(
-        &lab,
-        "eTP=Local NodePort from a pod on the node",
-        &t,
-        &["pa", "pb"],
-        &[POD_X],
-    );
-    let t = lab.tally(px, None, NODE_IP, NP_REMOTE, 20);
-    assert_tally(
-        &lab,
-        "eTP=Local NodePort without local endpoints, from a pod on the node",
-        &t,
-        &["pa", "pb"],
-        &[POD_X],
-    );
+    #[rustfmt::skip]
+    let table = [
+        Reach("eTP=Local NodePort from a pod on the node", Pod("px"), NODE_IP, NP_LOCAL, 20, &["pa", "pb"], &[POD_X]),
+        Reach("eTP=Local NodePort without local endpoints, from a pod on the node", Pod("px"), NODE_IP, NP_REMOTE, 20, &["pa", "pb"], &[POD_X]),
+    ];
+    check(&lab, &table);
 }
 
 /// eTP=Local: node-originated traffic to the NodePort is masqueraded and routed to all endpoints
@@ -215,14 +244,11 @@ fn external_traffic_policy_local_pod_on_the_node_short_circuits_to_all_endpoints
 fn external_traffic_policy_local_node_originated_traffic_is_masqueraded_to_all_endpoints() {
     testkit::needs_root!();
     let lab = etp_lab("etpnode", Backend::Nft);
-    let t = lab.tally(&lab.node, None, NODE_IP, NP_LOCAL, 20);
-    assert_tally(
-        &lab,
-        "eTP=Local NodePort from the node itself",
-        &t,
-        &["pa", "pb"],
-        &[&BRIDGE_IP.to_string()],
-    );
+    #[rustfmt::skip]
+    let table = [
+        Reach("eTP=Local NodePort from the node itself", Node, NODE_IP, NP_LOCAL, 20, &["pa", "pb"], &[MASQ]),
+    ];
+    check(&lab, &table);
 }
 
 /// eTP=Local with every endpoint on another node: external traffic is dropped (time-out). Without
@@ -279,22 +305,12 @@ fn itp_lab(tag: &str) -> Lab {
 fn internal_traffic_policy_local_reaches_only_local_endpoints() {
     testkit::needs_root!();
     let lab = itp_lab("itpl");
-    let t = lab.tally(&lab.client("c").ns, None, ITP_LOCAL_IP, SVC_PORT, 12);
-    assert_tally(
-        &lab,
-        "iTP=Local ClusterIP from outside",
-        &t,
-        &["pa"],
-        &[&BRIDGE_IP.to_string()],
-    );
-    let t = lab.tally(&lab.pod("px").ns, None, ITP_LOCAL_IP, SVC_PORT, 12);
-    assert_tally(
-        &lab,
-        "iTP=Local ClusterIP from a pod",
-        &t,
-        &["pa"],
-        &[POD_X],
-    );
+    #[rustfmt::skip]
+    let table = [
+        Reach("iTP=Local ClusterIP from outside", Client("c"), ITP_LOCAL_IP, SVC_PORT, 12, &["pa"], &[MASQ]),
+        Reach("iTP=Local ClusterIP from a pod", Pod("px"), ITP_LOCAL_IP, SVC_PORT, 12, &["pa"], &[POD_X]),
+    ];
+    check(&lab, &table);
 }
 
 /// iTP=Local with no local endpoint: ClusterIP traffic is dropped (time-out), not sent to the
@@ -443,15 +459,12 @@ fn terminating_lab(tag: &str) -> Lab {
 fn terminating_endpoints_serve_when_no_endpoint_is_ready() {
     testkit::needs_root!();
     let lab = terminating_lab("termfb");
-    let t = lab.tally(&lab.client("c").ns, None, TERM_FALLBACK_IP, SVC_PORT, 20);
     // Both serving ones reached: false failure 2 * 2^-20.
-    assert_tally(
-        &lab,
-        "all-terminating Service",
-        &t,
-        &["pa", "pb"],
-        &[&BRIDGE_IP.to_string()],
-    );
+    #[rustfmt::skip]
+    let table = [
+        Reach("all-terminating Service", Client("c"), TERM_FALLBACK_IP, SVC_PORT, 20, &["pa", "pb"], &[MASQ]),
+    ];
+    check(&lab, &table);
 }
 
 /// One ready endpoint: only it is used, not the serving terminating one.
@@ -459,15 +472,12 @@ fn terminating_endpoints_serve_when_no_endpoint_is_ready() {
 fn terminating_endpoints_are_unused_while_a_ready_endpoint_exists() {
     testkit::needs_root!();
     let lab = terminating_lab("termmix");
-    let t = lab.tally(&lab.client("c").ns, None, TERM_MIXED_IP, SVC_PORT, 12);
     // A rule set that also used pb / pc: false pass (1/3)^12.
-    assert_tally(
-        &lab,
-        "ready + terminating Service",
-        &t,
-        &["pa"],
-        &[&BRIDGE_IP.to_string()],
-    );
+    #[rustfmt::skip]
+    let table = [
+        Reach("ready + terminating Service", Client("c"), TERM_MIXED_IP, SVC_PORT, 12, &["pa"], &[MASQ]),
+    ];
+    check(&lab, &table);
 }
 
 /// Terminating endpoints that are not serving are never used: with only those, the Service has
@@ -525,14 +535,11 @@ fn topology_lab(tag: &str) -> Lab {
 fn topology_hints_keep_traffic_in_the_node_zone() {
     testkit::needs_root!();
     let lab = topology_lab("topo");
-    let t = lab.tally(&lab.client("c").ns, None, TOPO_ZONE_IP, SVC_PORT, 12);
-    assert_tally(
-        &lab,
-        "zone-hinted Service",
-        &t,
-        &["pa"],
-        &[&BRIDGE_IP.to_string()],
-    );
+    #[rustfmt::skip]
+    let table = [
+        Reach("zone-hinted Service", Client("c"), TOPO_ZONE_IP, SVC_PORT, 12, &["pa"], &[MASQ]),
+    ];
+    check(&lab, &table);
 }
 
 /// One ready endpoint lacks a hint: hints are ignored and every endpoint is used.
@@ -540,15 +547,12 @@ fn topology_hints_keep_traffic_in_the_node_zone() {
 fn topology_hints_are_ignored_when_an_endpoint_lacks_them() {
     testkit::needs_root!();
     let lab = topology_lab("topofb");
-    let t = lab.tally(&lab.client("c").ns, None, TOPO_PARTIAL_IP, SVC_PORT, 30);
     // All three reached: false failure <= 3 * (2/3)^30 ≈ 1.6e-5.
-    assert_tally(
-        &lab,
-        "partly hinted Service",
-        &t,
-        &["pa", "pb", "pc"],
-        &[&BRIDGE_IP.to_string()],
-    );
+    #[rustfmt::skip]
+    let table = [
+        Reach("partly hinted Service", Client("c"), TOPO_PARTIAL_IP, SVC_PORT, 30, &["pa", "pb", "pc"], &[MASQ]),
+    ];
+    check(&lab, &table);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -585,14 +589,11 @@ fn lb_lab(tag: &str, backend: Backend) -> Lab {
 }
 
 fn check_lb_source_ranges(lab: &Lab) {
-    let t = lab.tally(&lab.client("c").ns, None, LB_VIP, SVC_PORT, 20);
-    assert_tally(
-        lab,
-        "LB VIP from an allowed source",
-        &t,
-        &["pa", "pb"],
-        &[&BRIDGE_IP.to_string()],
-    );
+    #[rustfmt::skip]
+    let table = [
+        Reach("LB VIP from an allowed source", Client("c"), LB_VIP, SVC_PORT, 20, &["pa", "pb"], &[MASQ]),
+    ];
+    check(lab, &table);
     lab.expect_dropped(&lab.client("d").ns, None, LB_VIP, SVC_PORT);
 }
 
@@ -617,14 +618,11 @@ fn load_balancer_source_ranges_legacy_backend() {
 fn load_balancer_source_ranges_do_not_apply_to_the_node_port() {
     testkit::needs_root!();
     let lab = lb_lab("lbnp", Backend::Nft);
-    let t = lab.tally(&lab.client("d").ns, None, NODE_IP, LB_NODE_PORT, 20);
-    assert_tally(
-        &lab,
-        "NodePort of a source-ranged LB from a client outside the ranges",
-        &t,
-        &["pa", "pb"],
-        &[&BRIDGE_IP.to_string()],
-    );
+    #[rustfmt::skip]
+    let table = [
+        Reach("NodePort of a source-ranged LB from a client outside the ranges", Client("d"), NODE_IP, LB_NODE_PORT, 20, &["pa", "pb"], &[MASQ]),
+    ];
+    check(&lab, &table);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -665,43 +663,23 @@ fn check_local_detection(tag: &str, args: &[&str], routed: bool, off_node_masque
     lab.add_client_addrs("c", &[OFF_NODE_POD]);
     // MASQUERADE takes the outgoing interface's address: br0's toward a bridged pod; a routed
     // pod's veth has none, so the kernel picks the first suitable node address, also br0's.
-    let masq = BRIDGE_IP.to_string();
-
-    let t = lab.tally(&lab.pod("px").ns, None, WEB_IP, SVC_PORT, 20);
-    assert_tally(
-        &lab,
-        &format!("{args:?}: ClusterIP from a local pod (not masqueraded)"),
-        &t,
-        &["pa", "pb"],
-        &[POD_X],
-    );
-    let t = lab.tally(&lab.client("c").ns, None, WEB_IP, SVC_PORT, 20);
-    assert_tally(
-        &lab,
-        &format!("{args:?}: ClusterIP from outside (masqueraded)"),
-        &t,
-        &["pa", "pb"],
-        &[&masq],
-    );
-    let t = lab.tally(
-        &lab.client("c").ns,
-        Some(OFF_NODE_POD),
-        WEB_IP,
-        SVC_PORT,
-        20,
-    );
-    let (want, how) = if off_node_masqueraded {
-        (masq.as_str(), "masqueraded")
+    let (off_node, how) = if off_node_masqueraded {
+        (MASQ, "masqueraded")
     } else {
         (OFF_NODE_POD, "not masqueraded")
     };
-    assert_tally(
-        &lab,
-        &format!("{args:?}: ClusterIP from another node's pod {OFF_NODE_POD} ({how})"),
-        &t,
-        &["pa", "pb"],
-        &[want],
+    let (local, outside, other) = (
+        format!("{args:?}: ClusterIP from a local pod (not masqueraded)"),
+        format!("{args:?}: ClusterIP from outside (masqueraded)"),
+        format!("{args:?}: ClusterIP from another node's pod {OFF_NODE_POD} ({how})"),
     );
+    #[rustfmt::skip]
+    let table = [
+        Reach(&local, Pod("px"), WEB_IP, SVC_PORT, 20, &["pa", "pb"], &[POD_X]),
+        Reach(&outside, Client("c"), WEB_IP, SVC_PORT, 20, &["pa", "pb"], &[MASQ]),
+        Reach(&other, ClientAs("c", OFF_NODE_POD), WEB_IP, SVC_PORT, 20, &["pa", "pb"], &[off_node]),
+    ];
+    check(&lab, &table);
 }
 
 /// `--detect-local-mode BridgeInterface --pod-bridge-interface br0`: traffic entering from br0 is
@@ -795,14 +773,11 @@ fn masquerade_all_masquerades_pod_traffic() {
         .pod("px", POD_X)
         .client("c");
     let lab = lab_with(builder, Backend::Nft, &payload);
-    let t = lab.tally(&lab.pod("px").ns, None, WEB_IP, SVC_PORT, 20);
-    assert_tally(
-        &lab,
-        "--masquerade-all: ClusterIP from a local pod",
-        &t,
-        &["pa", "pb"],
-        &[&BRIDGE_IP.to_string()],
-    );
+    #[rustfmt::skip]
+    let table = [
+        Reach("--masquerade-all: ClusterIP from a local pod", Pod("px"), WEB_IP, SVC_PORT, 20, &["pa", "pb"], &[MASQ]),
+    ];
+    check(&lab, &table);
 }
 
 /// With the node's filter FORWARD policy DROP, NodePort and ClusterIP traffic from outside still
@@ -824,22 +799,12 @@ fn kube_forward_accepts_service_traffic_under_a_drop_forward_policy() {
         .exec_ok(["iptables-nft", "-w", "-P", "FORWARD", "DROP"]);
     let c = &lab.client("c").ns;
     lab.expect_dropped(c, None, POD_A, 8080);
-    let t = lab.tally(c, None, NODE_IP, WEB_NODE_PORT, 20);
-    assert_tally(
-        &lab,
-        "NodePort with FORWARD policy DROP",
-        &t,
-        &["pa", "pb"],
-        &[&BRIDGE_IP.to_string()],
-    );
-    let t = lab.tally(c, None, WEB_IP, SVC_PORT, 20);
-    assert_tally(
-        &lab,
-        "ClusterIP from outside with FORWARD policy DROP",
-        &t,
-        &["pa", "pb"],
-        &[&BRIDGE_IP.to_string()],
-    );
+    #[rustfmt::skip]
+    let table = [
+        Reach("NodePort with FORWARD policy DROP", Client("c"), NODE_IP, WEB_NODE_PORT, 20, &["pa", "pb"], &[MASQ]),
+        Reach("ClusterIP from outside with FORWARD policy DROP", Client("c"), WEB_IP, SVC_PORT, 20, &["pa", "pb"], &[MASQ]),
+    ];
+    check(&lab, &table);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -868,14 +833,11 @@ fn localhost_lab(tag: &str, extra: &[&str]) -> Lab {
 fn localhost_node_port_is_served() {
     testkit::needs_root!();
     let lab = localhost_lab("lhnp", &[]);
-    let t = lab.tally(&lab.node, None, "127.0.0.1", WEB_NODE_PORT, 20);
-    assert_tally(
-        &lab,
-        "NodePort on 127.0.0.1 from the node",
-        &t,
-        &["pa", "pb"],
-        &[&BRIDGE_IP.to_string()],
-    );
+    #[rustfmt::skip]
+    let table = [
+        Reach("NodePort on 127.0.0.1 from the node", Node, "127.0.0.1", WEB_NODE_PORT, 20, &["pa", "pb"], &[MASQ]),
+    ];
+    check(&lab, &table);
 }
 
 /// `--iptables-localhost-nodeports=false`: 127.0.0.1:<nodePort> is not DNATed (the NodePort tail
@@ -887,14 +849,11 @@ fn localhost_node_port_disabled_is_not_served() {
     testkit::needs_root!();
     let lab = localhost_lab("lhoff", &["--iptables-localhost-nodeports=false"]);
     lab.expect_refused(&lab.node, None, "127.0.0.1", WEB_NODE_PORT);
-    let t = lab.tally(&lab.node, None, NODE_IP, WEB_NODE_PORT, 20);
-    assert_tally(
-        &lab,
-        "node-IP NodePort from the node, localhost NodePorts off",
-        &t,
-        &["pa", "pb"],
-        &[&BRIDGE_IP.to_string()],
-    );
+    #[rustfmt::skip]
+    let table = [
+        Reach("node-IP NodePort from the node, localhost NodePorts off", Node, NODE_IP, WEB_NODE_PORT, 20, &["pa", "pb"], &[MASQ]),
+    ];
+    check(&lab, &table);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -943,44 +902,18 @@ fn dual_stack_lab(tag: &str, backend: Backend) -> Lab {
 }
 
 fn check_dual_stack(lab: &Lab) {
-    let c = &lab.client("c").ns;
     let br6 = BRIDGE_IP6.to_string();
-    let t = lab.tally(c, None, DS_CLUSTER_IP6, SVC_PORT, 20);
-    assert_tally(
-        lab,
-        "IPv6 ClusterIP from outside",
-        &t,
-        &["pa", "pb"],
-        &[&br6],
-    );
-    let t = lab.tally(c, None, NODE_IP6, DS_NODE_PORT, 20);
-    assert_tally(
-        lab,
-        "IPv6 NodePort from outside",
-        &t,
-        &["pa", "pb"],
-        &[&br6],
-    );
     let px6 = pod_ip6(POD_X.parse().unwrap()).to_string();
-    let t = lab.tally(&lab.pod("px").ns, None, DS_CLUSTER_IP6, SVC_PORT, 20);
-    assert_tally(lab, "IPv6 ClusterIP from a pod", &t, &["pa", "pb"], &[&px6]);
-    // The same Service over IPv4, in the same node.
-    let t = lab.tally(c, None, DS_CLUSTER_IP4, SVC_PORT, 20);
-    assert_tally(
-        lab,
-        "IPv4 ClusterIP of the dual-stack Service",
-        &t,
-        &["pa", "pb"],
-        &[&BRIDGE_IP.to_string()],
-    );
-    let t = lab.tally(c, None, NODE_IP, DS_NODE_PORT, 20);
-    assert_tally(
-        lab,
-        "IPv4 NodePort of the dual-stack Service",
-        &t,
-        &["pa", "pb"],
-        &[&BRIDGE_IP.to_string()],
-    );
+    // The last two: the same Service over IPv4, in the same node.
+    #[rustfmt::skip]
+    let table = [
+        Reach("IPv6 ClusterIP from outside", Client("c"), DS_CLUSTER_IP6, SVC_PORT, 20, &["pa", "pb"], &[&br6]),
+        Reach("IPv6 NodePort from outside", Client("c"), NODE_IP6, DS_NODE_PORT, 20, &["pa", "pb"], &[&br6]),
+        Reach("IPv6 ClusterIP from a pod", Pod("px"), DS_CLUSTER_IP6, SVC_PORT, 20, &["pa", "pb"], &[&px6]),
+        Reach("IPv4 ClusterIP of the dual-stack Service", Client("c"), DS_CLUSTER_IP4, SVC_PORT, 20, &["pa", "pb"], &[MASQ]),
+        Reach("IPv4 NodePort of the dual-stack Service", Client("c"), NODE_IP, DS_NODE_PORT, 20, &["pa", "pb"], &[MASQ]),
+    ];
+    check(lab, &table);
 }
 
 /// A dual-stack Service answers on its IPv6 ClusterIP and NodePort (masqueraded from outside, not
