@@ -198,9 +198,13 @@ status: {addresses: [{type: InternalIP, address: 192.168.50.1}]}
 /// A Service port: its name, number and protocol, and the endpoints' port.
 #[derive(Clone, Copy, Debug)]
 pub struct Port {
+    /// The port's name.
     pub name: &'static str,
+    /// The Service port.
     pub port: u16,
+    /// `TCP`, `UDP` or `SCTP`.
     pub protocol: &'static str,
+    /// The endpoints' port.
     pub target: u16,
 }
 

@@ -70,3 +70,11 @@ pub fn run<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Run {
         code: out.status.code(),
     }
 }
+
+/// Runs `kube-proxy-rs ARGS…` in the repository root and returns its stdout; panics with its
+/// stderr unless it exits 0.
+pub fn stdout_of<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> String {
+    let out = run(args);
+    assert!(out.success(), "{}", out.stderr);
+    out.stdout
+}

@@ -5,20 +5,26 @@ use super::netns::Netns;
 /// The iptables back end: both exist on the test machine, a namespace must only ever get one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
+    /// `iptables-legacy` (x_tables).
     Legacy,
+    /// `iptables-nft` (nf_tables).
     Nft,
 }
 
 /// The address family: `iptables-*` or `ip6tables-*`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
+    /// IPv4 (`iptables`).
     V4,
+    /// IPv6 (`ip6tables`).
     V6,
 }
 
 impl Backend {
+    /// Both back ends.
     pub const ALL: [Backend; 2] = [Backend::Legacy, Backend::Nft];
 
+    /// `legacy` or `nft`, as the tools' names spell it.
     pub fn name(self) -> &'static str {
         match self {
             Backend::Legacy => "legacy",
@@ -44,6 +50,7 @@ impl std::fmt::Display for Backend {
 }
 
 impl Family {
+    /// The family's tool name stem (`iptables` or `ip6tables`).
     pub fn tool(self) -> &'static str {
         match self {
             Family::V4 => "iptables",

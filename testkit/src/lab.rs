@@ -45,6 +45,7 @@ pub const SERVICE_CIDR6: &str = "fd00:10:96::/112";
 pub const ROUTED_POD_IF_PREFIX: &str = "vp";
 /// Name and address of the [`LabBuilder::service_trap`] pod.
 pub const TRAP_POD: &str = "trap";
+/// The trap pod's address.
 pub const TRAP_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 254);
 /// The port the trap answers on (every Service of the tests uses it).
 pub const TRAP_PORT: u16 = 80;
@@ -136,7 +137,9 @@ pub fn connect_from(
 /// What an [`LabBuilder::echo_peer`] server answered: its pod name and the source address it saw.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reply {
+    /// The pod that answered.
     pub backend: String,
+    /// The source address it saw.
     pub peer: IpAddr,
 }
 
@@ -163,7 +166,9 @@ impl Reply {
 /// backends saw.
 #[derive(Clone, Debug, Default)]
 pub struct Tally {
+    /// How many connections each backend answered.
     pub backends: BTreeMap<String, u32>,
+    /// Every source address the backends saw.
     pub peers: BTreeSet<IpAddr>,
 }
 
@@ -173,6 +178,7 @@ impl Tally {
         self.backends.keys().map(String::as_str).collect()
     }
 
+    /// How many connections were answered.
     pub fn total(&self) -> u32 {
         self.backends.values().sum()
     }
@@ -192,19 +198,25 @@ fn classify(e: std::io::Error) -> ConnErr {
 /// A pod: its own namespace, `eth0` bridged into the node's `br0`, a server per port answering
 /// its name.
 pub struct Pod {
+    /// Its name (and its server's answer).
     pub name: String,
+    /// Its IPv4 address.
     pub ip: Ipv4Addr,
     /// Its IPv6 address ([`pod_ip6`]) in a dual-stack lab.
     pub ip6: Option<Ipv6Addr>,
+    /// The ports its servers listen on.
     pub ports: Vec<u16>,
     /// Routed through its own veth `vp<name>` rather than bridged into `br0`.
     pub routed: bool,
+    /// Its namespace.
     pub ns: Netns,
 }
 
 /// A client namespace joined to the node by its own veth pair and /24.
 pub struct Client {
+    /// Its name.
     pub name: String,
+    /// Its IPv4 address.
     pub ip: Ipv4Addr,
     /// The node's address on this client's link.
     pub node_ip: Ipv4Addr,
@@ -212,15 +224,28 @@ pub struct Client {
     pub ip6: Option<Ipv6Addr>,
     /// The node's IPv6 address on this link (`fd00:192:168:<50+i>::1`) in a dual-stack lab.
     pub node_ip6: Option<Ipv6Addr>,
+    /// Its namespace.
     pub ns: Netns,
 }
 
 /// The lab. Drop deletes every namespace (killing the servers first).
 pub struct Lab {
+    /// The node namespace (the rules go here).
     pub node: Netns,
+    /// The pods, in the order they were added.
     pub pods: Vec<Pod>,
+    /// The clients, in the order they were added.
     pub clients: Vec<Client>,
+    /// Whether every link also has IPv6.
     pub dual_stack: bool,
+}
+
+/// Gives `ns`'s `eth0` the IPv6 address `addr/64` (no duplicate address detection, so it is usable
+/// at once) and a default route via `gateway`.
+fn eth0_ipv6(ns: &Netns, addr: Ipv6Addr, gateway: Ipv6Addr) {
+    let (addr, gateway) = (format!("{addr}/64"), gateway.to_string());
+    ns.exec_ok(["ip", "-6", "addr", "add", &addr, "dev", "eth0", "nodad"]);
+    ns.exec_ok(["ip", "-6", "route", "add", "default", "via", &gateway]);
 }
 
 /// Builder: `Lab::builder("cip").pod("pa", "10.244.1.11").client("c").build()`.
@@ -241,6 +266,7 @@ struct PodSpec {
 }
 
 impl Lab {
+    /// A builder for a lab whose namespaces are tagged `tag`.
     pub fn builder(tag: &str) -> LabBuilder {
         LabBuilder {
             tag: tag.to_string(),
@@ -253,6 +279,7 @@ impl Lab {
     }
 
     #[track_caller]
+    /// The pod named `name` (panics if there is none).
     pub fn pod(&self, name: &str) -> &Pod {
         self.pods
             .iter()
@@ -261,6 +288,7 @@ impl Lab {
     }
 
     #[track_caller]
+    /// The client named `name` (panics if there is none).
     pub fn client(&self, name: &str) -> &Client {
         self.clients
             .iter()
@@ -624,25 +652,7 @@ impl LabBuilder {
             }
             let ip6 = self.dual_stack.then(|| pod_ip6(*ip));
             if let Some(ip6) = ip6 {
-                ns.exec_ok([
-                    "ip",
-                    "-6",
-                    "addr",
-                    "add",
-                    &format!("{ip6}/64"),
-                    "dev",
-                    "eth0",
-                    "nodad",
-                ]);
-                ns.exec_ok([
-                    "ip",
-                    "-6",
-                    "route",
-                    "add",
-                    "default",
-                    "via",
-                    &BRIDGE_IP6.to_string(),
-                ]);
+                eth0_ipv6(&ns, ip6, BRIDGE_IP6);
             }
             // The answer: the bare name, or `<name> <peer>` through a shell (socat's SYSTEM runs
             // `sh -c` with the connection on stdout and the peer in $SOCAT_PEERADDR).
@@ -704,25 +714,7 @@ impl LabBuilder {
                     &host_if,
                     "nodad",
                 ]);
-                ns.exec_ok([
-                    "ip",
-                    "-6",
-                    "addr",
-                    "add",
-                    &format!("{c6}/64"),
-                    "dev",
-                    "eth0",
-                    "nodad",
-                ]);
-                ns.exec_ok([
-                    "ip",
-                    "-6",
-                    "route",
-                    "add",
-                    "default",
-                    "via",
-                    &n6.to_string(),
-                ]);
+                eth0_ipv6(&ns, c6, n6);
                 (ip6, node_ip6) = (Some(c6), Some(n6));
             }
             lab.clients.push(Client {

@@ -91,6 +91,7 @@ impl Netns {
         ns
     }
 
+    /// Its name (`kprs-<pid>-<n>-<tag>`).
     pub fn name(&self) -> &str {
         &self.name
     }

@@ -83,6 +83,7 @@ impl Service {
         self
     }
 
+    /// The Service as YAML.
     pub fn yaml(&self) -> String {
         let ty = match (&self.load_balancer, self.node_port) {
             (Some(_), _) => "LoadBalancer",

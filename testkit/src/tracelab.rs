@@ -77,12 +77,15 @@ pub fn tries_for(p_min: f64, only_refusals: bool) -> usize {
 pub struct Variant {
     /// `example`, `dual-stack/ipv6`, …
     pub name: String,
+    /// The golden case's directory.
     pub dir: PathBuf,
+    /// The family of this variant's ruleset.
     pub family: Family,
     /// The case's `flags` (plus `--ip-family ipv6` for the IPv6 variant).
     pub flags: Vec<String>,
     /// `expected.iptables` or `expected.ip6tables`.
     pub ruleset: PathBuf,
+    /// The back end the lab loads the ruleset into.
     pub backend: Backend,
 }
 
@@ -148,12 +151,16 @@ pub struct CaseModel {
 // Probes
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// A probe's transport protocol.
 pub enum Proto {
+    /// TCP: a connection.
     Tcp,
+    /// UDP: a datagram and its answer.
     Udp,
 }
 
 impl Proto {
+    /// `tcp` or `udp`, as trace's `--proto` spells it.
     pub fn name(self) -> &'static str {
         match self {
             Proto::Tcp => "tcp",
@@ -163,15 +170,20 @@ impl Proto {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// Where a packet comes from, as trace's `--from` tells them apart.
 pub enum Origin {
+    /// A pod on this node.
     Pod,
+    /// The node itself.
     Node,
+    /// Outside the node.
     External,
     /// An endpoint of the Service it connects to (a pod, on its own link `hp0`).
     Hairpin,
 }
 
 impl Origin {
+    /// `pod`, `node` or `external`, as trace's `--from` spells it.
     pub fn name(self) -> &'static str {
         match self {
             Origin::Pod => "pod",
@@ -196,9 +208,13 @@ impl Origin {
 pub struct Probe {
     /// What it samples: `cluster IP`, `node port`, `load balancer (outside ranges)`, …
     pub kind: String,
+    /// Where it comes from.
     pub origin: Origin,
+    /// Its source address.
     pub src: IpAddr,
+    /// Its destination.
     pub dst: SocketAddr,
+    /// Its protocol.
     pub proto: Proto,
 }
 
@@ -219,11 +235,17 @@ impl fmt::Display for Probe {
 /// The lab's own addresses on the node (passed to trace as `--local-address`) and beyond it.
 #[derive(Clone, Debug)]
 pub struct Infra {
+    /// The node's address toward the external client.
     pub ext_gw: IpAddr,
+    /// The node's address toward the pod (the pod's gateway).
     pub pod_gw: IpAddr,
+    /// The node's address toward the backends namespace.
     pub bk_gw: IpAddr,
+    /// The node's address toward the world namespace.
     pub wd_node: IpAddr,
+    /// The world namespace's address (no Service uses it).
     pub wd_world: IpAddr,
+    /// The node's address toward the hairpin namespace.
     pub hp_gw: IpAddr,
 }
 
@@ -270,13 +292,18 @@ impl Infra {
 /// Where a server for an address lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Place {
+    /// The node namespace itself.
     Node,
+    /// The backends namespace (most endpoints).
     Backends,
+    /// The world namespace (addresses of no endpoint).
     World,
+    /// The hairpin namespace (the endpoint that reaches its own Service).
     Hairpin,
 }
 
 impl Place {
+    /// The place's name, as its servers answer it.
     pub fn name(self) -> &'static str {
         match self {
             Place::Node => "node",
@@ -289,9 +316,13 @@ impl Place {
 
 /// Everything decided before the lab exists: addresses, interfaces and the packets.
 pub struct Plan {
+    /// The golden case and family.
     pub variant: Variant,
+    /// What the library makes of the case.
     pub model: CaseModel,
+    /// The lab's own addresses.
     pub infra: Infra,
+    /// The client pod's address.
     pub pod_ip: IpAddr,
     /// The node-side interface pod packets arrive on (`--in-interface`).
     pub pod_if: String,
@@ -299,8 +330,11 @@ pub struct Plan {
     pub bridge: Option<String>,
     /// The veth of the pod on the node (the bridge port in bridge mode).
     pub pod_veth: String,
+    /// The node-side interface external packets arrive on.
     pub ext_if: String,
+    /// An external source outside every load-balancer source range.
     pub ext_outside: IpAddr,
+    /// Every external source: the outside one, then one inside each load-balancer source range.
     pub ext_sources: Vec<IpAddr>,
     /// The source of the node's own packets.
     pub node_src: IpAddr,
@@ -308,18 +342,21 @@ pub struct Plan {
     pub backends: BTreeSet<IpAddr>,
     /// The endpoint that lives in the hairpin namespace and connects to its own Service.
     pub hairpin: Option<IpAddr>,
+    /// The packets to send.
     pub probes: Vec<Probe>,
     /// Service ports not sampled, and why.
     pub left_out: Vec<String>,
 }
 
 impl Plan {
+    /// Whether `ip` is one of the node's addresses (loopback included).
     pub fn is_local(&self, ip: IpAddr) -> bool {
         ip.is_loopback()
             || self.model.node_ips.contains(&ip)
             || self.infra.node_addresses().contains(&ip)
     }
 
+    /// The namespace that answers for `ip`.
     pub fn place(&self, ip: IpAddr) -> Place {
         if self.is_local(ip) {
             Place::Node
@@ -709,10 +746,15 @@ pub fn plan(variant: &Variant, model: CaseModel) -> Plan {
 /// A predicted outcome as the tracer's JSON states it.
 #[derive(Clone, Debug)]
 pub struct Outcome {
+    /// Its share of the packets (`None`: not a random choice).
     pub share: Option<f64>,
+    /// Whether it is a returning client's path (session affinity).
     pub affinity: bool,
+    /// Where the packet ends.
     pub key: Key,
+    /// Whether the destination was translated (DNAT).
     pub translated: bool,
+    /// Whether the source was masqueraded.
     pub masquerade: bool,
     /// `table chain: rule` of a REJECT or DROP.
     pub rule: Option<String>,
@@ -723,10 +765,14 @@ pub struct Outcome {
 pub enum Key {
     /// Delivered to this address (after DNAT), on the node itself or not.
     Delivered {
+        /// The address that answered.
         dst: SocketAddr,
+        /// Whether that address is the node's own.
         local: bool,
     },
+    /// Refused by a REJECT.
     Rejected,
+    /// Dropped (no answer).
     Dropped,
     /// Only ever observed: anything else the kernel did.
     Other(String),
@@ -745,7 +791,9 @@ impl fmt::Display for Key {
 }
 
 #[derive(Clone, Debug)]
+/// What trace predicts for one probe.
 pub struct Prediction {
+    /// Every outcome trace lists.
     pub outcomes: Vec<Outcome>,
     /// The command, for messages.
     pub command: String,
@@ -863,6 +911,7 @@ impl Prediction {
         m
     }
 
+    /// The outcomes in one line, for messages.
     pub fn summary(&self) -> String {
         self.outcomes
             .iter()
@@ -891,11 +940,17 @@ impl Prediction {
 /// namespaces.
 pub struct Lab {
     servers: Vec<Servers>,
+    /// The node namespace (the rules go here).
     pub node: Netns,
+    /// The client pod's namespace.
     pub pod: Netns,
+    /// The external clients' namespace.
     pub ext: Netns,
+    /// The namespace of most endpoints.
     pub backends: Netns,
+    /// The namespace of addresses no Service uses.
     pub world: Netns,
+    /// The namespace of the endpoint that reaches its own Service.
     pub hairpin: Netns,
 }
 
@@ -1260,13 +1315,20 @@ fn serve(place: Place, tcp: &[TcpListener], udp: &[UdpSocket], stop: &AtomicBool
 /// What the kernel did with one connection.
 #[derive(Clone, Debug)]
 pub enum Obs {
+    /// A server answered.
     Reply {
+        /// The namespace of the server that answered.
         place: String,
+        /// The address that answered.
         local: SocketAddr,
+        /// The source address the server saw.
         peer: SocketAddr,
     },
+    /// Refused (RST or ICMP unreachable), after this long.
     Refused(Duration),
+    /// No answer within the probe's time limit.
     Timeout,
+    /// Anything else.
     Error(String),
 }
 
@@ -1287,6 +1349,7 @@ impl fmt::Display for Obs {
 }
 
 impl Obs {
+    /// The fate this observation shows, to compare with trace's [`Key`].
     pub fn key(&self) -> Key {
         match self {
             Obs::Reply { place, local, .. } => Key::Delivered {
@@ -1388,6 +1451,7 @@ fn clear_recent() -> Result<(), String> {
 /// What one probe's tries showed.
 #[derive(Clone, Debug, Default)]
 pub struct Tries {
+    /// A new client's connections (the `recent` lists cleared before each).
     pub new: Vec<(SocketAddr, Obs)>,
     /// A returning client's connections (affinity probes only), without clearing the lists.
     pub sticky: Vec<(SocketAddr, Obs)>,
@@ -1510,15 +1574,21 @@ pub struct Options {
 /// One variant's result.
 #[derive(Debug, Default)]
 pub struct Report {
+    /// The variant's name.
     pub variant: String,
+    /// The back end it ran on.
     pub backend: String,
+    /// How many probes it sent.
     pub probes: usize,
+    /// How many connections in all (a probe takes several tries).
     pub connections: usize,
+    /// How many probes also tried a returning client (session affinity).
     pub affinity_probes: usize,
     /// Probes per kind (`cluster IP from pod`, …).
     pub kinds: BTreeMap<String, usize>,
     /// Outcomes checked per verdict.
     pub verdicts: BTreeMap<String, usize>,
+    /// Service ports not probed, and why.
     pub left_out: Vec<String>,
     /// Trace and kernel disagree (per probe: the packet, the prediction, the failures).
     pub disagreements: Vec<String>,
@@ -1526,9 +1596,11 @@ pub struct Report {
     pub errors: Vec<String>,
     /// One line per packet: what trace said and what the kernel did.
     pub lines: Vec<String>,
+    /// How long the variant took.
     pub took: Duration,
 }
 
+/// Plans, builds and probes one variant, and compares every probe's tries with trace's prediction.
 pub fn run_variant(variant: &Variant, model: CaseModel, opts: &Options) -> Report {
     let start = Instant::now();
     let mut report = Report {

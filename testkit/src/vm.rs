@@ -314,10 +314,10 @@ fn watch(mut qemu: Command, silence: Duration) -> Console {
         text
     });
     let started = Instant::now();
-    let mut stdout = Vec::new();
+    let mut stdout: Vec<u8> = Vec::new();
+    let mut finished = false;
     let mut killed = None;
     loop {
-        let finished = stdout.windows(END.len()).any(|w| w == END.as_bytes());
         let limit = if finished {
             Duration::from_secs(10)
         } else if stdout.is_empty() {
@@ -326,7 +326,13 @@ fn watch(mut qemu: Command, silence: Duration) -> Console {
             silence
         };
         match rx.recv_timeout(limit) {
-            Ok(chunk) => stdout.extend(chunk),
+            Ok(chunk) => {
+                // Only the new bytes (and the marker's length before them) can complete it: the
+                // console of a long script runs to megabytes.
+                let from = stdout.len().saturating_sub(END.len());
+                stdout.extend(chunk);
+                finished = finished || contains(&stdout[from..], END.as_bytes());
+            }
             Err(RecvTimeoutError::Disconnected) => break,
             Err(RecvTimeoutError::Timeout) => {
                 let _ = child.kill();
@@ -350,4 +356,9 @@ fn watch(mut qemu: Command, silence: Duration) -> Console {
         format!("{how}; qemu's stderr: {}", stderr.trim())
     };
     Console { stdout, how }
+}
+
+/// Whether `needle` occurs in `haystack`.
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }

@@ -6,9 +6,9 @@
 //! The 10,000-Service version of this run is `tests/agent/agent_scale.rs`'s `restart_at_scale`
 //! (by hand); its figures are in `benches/README.md`.
 
+use std::ffi::OsStr;
 use std::fmt::Write as _;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use testkit::agent::{AgentProcess, NODE, wait_until};
@@ -40,18 +40,13 @@ fn objects(n: u32, endpoints: u32) -> String {
 
 /// The dry run of `objects` with the lab's flags.
 fn dry_run(objects: &Path) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_kube-proxy-rs"))
-        .args(["--dry-run", "--objects"])
-        .arg(objects)
-        .args(testkit::agent::LAB_FLAGS)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    let mut args = vec![
+        "--dry-run".as_ref(),
+        "--objects".as_ref(),
+        objects.as_os_str(),
+    ];
+    args.extend(testkit::agent::LAB_FLAGS.iter().map(OsStr::new));
+    testkit::cli::stdout_of(args)
 }
 
 /// A `PATH` whose whole-table save tools crash as `iptables-nft-save` did at 10,000 Services.

@@ -313,17 +313,11 @@ fn the_agent_applies_ipvs_mode_and_then_only_what_changed() {
     ];
     let bin = env!("CARGO_BIN_EXE_kube-proxy-rs");
     let dry = |file: &str| {
-        let out = std::process::Command::new(bin)
-            .args(["--dry-run", "--objects", &format!("{d}/{file}")])
-            .args(flags)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        parts(&String::from_utf8(out.stdout).unwrap())
+        let objects = format!("{d}/{file}");
+        let args = ["--dry-run", "--objects", &objects]
+            .into_iter()
+            .chain(flags);
+        parts(&testkit::cli::stdout_of(args))
     };
     let (want1, want2) = (dry("v1.yaml"), dry("v2.yaml"));
     let wait = |n: usize| {

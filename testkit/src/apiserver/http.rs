@@ -18,6 +18,7 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 use tokio::time::{Instant, Interval};
 
+/// The body of every response: a whole JSON document or a watch stream.
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 
 /// Largest request body accepted (the real server's limit is 3 MiB for etcd objects).
@@ -32,6 +33,7 @@ struct Route {
     name: Option<String>,
 }
 
+/// Answers one HTTP request against the server's store.
 pub async fn handle(
     inner: Arc<Inner>,
     req: Request<Incoming>,

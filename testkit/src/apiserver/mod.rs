@@ -123,6 +123,7 @@ impl ApiServer {
         }
     }
 
+    /// Where it listens (loopback, a port chosen at start and kept across restarts).
     pub fn addr(&self) -> SocketAddr {
         self.inner.addr
     }
@@ -157,6 +158,7 @@ impl ApiServer {
         std::fs::write(path, self.kubeconfig_yaml())
     }
 
+    /// Whether it accepts connections now (between `start` and `stop`).
     pub fn is_running(&self) -> bool {
         lock(&self.inner.running).is_some()
     }
@@ -197,6 +199,7 @@ impl ApiServer {
         self.inner.store().compact();
     }
 
+    /// How often a watch that asked for bookmarks gets one, from now on.
     pub fn set_bookmark_interval(&self, every: Duration) {
         *lock(&self.inner.bookmark_interval) = every.max(Duration::from_millis(10));
     }
@@ -215,6 +218,7 @@ impl ApiServer {
             .unwrap_or_else(|e| panic!("apiserver apply: {}", e.message))
     }
 
+    /// [`apply`](Self::apply), returning the API error instead of panicking.
     pub fn try_apply<T: Serialize>(&self, obj: &T) -> Result<Value, ApiError> {
         let v = serde_json::to_value(obj).map_err(|e| ApiError::bad_request(e.to_string()))?;
         let kind = v["kind"]
@@ -233,6 +237,7 @@ impl ApiServer {
             .ok()
     }
 
+    /// The stored object of `kind` named `ns/name` (`ns` is ignored for Nodes), if any.
     pub fn get(&self, kind: Kind, ns: &str, name: &str) -> Option<Value> {
         let ns = if kind.namespaced() { ns } else { "" };
         self.inner

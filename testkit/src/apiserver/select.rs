@@ -24,6 +24,7 @@ pub struct Selector {
 }
 
 impl Selector {
+    /// Parses a request's `labelSelector` and `fieldSelector`; an unsupported one is an error.
     pub fn parse(labels: Option<&str>, fields: Option<&str>) -> Result<Selector, String> {
         let mut sel = Selector::default();
         for term in split_terms(labels.unwrap_or("")) {
@@ -54,6 +55,7 @@ impl Selector {
         Ok(sel)
     }
 
+    /// Whether `obj` matches every requirement.
     pub fn matches(&self, obj: &Value) -> bool {
         let labels = &obj["metadata"]["labels"];
         let label_ok = self.labels.iter().all(|(key, op)| {

@@ -16,14 +16,19 @@ use tokio::sync::broadcast;
 /// `apiVersion` and `kind` set, exactly as they would be stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
+    /// `v1` Services.
     Service,
+    /// `discovery.k8s.io/v1` EndpointSlices.
     EndpointSlice,
+    /// `v1` Nodes (cluster-scoped).
     Node,
 }
 
 impl Kind {
+    /// Every kind the server holds.
     pub const ALL: [Kind; 3] = [Kind::Service, Kind::EndpointSlice, Kind::Node];
 
+    /// The `kind` field's value.
     pub fn kind(self) -> &'static str {
         match self {
             Kind::Service => "Service",
@@ -57,6 +62,7 @@ impl Kind {
         }
     }
 
+    /// Whether objects of the kind live in a namespace.
     pub fn namespaced(self) -> bool {
         !matches!(self, Kind::Node)
     }
@@ -78,13 +84,18 @@ impl Kind {
 pub type Key = (String, String);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What a watch event says happened.
 pub enum EventType {
+    /// The object was created.
     Added,
+    /// The object changed.
     Modified,
+    /// The object was deleted.
     Deleted,
 }
 
 impl EventType {
+    /// The event's `type` field.
     pub fn as_str(self) -> &'static str {
         match self {
             EventType::Added => "ADDED",
@@ -98,10 +109,15 @@ impl EventType {
 /// resourceVersion set to the deletion's (as etcd3 and the watch cache report it).
 #[derive(Debug)]
 pub struct Change {
+    /// The resourceVersion of the change.
     pub rv: u64,
+    /// The object's kind.
     pub kind: Kind,
+    /// What happened.
     pub ty: EventType,
+    /// The object's namespace and name.
     pub key: Key,
+    /// The object after the change (for `Deleted`, before it).
     pub object: Value,
     /// The object before this change (None for `Added`).
     pub prev: Option<Value>,
@@ -140,14 +156,18 @@ impl Change {
 /// An API error, rendered as a `Status` object by [`ApiError::status`].
 #[derive(Debug, Clone)]
 pub struct ApiError {
+    /// The HTTP status code.
     pub code: u16,
+    /// `Status.reason` (`NotFound`, `Conflict`, …).
     pub reason: &'static str,
+    /// `Status.message`.
     pub message: String,
     /// `(kind, name)` for `Status.details`.
     pub details: Option<(Kind, String)>,
 }
 
 impl ApiError {
+    /// An error with this code, reason and message.
     pub fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             code,
@@ -156,9 +176,11 @@ impl ApiError {
             details: None,
         }
     }
+    /// A 400 `BadRequest`.
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, "BadRequest", message)
     }
+    /// A 404 `NotFound` for `kind` `name`.
     pub fn not_found(kind: Kind, name: &str) -> Self {
         let mut e = Self::new(
             404,
@@ -168,6 +190,7 @@ impl ApiError {
         e.details = Some((kind, name.to_string()));
         e
     }
+    /// A 410 `Expired` (a version older than the history).
     pub fn expired(message: impl Into<String>) -> Self {
         Self::new(410, "Expired", message)
     }
@@ -216,6 +239,7 @@ pub struct Store {
 const INITIAL_RV: u64 = 100;
 
 impl Store {
+    /// An empty store keeping `history_limit` changes for watches and paged lists.
     pub fn new(history_limit: usize) -> Self {
         Store {
             rv: INITIAL_RV,
@@ -228,10 +252,12 @@ impl Store {
         }
     }
 
+    /// The current resourceVersion.
     pub fn rv(&self) -> u64 {
         self.rv
     }
 
+    /// Every change from now on (what watches follow).
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Change>> {
         self.tx.subscribe()
     }
@@ -242,6 +268,7 @@ impl Store {
         self.compacted = self.rv;
     }
 
+    /// The stored object of `kind` at `key`, if any.
     pub fn get(&self, kind: Kind, key: &Key) -> Option<&Value> {
         self.objects.get(&kind)?.get(key)
     }
