@@ -325,3 +325,14 @@ pub fn failing_restore(dir: &Path, marker: &Path, once: bool) -> (&'static str, 
         ),
     )
 }
+
+/// The agent tests' lab: the first `pods` of pod `pa` (10.244.1.11) and pod `pb` (10.244.1.12),
+/// and client `c`.
+pub fn lab(tag: &str, pods: usize) -> crate::Lab {
+    [("pa", "10.244.1.11"), ("pb", "10.244.1.12")]
+        .into_iter()
+        .take(pods)
+        .fold(crate::Lab::builder(tag), |b, (name, ip)| b.pod(name, ip))
+        .client("c")
+        .build()
+}

@@ -80,13 +80,7 @@ fn connect(lab: &Lab, ip: &str) -> Result<String, testkit::ConnErr> {
 #[test]
 fn agent_follows_the_api_server() {
     testkit::needs_root!();
-    let lab = Arc::new(
-        Lab::builder("apie")
-            .pod("pa", "10.244.1.11")
-            .pod("pb", "10.244.1.12")
-            .client("c")
-            .build(),
-    );
+    let lab = Arc::new(testkit::agent::lab("apie", 2));
     let tmp = TempDir::new("apie");
     let kubeconfig = tmp.path().join("kubeconfig");
     let log = tmp.path().join("agent.log");
@@ -213,10 +207,7 @@ fn agent_follows_the_api_server() {
 #[test]
 fn agent_waits_for_an_unreachable_api_server_then_syncs() {
     testkit::needs_root!();
-    let lab = Lab::builder("apiu")
-        .pod("pa", "10.244.1.11")
-        .client("c")
-        .build();
+    let lab = testkit::agent::lab("apiu", 1);
     let tmp = TempDir::new("apiu");
     let kubeconfig = tmp.path().join("kubeconfig");
     let log = tmp.path().join("agent.log");
@@ -257,13 +248,7 @@ fn agent_waits_for_an_unreachable_api_server_then_syncs() {
 #[test]
 fn agent_rides_out_an_api_server_restart_and_410_gone_without_flapping() {
     testkit::needs_root!();
-    let lab = Arc::new(
-        Lab::builder("apir")
-            .pod("pa", "10.244.1.11")
-            .pod("pb", "10.244.1.12")
-            .client("c")
-            .build(),
-    );
+    let lab = Arc::new(testkit::agent::lab("apir", 2));
     let tmp = TempDir::new("apir");
     let kubeconfig = tmp.path().join("kubeconfig");
     let log = tmp.path().join("agent.log");

@@ -13,7 +13,7 @@ use testkit::agent::{
     AgentProcess, NODE, failing_restore, nft_nat, service, slice, svc_chains, wait_until,
     write_objects,
 };
-use testkit::{Lab, Netns, TempDir};
+use testkit::{Netns, TempDir};
 
 /// The agent on `objects`, fast-paced for tests (a full sync every 2 s), with `envs`.
 fn start_agent(node: &Netns, objects: &Path, envs: &[(&str, String)], log: &Path) -> AgentProcess {
@@ -33,11 +33,7 @@ fn nat(node: &Netns) -> String {
 #[test]
 fn agent_applies_follows_files_and_keeps_rules_on_sigterm() {
     testkit::needs_root!();
-    let lab = Lab::builder("agf")
-        .pod("pa", "10.244.1.11")
-        .pod("pb", "10.244.1.12")
-        .client("c")
-        .build();
+    let lab = testkit::agent::lab("agf", 2);
     let tmp = TempDir::new("agf");
     let objects = tmp.path().join("objects.yaml");
     write_objects(
@@ -150,11 +146,7 @@ fn agent_applies_follows_files_and_keeps_rules_on_sigterm() {
 #[test]
 fn agent_heals_a_failed_restore_and_survives_sigkill_without_a_gap() {
     testkit::needs_root!();
-    let lab = Lab::builder("agk")
-        .pod("pa", "10.244.1.11")
-        .pod("pb", "10.244.1.12")
-        .client("c")
-        .build();
+    let lab = testkit::agent::lab("agk", 2);
     let tmp = TempDir::new("agk");
     let objects = tmp.path().join("objects.yaml");
     write_objects(

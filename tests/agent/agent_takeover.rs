@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use testkit::agent::{AgentProcess, nft_nat, svc_chains, wait_until};
 use testkit::objects::{self, Endpoint, Service};
-use testkit::{Backend, Lab, Netns, TempDir};
+use testkit::{Backend, Netns, TempDir};
 
 const WEB_IP: &str = "10.96.0.10";
 const OLD_IP: &str = "10.96.0.20";
@@ -92,11 +92,7 @@ fn agent_takes_over_a_kube_proxy_node_without_a_gap() {
     let after = objects::render("tko-after", &now, &flags);
     assert_ne!(before, after);
 
-    let lab = Lab::builder("tko")
-        .pod("pa", "10.244.1.11")
-        .pod("pb", "10.244.1.12")
-        .client("c")
-        .build();
+    let lab = testkit::agent::lab("tko", 2);
     testkit::restore(&lab.node, Backend::Nft, &before).unwrap();
     assert_eq!(node_tables(&lab.node), before);
     let stale_svc: Vec<String> = before
@@ -161,10 +157,7 @@ fn agent_restores_a_flushed_nat_table_on_its_next_sync() {
         objects::endpoint_slice("web", &[Endpoint::local("10.244.1.11")]),
     ];
     let expected = objects::render("tkf", &now, &["--cluster-cidr", "10.244.0.0/16"]);
-    let lab = Lab::builder("tkf")
-        .pod("pa", "10.244.1.11")
-        .client("c")
-        .build();
+    let lab = testkit::agent::lab("tkf", 1);
     let tmp = TempDir::new("tkf");
     let objects_file = tmp.path().join("objects.yaml");
     fs::write(&objects_file, now.join("---\n")).unwrap();

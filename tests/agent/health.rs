@@ -23,7 +23,7 @@ use testkit::agent::{
     AgentProcess, HTTP, LAB_FLAGS, NODE, failing_restore, nft_nat, service, slice, slice_yaml,
     svc_chains, wait_for, wait_until, write_objects,
 };
-use testkit::{Lab, Netns, TempDir};
+use testkit::{Netns, TempDir};
 
 /// One HTTP answer.
 #[derive(Debug)]
@@ -373,10 +373,7 @@ fn owned_rules(saved: &str) -> f64 {
 #[test]
 fn the_agent_serves_health_checks_health_and_metrics() {
     testkit::needs_root!();
-    let lab = Lab::builder("hck")
-        .pod("pa", "10.244.1.11")
-        .client("c")
-        .build();
+    let lab = testkit::agent::lab("hck", 1);
     let tmp = TempDir::new("hck");
     let objects = tmp.path().join("objects.yaml");
     let local_and_remote = [("10.244.1.11", "node-a"), ("10.244.1.12", "node-b")];
