@@ -13,7 +13,6 @@
 //! to its rules being applied (five changes, each past the previous sync's min-sync-period).
 
 use std::fs;
-use std::os::fd::AsRawFd;
 use std::process::Stdio;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -105,12 +104,8 @@ fn agent_at_scale() {
     let log2 = log.clone();
     let kubeconfig2 = kubeconfig.clone();
     let handle = thread::spawn(move || {
-        let file = fs::File::open(&path).unwrap();
-        // SAFETY: setns on a valid namespace fd; only this thread enters it.
-        assert_eq!(
-            unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
-            0
-        );
+        // Only this thread enters the node's namespace.
+        testkit::sock::enter(&path).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -51,11 +50,8 @@ fn get(ns: Option<&Path>, addr: SocketAddr, path: &str) -> std::io::Result<Answe
     let path = path.to_string();
     thread::spawn(move || {
         if let Some(ns) = ns {
-            let f = fs::File::open(&ns)?;
-            // SAFETY: setns on a valid namespace fd; only this new thread changes namespace.
-            if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+            // Only this new thread changes namespace.
+            testkit::sock::enter(&ns)?;
         }
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -836,9 +832,8 @@ impl Slowloris {
         let open = Arc::new(AtomicUsize::new(0));
         let (r, s, o, path) = (reopen.clone(), stop.clone(), open.clone(), ns.path());
         let thread = thread::spawn(move || {
-            let f = fs::File::open(&path).unwrap();
-            // SAFETY: setns on a valid namespace fd; only this thread changes namespace.
-            assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+            // Only this thread changes namespace.
+            testkit::sock::enter(&path).unwrap();
             let connect = || -> Option<TcpStream> {
                 let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
                 // No blank line: the request never ends.
