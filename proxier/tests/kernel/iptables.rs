@@ -166,6 +166,61 @@ fn payload_line(rs: &Ruleset, needle: &str) -> usize {
 
 const BAD_CHAIN: &str = "KUBE-SEP-BADBADBADBADBADB";
 
+/// A node whose kernel holds the render of some Services, and the error of the full sync that
+/// tried to add one bad rule.
+struct Refused {
+    ns: Netns,
+    /// What the kernel held before the bad sync.
+    rs: Ruleset,
+    /// `rs` as `iptables-save` prints it.
+    before: String,
+    /// The refused ruleset.
+    broken: Ruleset,
+    err: ApplyError,
+    _applier: IptablesApplier,
+}
+
+/// Full-syncs the render of `services` Services into a fresh namespace tagged `tag-<backend>`,
+/// then full-syncs `next` (the render of that many Services; the same one when `None`) with
+/// `bad_rule` in a new chain [`BAD_CHAIN`] of `table`, which must fail.
+async fn refused_sync(
+    tag: &str,
+    backend: Backend,
+    family: Family,
+    (services, next): (usize, Option<usize>),
+    table: &str,
+    bad_rule: &str,
+) -> Refused {
+    let ns = Netns::new(&format!("{tag}-{backend}"));
+    let rs = render(family, services);
+    let before = rs.to_save_text();
+    let mut a = applier(&ns, backend, family);
+    a.full_sync(&rs).await.unwrap();
+
+    let next = next.map(|n| render(family, n));
+    let broken = with_chain(next.as_ref().unwrap_or(&rs), table, BAD_CHAIN, bad_rule);
+    let err = a.full_sync(&broken).await.unwrap_err();
+    eprintln!("[{backend} {family}] {err}");
+    Refused {
+        ns,
+        rs,
+        before,
+        broken,
+        err,
+        _applier: a,
+    }
+}
+
+/// The rejection in `err`, and the payload line it was traced to.
+fn rejected_line(err: &ApplyError) -> (&Rejected, &proxier::restore::FailedLine) {
+    let r = rejected(err);
+    let line = r
+        .line
+        .as_ref()
+        .unwrap_or_else(|| panic!("no line in {err}"));
+    (r, line)
+}
+
 // ---------------------------------------------------------------------------------------------
 
 /// (a) + (b): a full sync leaves exactly the render in the kernel; a second one changes nothing
@@ -351,24 +406,13 @@ async fn a_flushed_table_is_restored_by_the_next_sync(backend: Backend, family: 
 /// table (identical) was committed before, nat kept every previous rule.
 async fn a_rejected_nat_rule_is_named_and_nothing_changes(backend: Backend, family: Family) {
     testkit::needs_root!();
-    let ns = Netns::new(&format!("badnat-{backend}"));
-    let rs = render(family, 3);
-    let before = rs.to_save_text();
-    let mut a = applier(&ns, backend, family);
-    a.full_sync(&rs).await.unwrap();
-
     let bad_rule = format!(
         "-A {BAD_CHAIN} -p tcp -m comment --comment \"ns9/broken:http\" -m tcp --dport 99999 -j ACCEPT\n"
     );
-    let broken = with_chain(&rs, "nat", BAD_CHAIN, &bad_rule);
-    let err = a.full_sync(&broken).await.unwrap_err();
-    eprintln!("[{backend} {family}] {err}");
-    let r = rejected(&err);
-    let line = r
-        .line
-        .as_ref()
-        .unwrap_or_else(|| panic!("no line in {err}"));
-    assert_eq!(line.number, payload_line(&broken, "--dport 99999"), "{err}");
+    let t = refused_sync("badnat", backend, family, (3, None), "nat", &bad_rule).await;
+    let (ns, rs, before, broken, err) = (&t.ns, &t.rs, &t.before, &t.broken, &t.err);
+    let (r, line) = rejected_line(err);
+    assert_eq!(line.number, payload_line(broken, "--dport 99999"), "{err}");
     assert_eq!(line.text, bad_rule.trim_end());
     assert_eq!(line.table.as_deref(), Some("nat"));
     assert_eq!(line.chain.as_deref(), Some(BAD_CHAIN));
@@ -387,7 +431,7 @@ async fn a_rejected_nat_rule_is_named_and_nothing_changes(backend: Backend, fami
         "{msg}"
     );
     assert_eq!(err.failed_line(), Some(line));
-    assert_holds(&ns, backend, family, &before, &rs);
+    assert_holds(ns, backend, family, before, rs);
 }
 
 /// (d) in filter, with a different nat in the same payload: nothing at all changes, because
@@ -395,49 +439,25 @@ async fn a_rejected_nat_rule_is_named_and_nothing_changes(backend: Backend, fami
 /// only the canary, which was already there).
 async fn a_rejected_filter_rule_leaves_both_tables(backend: Backend, family: Family) {
     testkit::needs_root!();
-    let ns = Netns::new(&format!("badfil-{backend}"));
-    let rs = render(family, 3);
-    let before = rs.to_save_text();
-    let mut a = applier(&ns, backend, family);
-    a.full_sync(&rs).await.unwrap();
-
-    let other = render(family, 1);
     let bad_rule = format!(
         "-A {BAD_CHAIN} -p tcp -m comment --comment \"ns9/broken:http\" -m tcp --dport 99999 -j ACCEPT\n"
     );
-    let broken = with_chain(&other, "filter", BAD_CHAIN, &bad_rule);
-    let err = a.full_sync(&broken).await.unwrap_err();
-    eprintln!("[{backend} {family}] {err}");
-    let r = rejected(&err);
-    let line = r
-        .line
-        .as_ref()
-        .unwrap_or_else(|| panic!("no line in {err}"));
+    let t = refused_sync("badfil", backend, family, (3, Some(1)), "filter", &bad_rule).await;
+    let (r, line) = rejected_line(&t.err);
     assert_eq!(line.table.as_deref(), Some("filter"));
     assert_eq!(line.chain.as_deref(), Some(BAD_CHAIN));
-    assert_eq!(r.committed, ["mangle"], "{err}");
-    assert_holds(&ns, backend, family, &before, &rs);
+    assert_eq!(r.committed, ["mangle"], "{}", t.err);
+    assert_holds(&t.ns, backend, family, &t.before, &t.rs);
 }
 
 /// (d), rejected by the kernel rather than the parser (REJECT is a filter-only target): legacy
 /// blames the table's COMMIT ("line N failed"), nft the rule itself.
 async fn a_rule_the_kernel_rejects_is_traced(backend: Backend, family: Family) {
     testkit::needs_root!();
-    let ns = Netns::new(&format!("kern-{backend}"));
-    let rs = render(family, 2);
-    let before = rs.to_save_text();
-    let mut a = applier(&ns, backend, family);
-    a.full_sync(&rs).await.unwrap();
-
     let bad_rule = format!("-A {BAD_CHAIN} -m comment --comment \"ns9/broken:http\" -j REJECT\n");
-    let broken = with_chain(&rs, "nat", BAD_CHAIN, &bad_rule);
-    let err = a.full_sync(&broken).await.unwrap_err();
-    eprintln!("[{backend} {family}] {err}");
-    let r = rejected(&err);
-    let line = r
-        .line
-        .as_ref()
-        .unwrap_or_else(|| panic!("no line in {err}"));
+    let t = refused_sync("kern", backend, family, (2, None), "nat", &bad_rule).await;
+    let (ns, rs, before, broken, err) = (&t.ns, &t.rs, &t.before, &t.broken, &t.err);
+    let (r, line) = rejected_line(err);
     assert_eq!(line.table.as_deref(), Some("nat"), "{err}");
     match backend {
         Backend::Legacy => {
@@ -448,43 +468,32 @@ async fn a_rule_the_kernel_rejects_is_traced(backend: Backend, family: Family) {
         Backend::Nft => {
             assert_eq!(
                 line.number,
-                payload_line(&broken, "broken:http\" -j REJECT"),
+                payload_line(broken, "broken:http\" -j REJECT"),
                 "{err}"
             );
             assert_eq!(line.chain.as_deref(), Some(BAD_CHAIN));
             assert_eq!(line.comment.as_deref(), Some("ns9/broken:http"));
         }
     }
-    assert_holds(&ns, backend, family, &before, &rs);
+    assert_holds(ns, backend, family, before, rs);
 }
 
 /// (d), a jump to a chain that does not exist: legacy fails on the rule, nft on the COMMIT;
 /// both are traced to the jumping rule.
 async fn a_jump_to_a_missing_chain_names_the_jump(backend: Backend, family: Family) {
     testkit::needs_root!();
-    let ns = Netns::new(&format!("jump-{backend}"));
-    let rs = render(family, 2);
-    let before = rs.to_save_text();
-    let mut a = applier(&ns, backend, family);
-    a.full_sync(&rs).await.unwrap();
-
     let bad_rule = format!(
         "-A {BAD_CHAIN} -m comment --comment \"ns9/broken:http\" -j KUBE-SEP-MISSINGMISSINGM\n"
     );
-    let broken = with_chain(&rs, "nat", BAD_CHAIN, &bad_rule);
-    let err = a.full_sync(&broken).await.unwrap_err();
-    eprintln!("[{backend} {family}] {err}");
+    let t = refused_sync("jump", backend, family, (2, None), "nat", &bad_rule).await;
+    let (ns, rs, before, broken, err) = (&t.ns, &t.rs, &t.before, &t.broken, &t.err);
     let line = err
         .failed_line()
         .unwrap_or_else(|| panic!("no line in {err}"));
-    assert_eq!(
-        line.number,
-        payload_line(&broken, "MISSINGMISSING"),
-        "{err}"
-    );
+    assert_eq!(line.number, payload_line(broken, "MISSINGMISSING"), "{err}");
     assert_eq!(line.chain.as_deref(), Some(BAD_CHAIN), "{err}");
     assert_eq!(line.comment.as_deref(), Some("ns9/broken:http"), "{err}");
-    assert_holds(&ns, backend, family, &before, &rs);
+    assert_holds(ns, backend, family, before, rs);
 }
 
 /// Hooks: a deleted hook is put back at its place; rules and chains that are not ours stay
@@ -950,50 +959,16 @@ async fn detection_never_decides_from_a_failed_read() {
         want: (Backend, Evidence),
         reason: &'static str,
     }
+    #[rustfmt::skip]
     let cases = [
         // Legacy holds rules, but nft could not be read: not "nft holds 0".
-        Case {
-            tag: "nft-crash",
-            tools: &[("nft", CRASH)],
-            legacy_rules: true,
-            nft_canary: false,
-            want: (Backend::Nft, Evidence::Fallback),
-            reason: "SIGSEGV",
-        },
-        Case {
-            tag: "legacy-save-crash",
-            tools: &[("iptables-legacy-save", CRASH)],
-            legacy_rules: false,
-            nft_canary: false,
-            want: (Backend::Nft, Evidence::Fallback),
-            reason: "iptables-legacy-save",
-        },
-        Case {
-            tag: "nft-hang",
-            tools: &[("nft", HANG)],
-            legacy_rules: true,
-            nft_canary: false,
-            want: (Backend::Nft, Evidence::Fallback),
-            reason: "did not finish",
-        },
+        Case { tag: "nft-crash", tools: &[("nft", CRASH)], legacy_rules: true, nft_canary: false, want: (Backend::Nft, Evidence::Fallback), reason: "SIGSEGV" },
+        Case { tag: "legacy-save-crash", tools: &[("iptables-legacy-save", CRASH)], legacy_rules: false, nft_canary: false, want: (Backend::Nft, Evidence::Fallback), reason: "iptables-legacy-save" },
+        Case { tag: "nft-hang", tools: &[("nft", HANG)], legacy_rules: true, nft_canary: false, want: (Backend::Nft, Evidence::Fallback), reason: "did not finish" },
         // A kubelet chain is evidence enough: the broken legacy save does not matter.
-        Case {
-            tag: "canary-wins",
-            tools: &[("iptables-legacy-save", CRASH)],
-            legacy_rules: false,
-            nft_canary: true,
-            want: (Backend::Nft, Evidence::KubeletChain),
-            reason: "KUBE-KUBELET-CANARY",
-        },
+        Case { tag: "canary-wins", tools: &[("iptables-legacy-save", CRASH)], legacy_rules: false, nft_canary: true, want: (Backend::Nft, Evidence::KubeletChain), reason: "KUBE-KUBELET-CANARY" },
         // The save tools detection no longer needs on nft may be broken at will.
-        Case {
-            tag: "nft-save-crash",
-            tools: &[("iptables-nft-save", CRASH)],
-            legacy_rules: true,
-            nft_canary: false,
-            want: (Backend::Legacy, Evidence::RuleCount),
-            reason: "legacy has more",
-        },
+        Case { tag: "nft-save-crash", tools: &[("iptables-nft-save", CRASH)], legacy_rules: true, nft_canary: false, want: (Backend::Legacy, Evidence::RuleCount), reason: "legacy has more" },
     ];
     for c in &cases {
         let ns = Netns::new(c.tag);
