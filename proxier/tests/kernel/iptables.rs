@@ -166,6 +166,19 @@ fn payload_line(rs: &Ruleset, needle: &str) -> usize {
 
 const BAD_CHAIN: &str = "KUBE-SEP-BADBADBADBADBADB";
 
+/// A rule on the legacy back end, as a node that used it before holds one.
+const LEGACY_INPUT_RULE: [&str; 9] = [
+    "iptables-legacy",
+    "-w",
+    "5",
+    "-A",
+    "INPUT",
+    "-s",
+    "192.0.2.1",
+    "-j",
+    "ACCEPT",
+];
+
 /// A node whose kernel holds the render of some Services, and the error of the full sync that
 /// tried to add one bad rule.
 struct Refused {
@@ -713,17 +726,7 @@ async fn detect_backend_follows_kubelet_then_rule_counts() {
         Case {
             tag: "legacy-rules",
             setup: &[
-                &[
-                    "iptables-legacy",
-                    "-w",
-                    "5",
-                    "-A",
-                    "INPUT",
-                    "-s",
-                    "192.0.2.1",
-                    "-j",
-                    "ACCEPT",
-                ],
+                &LEGACY_INPUT_RULE,
                 &[
                     "iptables-legacy",
                     "-w",
@@ -973,17 +976,7 @@ async fn detection_never_decides_from_a_failed_read() {
     for c in &cases {
         let ns = Netns::new(c.tag);
         if c.legacy_rules {
-            ns.exec_ok([
-                "iptables-legacy",
-                "-w",
-                "5",
-                "-A",
-                "INPUT",
-                "-s",
-                "192.0.2.1",
-                "-j",
-                "ACCEPT",
-            ]);
+            ns.exec_ok(LEGACY_INPUT_RULE);
         }
         if c.nft_canary {
             ns.exec_ok(["iptables-nft", "-t", "mangle", "-N", "KUBE-KUBELET-CANARY"]);
