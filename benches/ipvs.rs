@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use proxier::ipvs::{FakeIpvs, IpvsSyncConfig, IpvsSyncer};
-use rulegen::ipvs::IpvsConfig;
+use rulegen::render::ipvs::IpvsConfig;
 
 mod support;
 
@@ -22,8 +22,8 @@ fn bench_ipvs(c: &mut Criterion) {
     for services in [1_000u32, 10_000, 50_000] {
         let model = synthetic_model(services, 10);
         let changed = one_endpoint_changed(&model, 1);
-        let a = rulegen::ipvs::render(&model, &cfg, &ipvs).unwrap();
-        let b = rulegen::ipvs::render(&changed, &cfg, &ipvs).unwrap();
+        let a = rulegen::render::ipvs::render(&model, &cfg, &ipvs).unwrap();
+        let b = rulegen::render::ipvs::render(&changed, &cfg, &ipvs).unwrap();
         eprintln!(
             "ipvs/{services}: {} virtual servers, {} set members, {} bytes of iptables rules",
             a.table.virtual_servers.len(),
@@ -34,7 +34,9 @@ fn bench_ipvs(c: &mut Criterion) {
             group.sample_size(10);
         }
         group.bench_function(format!("{services}x10/render"), |bench| {
-            bench.iter(|| black_box(rulegen::ipvs::render(black_box(&model), &cfg, &ipvs).unwrap()))
+            bench.iter(|| {
+                black_box(rulegen::render::ipvs::render(black_box(&model), &cfg, &ipvs).unwrap())
+            })
         });
         let mut syncer = IpvsSyncer::new(FakeIpvs::new(), IpvsSyncConfig::default());
         let started = Instant::now();

@@ -7,7 +7,7 @@ use std::hint::black_box;
 use std::net::SocketAddr;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use rulegen::trace::{NodeContext, Origin, Packet, SavedRuleset, trace};
+use rulegen::analysis::trace::{NodeContext, Origin, Packet, SavedRuleset, trace};
 
 // Shared with the other benches; this one does not change endpoints.
 #[allow(dead_code)]

@@ -56,7 +56,7 @@ pub fn render(cli: &Cli) -> anyhow::Result<DryRunOutput> {
             .context("cannot render the ruleset")?
             .to_save_text(),
         ProxyMode::Ipvs => {
-            let ipvs = rulegen::ipvs::render(
+            let ipvs = rulegen::render::ipvs::render(
                 &translation.model,
                 &translation.config,
                 &ipvs_config(&settings),
@@ -72,14 +72,14 @@ pub fn render(cli: &Cli) -> anyhow::Result<DryRunOutput> {
 }
 
 /// The IPVS-mode settings of `settings`, as the renderer takes them.
-pub fn ipvs_config(settings: &Settings) -> rulegen::ipvs::IpvsConfig {
-    rulegen::ipvs::IpvsConfig {
+pub fn ipvs_config(settings: &Settings) -> rulegen::render::ipvs::IpvsConfig {
+    rulegen::render::ipvs::IpvsConfig {
         scheduler: settings.ipvs_scheduler.clone(),
     }
 }
 
 /// An IPVS render as the dry run prints it: all three parts under their headers, or one alone.
-fn ipvs_text(ipvs: &rulegen::ipvs::IpvsRender, part: Option<DryRunPart>) -> String {
+fn ipvs_text(ipvs: &rulegen::render::ipvs::IpvsRender, part: Option<DryRunPart>) -> String {
     let mut out = String::new();
     let parts = match part {
         Some(p) => vec![p],

@@ -1,6 +1,6 @@
 //! `explain SERVICE`: what this node's iptables rules (or, with `--proxy-mode ipvs`, its IPVS
 //! virtual servers, ipsets and rules) do with one Service, for a person (aligned text) or a tool
-//! (`--output json`). The analysis is `rulegen::explain` (`rulegen::explain::ipvs`), built from
+//! (`--output json`). The analysis is `rulegen::analysis::explain` (`rulegen::analysis::explain::ipvs`), built from
 //! the renderer's own decisions; this module finds the Service, resolves the flags as the dry
 //! run does, and formats.
 
@@ -9,8 +9,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
-use rulegen::explain::ipvs::IpvsExplanation;
-use rulegen::explain::{
+use rulegen::analysis::explain::ipvs::IpvsExplanation;
+use rulegen::analysis::explain::{
     EndpointSet, Exclusion, Masquerade, Origin, PathKind, PortExplanation, SetKind, Verdict,
 };
 use rulegen::{IpFamily, Model, TrafficPolicy};
@@ -128,7 +128,7 @@ pub fn render(outer: &Cli, args: &ExplainArgs) -> anyhow::Result<ExplainOutput> 
             let explained: Vec<PortExplanation> = ports
                 .iter()
                 .filter_map(|&i| {
-                    rulegen::explain::explain_port(
+                    rulegen::analysis::explain::explain_port(
                         &translation.model.services[i],
                         &translation.config,
                     )
@@ -144,7 +144,7 @@ pub fn render(outer: &Cli, args: &ExplainArgs) -> anyhow::Result<ExplainOutput> 
         }
         ProxyMode::Ipvs => {
             // The same render the dry run prints, so explain reads what the node would hold.
-            let render = rulegen::ipvs::render(
+            let render = rulegen::render::ipvs::render(
                 &translation.model,
                 &translation.config,
                 &crate::dryrun::ipvs_config(&settings),
@@ -153,7 +153,7 @@ pub fn render(outer: &Cli, args: &ExplainArgs) -> anyhow::Result<ExplainOutput> 
             let explained: Vec<IpvsExplanation> = ports
                 .iter()
                 .filter_map(|&i| {
-                    rulegen::explain::ipvs::explain_port(
+                    rulegen::analysis::explain::ipvs::explain_port(
                         &translation.model.services[i],
                         &translation.config,
                         &render,

@@ -209,7 +209,7 @@ impl Default for Settings {
             masquerade_bit: DEFAULT_MASQUERADE_BIT,
             localhost_nodeports: true,
             mode: ProxyMode::Iptables,
-            ipvs_scheduler: rulegen::ipvs::DEFAULT_SCHEDULER.to_string(),
+            ipvs_scheduler: rulegen::render::ipvs::DEFAULT_SCHEDULER.to_string(),
             ipvs_exclude_cidrs: Vec::new(),
             ipvs_strict_arp: false,
             healthz_bind_address: DEFAULT_HEALTHZ_BIND_ADDRESS.parse().ok(),
@@ -502,7 +502,7 @@ fn resolve(
 ) -> anyhow::Result<Settings> {
     let mode = check_mode(&raw)?;
     let ipvs_scheduler = match raw.ipvs_scheduler.as_deref().map(str::trim) {
-        None | Some("") => rulegen::ipvs::DEFAULT_SCHEDULER.to_string(),
+        None | Some("") => rulegen::render::ipvs::DEFAULT_SCHEDULER.to_string(),
         Some(s) if IPVS_SCHEDULERS.contains(&s) => s.to_string(),
         Some(s) => bail!(
             "{} {s:?} is not an IPVS scheduler (use one of {})",

@@ -1,5 +1,5 @@
 //! `trace`: where one packet goes through this node's rules, rule by rule, with every random
-//! branch and its share. The walk is `rulegen::trace`, over `iptables-save` text — the dry run's
+//! branch and its share. The walk is `rulegen::analysis::trace`, over `iptables-save` text — the dry run's
 //! render of `--objects`, or a saved ruleset from any node (`--ruleset FILE`, with `--ipsets` and
 //! `--ipvs` for an IPVS node), or with neither the node's own kernel (`live`) — so it shows what
 //! the rules do, not what the model meant.
@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 use ipnet::IpNet;
-use rulegen::trace::{
+use rulegen::analysis::trace::{
     Condition, End, Leaf, NodeContext, Origin, Packet, SavedRuleset, SavedSets,
     SavedVirtualServers, Step, Trace, TraceNode, Verdict,
 };
@@ -279,14 +279,14 @@ pub fn render(outer: &Cli, args: &TraceArgs) -> anyhow::Result<TraceOutput> {
         origin,
         in_interface: args.in_interface.clone(),
     };
-    let mut trace = rulegen::trace::trace(&loaded.rules, &packet, &node);
+    let mut trace = rulegen::analysis::trace::trace(&loaded.rules, &packet, &node);
     // Walk again while the walk enters chains not read yet; each round reads at least one
     // more, and a path is only as deep as the chains it jumps through.
     if let Some((fetcher, rt)) = &mut loaded.fetcher {
         while fetcher.read_entered(rt, &trace)? {
             loaded.rules =
                 SavedRuleset::parse(&fetcher.text()).context("cannot read this node's rules")?;
-            trace = rulegen::trace::trace(&loaded.rules, &packet, &node);
+            trace = rulegen::analysis::trace::trace(&loaded.rules, &packet, &node);
         }
     }
     let text = match args.output {
@@ -398,7 +398,7 @@ fn load(
                 None,
             ),
             ProxyMode::Ipvs => {
-                let r = rulegen::ipvs::render(
+                let r = rulegen::render::ipvs::render(
                     &translation.model,
                     &translation.config,
                     &ipvs_config(settings),

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
-use rulegen::restore::{SavedChains, StaleChains, saved_chains};
-use rulegen::retain::plan_chunks;
+use rulegen::sync::restore::{SavedChains, StaleChains, saved_chains};
+use rulegen::sync::retain::plan_chunks;
 use rulegen::{AppliedState, Retain, Ruleset};
 use thiserror::Error;
 
@@ -233,7 +233,7 @@ impl IptablesApplier {
     /// memory: `lean` is the render with every chain's name and fingerprint but (possibly) no
     /// rule text, and `render` re-renders keeping only the chains a [`Retain`] keeps. The rules
     /// go in chunks of about `chunk_bytes`, one restore each, in an order where every jump
-    /// lands on a chain that exists (see [`rulegen::retain::apply_rank`]); stale chains go
+    /// lands on a chain that exists (see [`rulegen::sync::retain::apply_rank`]); stale chains go
     /// with their table's last chunk.
     ///
     /// Between chunks the node holds a mix of old and new per-service chains, as between two
@@ -343,7 +343,7 @@ impl IptablesApplier {
     /// Ensures the hooks after a full sync's restore and remembers what the kernel now holds.
     async fn finish_full_sync(
         &mut self,
-        hooks: &[rulegen::restore::Hook],
+        hooks: &[rulegen::sync::restore::Hook],
         applied: AppliedState,
         builtins: &BuiltinRules,
         mut report: SyncReport,
@@ -370,7 +370,7 @@ impl IptablesApplier {
         self.applied.clone()
     }
 
-    /// Sends only what changed since the last successful sync (see [`rulegen::partial`]): the
+    /// Sends only what changed since the last successful sync (see [`rulegen::sync::partial`]): the
     /// changed and new chains, the removed ones deleted, nothing read back. The same restore
     /// checks each table's `KUBE-PROXY-CANARY` and hooks; when they are gone (someone flushed
     /// the tables) the partial restore fails and a full sync runs at once. A full sync also

@@ -153,13 +153,13 @@ impl Iptables {
         }
     }
 
-    /// One table as `--cleanup` needs it ([`rulegen::cleanup::cleanup_payload`]): every
+    /// One table as `--cleanup` needs it ([`rulegen::sync::cleanup::cleanup_payload`]): every
     /// chain's declaration, the rules of the built-in chains (the hooks to delete) and of other
     /// components' chains, and of every kube-proxy chain those use, with what that uses in
     /// turn (such chains are left in place). On the nft back end kube-proxy's own chains are
     /// otherwise not read: at 10,000 Services that is 110,000 chains nobody needs the rules of.
     pub async fn read_table_for_cleanup(&self, table: &str) -> Result<String, CommandError> {
-        use rulegen::cleanup::owned;
+        use rulegen::sync::cleanup::owned;
         if self.backend == Backend::Legacy {
             let mut all = self.read_tables(&[table], &|_, _| true).await?;
             return Ok(all.pop().unwrap_or_default());

@@ -1,6 +1,6 @@
 //! UDP conntrack cleanup over ctnetlink, as upstream's reconciler does it
 //! (`pkg/proxy/conntrack/cleanup.go`): after a sync, one dump of the family's UDP flows, each
-//! judged by [`rulegen::conntrack::Lookup::is_stale`], then one deletion per stale flow — O(flows)
+//! judged by [`rulegen::sync::conntrack::Lookup::is_stale`], then one deletion per stale flow — O(flows)
 //! and a single pass over the table, with no `conntrack` binary.
 //!
 //! The socket is a blocking `NETLINK_NETFILTER` one opened by each call, so everything acts on
@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use netlink_packet_core::{NLM_F_ACK, NLM_F_REQUEST};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 use rulegen::IpFamily;
-use rulegen::conntrack::{Flow, Lookup};
+use rulegen::sync::conntrack::{Flow, Lookup};
 use thiserror::Error;
 
 pub use codec::ConntrackEntry;
@@ -316,7 +316,9 @@ impl Conntrack {
                     return;
                 }
                 match reply {
-                    Reply::Flow(Some(e)) if e.flow.proto == rulegen::conntrack::IPPROTO_UDP => {
+                    Reply::Flow(Some(e))
+                        if e.flow.proto == rulegen::sync::conntrack::IPPROTO_UDP =>
+                    {
                         seen += 1;
                         each(&e);
                     }

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use rulegen::restore::{Hook, split_args};
+use rulegen::sync::restore::{Hook, split_args};
 use thiserror::Error;
 
 use crate::command::CommandError;

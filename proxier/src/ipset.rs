@@ -9,8 +9,8 @@
 use std::time::{Duration, Instant};
 
 use rulegen::IpFamily;
-use rulegen::ipvs::IpSets;
-use rulegen::ipvs::ipsets::temp_set_name;
+use rulegen::render::ipvs::IpSets;
+use rulegen::render::ipvs::ipsets::temp_set_name;
 use thiserror::Error;
 
 use crate::command::{CommandError, Launcher};

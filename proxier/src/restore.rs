@@ -265,7 +265,7 @@ fn comment_of(line: &str) -> Option<String> {
     if !line.contains("--comment") {
         return None;
     }
-    let args = rulegen::restore::split_args(line);
+    let args = rulegen::sync::restore::split_args(line);
     let i = args.iter().position(|a| a == "--comment")?;
     args.get(i + 1).cloned()
 }

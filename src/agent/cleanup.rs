@@ -11,7 +11,7 @@ use proxier::interface::{DummyInterface, IPVS_INTERFACE};
 use proxier::ipvs::{IpvsSocket, IpvsSyncConfig, IpvsSyncer};
 use proxier::{Family, Iptables, Launcher};
 use rulegen::IpFamily;
-use rulegen::ipvs::{IpvsTable, SetId};
+use rulegen::render::ipvs::{IpvsTable, SetId};
 
 use crate::Settings;
 
@@ -66,7 +66,7 @@ async fn cleanup(settings: &Settings) -> Vec<anyhow::Error> {
                     continue;
                 }
             };
-            if let Some(payload) = rulegen::cleanup::cleanup_payload(&saved) {
+            if let Some(payload) = rulegen::sync::cleanup::cleanup_payload(&saved) {
                 match ipt.restore(&payload).await {
                     Ok(()) => tracing::info!(
                         table,

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use proxier::ConntrackReport;
-use rulegen::conntrack::Lookup;
+use rulegen::sync::conntrack::Lookup;
 use rulegen::{Model, RenderConfig};
 
 /// What the reconciler remembers between syncs: the lookup of the last successful pass, so a

@@ -14,7 +14,7 @@ use proxier::interface::{DummyInterface, IPVS_INTERFACE, local_addresses_except}
 use proxier::ipvs::{IpvsError, IpvsSocket, IpvsSyncConfig, IpvsSyncReport, IpvsSyncer};
 use proxier::{Ipset, IptablesApplier, Launcher};
 use rulegen::IpFamily;
-use rulegen::ipvs::IpvsTable;
+use rulegen::render::ipvs::IpvsTable;
 
 use crate::settings::Settings;
 use crate::translate::Translation;
@@ -25,7 +25,7 @@ const IPSET_TIMEOUT: Duration = Duration::from_secs(120);
 /// What IPVS mode keeps between syncs: the netlink syncer (with its draining list) and the tools.
 pub struct IpvsDataplane {
     family: IpFamily,
-    config: rulegen::ipvs::IpvsConfig,
+    config: rulegen::render::ipvs::IpvsConfig,
     // Taken out while a blocking netlink exchange runs on the blocking pool.
     syncer: Option<IpvsSyncer<IpvsSocket>>,
     sync_config: IpvsSyncConfig,
@@ -33,7 +33,7 @@ pub struct IpvsDataplane {
     interface: DummyInterface,
     // The sets the kernel was last given, so a sync writes only the sets that changed; cleared
     // after a failure and by `forget_applied` (the hourly full sync), which rewrite them all.
-    applied_sets: Option<rulegen::ipvs::IpSets>,
+    applied_sets: Option<rulegen::render::ipvs::IpSets>,
     wrote_all: bool,
     // Whether the last sync's iptables restore failed (for the restore-failures metric).
     restore_failed: bool,
@@ -122,7 +122,7 @@ impl IpvsDataplane {
                 tracing::warn!("cannot list the node's addresses ({e}); using the Node object's")
             }
         }
-        let render = rulegen::ipvs::render(&translation.model, &cfg, &self.config)
+        let render = rulegen::render::ipvs::render(&translation.model, &cfg, &self.config)
             .context("cannot render the IPVS dataplane")?;
         let mut summary = IpvsSyncSummary {
             virtual_servers: render.table.virtual_servers.len(),

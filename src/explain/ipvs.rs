@@ -1,14 +1,14 @@
-//! `explain` in IPVS mode: formats `rulegen::explain::ipvs`'s reading of the IPVS render as
+//! `explain` in IPVS mode: formats `rulegen::analysis::explain::ipvs`'s reading of the IPVS render as
 //! aligned text or JSON, in the iptables-mode output's layout where the two say the same thing.
 
 use std::fmt::Write as _;
 
 use rulegen::TrafficPolicy;
-use rulegen::explain::ipvs::{
+use rulegen::analysis::explain::ipvs::{
     IpvsExplanation, IpvsMasquerade, IpvsOrigin, IpvsPath, IpvsVerdict, Membership, Selection,
     addr_port, scheduler_flags,
 };
-use rulegen::ipvs::VirtualServer;
+use rulegen::render::ipvs::VirtualServer;
 use serde_json::{Value, json};
 
 use super::{Header, conditions, exclusion, exclusion_json, path_kind, table, write_header};

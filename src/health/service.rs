@@ -10,7 +10,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use hyper::header::{HeaderName, HeaderValue};
-use rulegen::{IpFamily, Model, RenderConfig, endpoints};
+use rulegen::plan::endpoints;
+use rulegen::{IpFamily, Model, RenderConfig};
 use tokio::task::JoinHandle;
 
 use super::{ProxyHealth, http};

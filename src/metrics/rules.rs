@@ -114,7 +114,7 @@ impl RuleCounts {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rulegen::chains::ChainName;
+    use rulegen::render::iptables::chains::ChainName;
     use rulegen::{AppliedState, Retain, Table};
     use std::sync::Arc;
 

@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use proxier::{Backend, Family, Ipset, Iptables, IpvsHandle, IpvsSocket, Launcher, detect_backend};
 use rulegen::IpFamily;
-use rulegen::trace::virtual_servers::SavedVirtualServer;
-use rulegen::trace::{SavedSets, SavedVirtualServers};
+use rulegen::analysis::trace::virtual_servers::SavedVirtualServer;
+use rulegen::analysis::trace::{SavedSets, SavedVirtualServers};
 
 /// What the kernel holds, as the tracer reads it.
 pub(super) struct LiveNode {
@@ -100,20 +100,20 @@ impl ChainFetcher {
     pub(super) fn read_entered(
         &mut self,
         rt: &tokio::runtime::Runtime,
-        trace: &rulegen::trace::Trace,
+        trace: &rulegen::analysis::trace::Trace,
     ) -> anyhow::Result<bool> {
         let mut wanted = BTreeSet::new();
         let mut todo = vec![&trace.root];
         while let Some(node) = todo.pop() {
             for step in &node.steps {
-                if let rulegen::trace::Step::Rule { table, text, .. } = step
+                if let rulegen::analysis::trace::Step::Rule { table, text, .. } = step
                     && let Some(to) = jump_target(text)
                     && !self.read.contains(&(table.clone(), to.to_string()))
                 {
                     wanted.insert((table.clone(), to.to_string()));
                 }
             }
-            if let rulegen::trace::End::Branches(b) = &node.end {
+            if let rulegen::analysis::trace::End::Branches(b) = &node.end {
                 todo.extend(b.iter().map(|b| &b.node));
             }
         }

@@ -160,8 +160,8 @@ fn golden_ipvs_ipsets_survive_the_kernel_round_trip() {
         }
         let saved = ns.exec_ok(["ipset", "save"]);
         let (ours, kernel) = (
-            rulegen::ipvs::ipsets::comparable_save(&part),
-            rulegen::ipvs::ipsets::comparable_save(&saved),
+            rulegen::render::ipvs::ipsets::comparable_save(&part),
+            rulegen::render::ipvs::ipsets::comparable_save(&saved),
         );
         if ours != kernel {
             failures.push(format!(

@@ -224,7 +224,7 @@ fn analysis_chains_exist_in_the_render_for_every_case() {
             let t = kube_proxy_rs::load_model(&cli.objects, &settings).unwrap();
             let mut health_ports = BTreeSet::new();
             for sp in &t.model.services {
-                let Some(x) = rulegen::explain::explain_port(sp, &t.config) else {
+                let Some(x) = rulegen::analysis::explain::explain_port(sp, &t.config) else {
                     continue;
                 };
                 health_ports.extend(x.health_check_node_port);
@@ -414,7 +414,7 @@ fn ipvsadm_lines(
 /// a route matches on is a set or chain the dry run has, and the ports together name all of it.
 #[test]
 fn ipvs_analysis_names_exactly_what_the_dry_run_holds_for_every_case() {
-    use rulegen::explain::ipvs::{addr_port, explain_port, scheduler_flags};
+    use rulegen::analysis::explain::ipvs::{addr_port, explain_port, scheduler_flags};
     let mut checked = 0;
     let mut cases: Vec<PathBuf> = fs::read_dir(root().join("golden"))
         .unwrap()
@@ -444,7 +444,7 @@ fn ipvs_analysis_names_exactly_what_the_dry_run_holds_for_every_case() {
             let want = server_and_member_lines(&save);
             let save_words = words(&save);
             let t = kube_proxy_rs::load_model(&cli.objects, &settings).unwrap();
-            let render = rulegen::ipvs::render(
+            let render = rulegen::render::ipvs::render(
                 &t.model,
                 &t.config,
                 &kube_proxy_rs::dryrun::ipvs_config(&settings),

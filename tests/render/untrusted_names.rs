@@ -251,7 +251,7 @@ fn dry_run(
 fn shape(payload: &str) -> Vec<usize> {
     let mut s: Vec<usize> = payload
         .lines()
-        .map(|l| rulegen::restore::split_args(l).len())
+        .map(|l| rulegen::sync::restore::split_args(l).len())
         .collect();
     s.sort_unstable();
     s

@@ -8,7 +8,7 @@ use std::fs;
 use std::net::IpAddr;
 use std::path::Path;
 
-use rulegen::ipvs::{DEFAULT_SCHEDULER, virtual_servers};
+use rulegen::render::ipvs::{DEFAULT_SCHEDULER, virtual_servers};
 use rulegen::{
     Endpoint, IpFamily, Model, Protocol, RenderConfig, ServicePort, ServicePortName,
     SessionAffinity, TrafficPolicy,
@@ -247,8 +247,8 @@ fn every_golden_ipvs_case_loads_into_a_real_kernel_and_saves_back_unchanged() {
             ));
         }
         let (ours, kernel) = (
-            rulegen::ipvs::ipsets::comparable_save(&p["ipset"]),
-            rulegen::ipvs::ipsets::comparable_save(&got("ipset")),
+            rulegen::render::ipvs::ipsets::comparable_save(&p["ipset"]),
+            rulegen::render::ipvs::ipsets::comparable_save(&got("ipset")),
         );
         if ours != kernel {
             failures.push(format!(
@@ -376,8 +376,8 @@ fn the_agent_applies_ipvs_mode_and_then_only_what_changed() {
             want["ipvsadm"]
         );
         assert_eq!(
-            rulegen::ipvs::ipsets::comparable_save(&k("ipset")),
-            rulegen::ipvs::ipsets::comparable_save(&want["ipset"]),
+            rulegen::render::ipvs::ipsets::comparable_save(&k("ipset")),
+            rulegen::render::ipvs::ipsets::comparable_save(&want["ipset"]),
             "sync {tag}: ipset save"
         );
         let kernel = iptables_tables(&k("iptables"));

@@ -6,7 +6,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use rulegen::IpFamily;
-use rulegen::conntrack::Flow;
+use rulegen::sync::conntrack::Flow;
 
 /// `struct nlmsghdr`'s length.
 pub(crate) const NLMSG_HDRLEN: usize = 16;
@@ -168,7 +168,7 @@ pub(crate) fn dump_request(out: &mut Vec<u8>, seq: u32, family: IpFamily, udp_on
     if udp_only {
         let tuple = w.nest(CTA_TUPLE_ORIG);
         let proto = w.nest(CTA_TUPLE_PROTO);
-        w.attr(CTA_PROTO_NUM, &[rulegen::conntrack::IPPROTO_UDP]);
+        w.attr(CTA_PROTO_NUM, &[rulegen::sync::conntrack::IPPROTO_UDP]);
         w.end_nest(proto);
         w.end_nest(tuple);
         let filter = w.nest(CTA_FILTER);

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use netlink_packet_core::{NLM_F_ACK, NLM_F_MULTIPART, NLM_F_REQUEST};
 use rulegen::IpFamily;
-use rulegen::conntrack::{Flow, IPPROTO_UDP};
+use rulegen::sync::conntrack::{Flow, IPPROTO_UDP};
 
 use super::codec::{self, ConntrackEntry, Reply};
 

@@ -26,8 +26,8 @@ use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use rulegen::ipvs::{IpvsTable, VirtualServer};
 use rulegen::model::Protocol;
+use rulegen::render::ipvs::{IpvsTable, VirtualServer};
 
 use super::attrs::{IP_VS_CONN_F_MASQ, IP_VS_SVC_F_PERSISTENT};
 use super::entry::{IpvsDest, IpvsService, ServiceKey};

@@ -253,7 +253,7 @@ impl FakeIpvs {
         self.services.values().map(|s| s.dests.len()).sum()
     }
 
-    /// The table as `rulegen::ipvs::IpvsTable::to_ipvsadm_text` writes one (`-A`/`-a` lines,
+    /// The table as `rulegen::render::ipvs::IpvsTable::to_ipvsadm_text` writes one (`-A`/`-a` lines,
     /// services by address, port and protocol, destinations by address and port), so a test
     /// can compare the fake with a desired table. Fwmark services come last as `-A -f MARK`.
     pub fn to_ipvsadm(&self) -> String {

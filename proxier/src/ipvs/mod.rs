@@ -1,6 +1,6 @@
 //! IPVS mode's kernel side (issue #6): our own client of the kernel's "IPVS" generic-netlink
 //! family, an in-memory peer with the kernel's semantics for tests, and the syncer that makes
-//! the kernel's table equal to [`rulegen::ipvs::IpvsTable`] by sending only the differences,
+//! the kernel's table equal to [`rulegen::render::ipvs::IpvsTable`] by sending only the differences,
 //! draining removed destinations gracefully as upstream does.
 //!
 //! - [`attrs`]: constants and attribute types (from `include/uapi/linux/ip_vs.h`);

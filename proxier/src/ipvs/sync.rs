@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
-use rulegen::ipvs::IpvsTable;
 use rulegen::model::IpFamily;
+use rulegen::render::ipvs::IpvsTable;
 
 use super::diff::{
     DestKey, DestStep, DrainList, KernelService, KernelView, Removal, ServiceStep, key_of, plan,

@@ -1,5 +1,5 @@
 //! UDP conntrack cleanup (`proxier::conntrack`) against the real kernel, each test in network
-//! namespaces it creates (`support::Netns`, deleted on drop, also on panic).
+//! namespaces it creates (`testkit::Netns`, deleted on drop, also on panic).
 //!
 //! The reconciler opens its ctnetlink socket in the calling thread's namespace, so it runs on
 //! a thread of its own that first enters the test's node namespace (`setns`) and checks it got
@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use proxier::conntrack::{self, Conntrack};
 use proxier::{Backend, Family, IptablesApplier, Launcher};
-use rulegen::conntrack::Lookup;
+use rulegen::sync::conntrack::Lookup;
 use rulegen::{
     Endpoint, IpFamily, LocalDetector, Model, Protocol, RenderConfig, ServicePort, ServicePortName,
 };
@@ -543,7 +543,7 @@ fn among_many_flows_only_the_stale_ones_go() {
                 .unwrap()
                 .to_string()
         };
-        let flow = rulegen::conntrack::Flow {
+        let flow = rulegen::sync::conntrack::Flow {
             proto: 17,
             orig_src: ip(&get("src=", 0)),
             orig_dst: ip(&get("dst=", 0)),

@@ -1,5 +1,5 @@
 //! `kube-ipvs0` over rtnetlink against the real kernel, each test in a network namespace it
-//! creates (`support::Netns`, deleted on drop, also on panic).
+//! creates (`testkit::Netns`, deleted on drop, also on panic).
 //!
 //! The code under test opens its rtnetlink socket in the calling thread's namespace, so each
 //! test runs it on a thread of its own that first enters the test's namespace (`setns`) and

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use proxier::{Ipset, IpsetError, Launcher};
-use rulegen::ipvs::{IpSets, SetId};
+use rulegen::render::ipvs::{IpSets, SetId};
 use rulegen::{
     Endpoint, IpFamily, Model, Protocol, RenderConfig, ServicePort, ServicePortName, TrafficPolicy,
 };
@@ -98,8 +98,8 @@ async fn the_kernel_holds_exactly_the_rendered_sets_after_each_restore() {
                 .map(|l| format!("{l}\n"))
                 .collect();
             assert_eq!(
-                rulegen::ipvs::ipsets::comparable_save(&ours),
-                rulegen::ipvs::ipsets::comparable_save(&want.to_save_text()),
+                rulegen::render::ipvs::ipsets::comparable_save(&ours),
+                rulegen::render::ipvs::ipsets::comparable_save(&want.to_save_text()),
                 "{family:?} n={n}"
             );
             assert!(!saved.contains("TMP"), "a temporary set was left:\n{saved}");
@@ -199,8 +199,8 @@ async fn a_refused_set_holds_back_no_other_set() {
     };
     let others = |name: &str| name != "KUBE-LOAD-BALANCER-SOURCE-CIDR";
     assert_eq!(
-        rulegen::ipvs::ipsets::comparable_save(&only(&saved, &others)),
-        rulegen::ipvs::ipsets::comparable_save(&only(&good.to_save_text(), &others)),
+        rulegen::render::ipvs::ipsets::comparable_save(&only(&saved, &others)),
+        rulegen::render::ipvs::ipsets::comparable_save(&only(&good.to_save_text(), &others)),
         "the sets other than the refused one are not what was rendered"
     );
     // The refused set exists (the rules name it) and kept what it had: nothing.
@@ -210,7 +210,7 @@ async fn a_refused_set_holds_back_no_other_set() {
     ipset.restore(&good, None).await.unwrap();
     let saved = ipset.save().await.unwrap();
     assert_eq!(
-        rulegen::ipvs::ipsets::comparable_save(&saved),
-        rulegen::ipvs::ipsets::comparable_save(&good.to_save_text())
+        rulegen::render::ipvs::ipsets::comparable_save(&saved),
+        rulegen::render::ipvs::ipsets::comparable_save(&good.to_save_text())
     );
 }

@@ -1,5 +1,5 @@
 //! The applier against the real kernel, for both iptables back ends, each test in network
-//! namespaces it creates (`support::Netns`, deleted on drop, also on panic).
+//! namespaces it creates (`testkit::Netns`, deleted on drop, also on panic).
 //!
 //! How the tools reach the namespace: every command the proxier runs goes through a
 //! [`Launcher`] with the prefix `ip netns exec <ns>` and the namespace's own `XTABLES_LOCKFILE`,
@@ -15,9 +15,9 @@ use proxier::{
     ApplyError, Backend, CommandError, Evidence, Family, IptablesApplier, Launcher, Rejected,
     RestoreError, SyncKind, detect_backend, detect_backend_within,
 };
-use rulegen::chains::ChainName;
-use rulegen::restore::saved_chains;
+use rulegen::render::iptables::chains::ChainName;
 use rulegen::scenario::{self, Scenario};
+use rulegen::sync::restore::saved_chains;
 use rulegen::{
     Endpoint, IpFamily, LocalDetector, Model, Protocol, RenderConfig, Ruleset, ServicePort,
     ServicePortName, Table,
@@ -558,7 +558,8 @@ async fn hooks_are_repaired_in_place_and_foreign_rules_stay(backend: Backend, fa
     );
 
     // Delete the second hook and put a foreign rule right where it was.
-    let second = rulegen::restore::split_args(input_hooks[1].strip_prefix("-A INPUT ").unwrap());
+    let second =
+        rulegen::sync::restore::split_args(input_hooks[1].strip_prefix("-A INPUT ").unwrap());
     let mut del = vec![
         ipt.clone(),
         "-w".into(),

@@ -7,8 +7,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use proxier::ipvs::{FakeIpvs, IpvsHandle, IpvsSyncConfig, IpvsSyncer, ServiceKey};
-use rulegen::ipvs::{IpvsTable, RealServer, VirtualServer};
 use rulegen::model::Protocol;
+use rulegen::render::ipvs::{IpvsTable, RealServer, VirtualServer};
 
 /// A small deterministic generator (64-bit LCG), so failures replay.
 struct Rng(u64);

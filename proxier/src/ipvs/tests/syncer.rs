@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use rulegen::ipvs::{IpvsTable, RealServer, VirtualServer};
 use rulegen::model::{IpFamily, Protocol};
+use rulegen::render::ipvs::{IpvsTable, RealServer, VirtualServer};
 
 use crate::ipvs::attrs::{IP_VS_CONN_F_DROUTE, IP_VS_SVC_F_PERSISTENT, IP_VS_SVC_F_SCHED_SH_PORT};
 use crate::ipvs::diff::{DrainList, KernelService, KernelView, plan};
