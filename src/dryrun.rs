@@ -12,9 +12,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 
-use crate::cli::{Cli, DryRunPart};
+use crate::cli::Cli;
 use crate::objects;
-use crate::settings::{ProxyMode, Settings};
+use crate::settings::{DryRunPart, ProxyMode, Settings};
 use crate::translate::{self, Translation};
 use crate::warning::Warning;
 

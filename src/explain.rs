@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use clap::{Parser, ValueEnum};
+use clap::ValueEnum;
 use rulegen::analysis::explain::ipvs::IpvsExplanation;
 use rulegen::analysis::explain::{
     EndpointSet, Exclusion, Masquerade, Origin, PathKind, PortExplanation, SetKind, Verdict,
@@ -16,13 +16,12 @@ use rulegen::analysis::explain::{
 use rulegen::{IpFamily, Model, TrafficPolicy};
 use serde_json::{Value, json};
 
-use crate::cli::Cli;
 use crate::dryrun::load_model;
-use crate::settings::{ProxyMode, Settings};
+use crate::settings::{Flags, ProxyMode, Settings};
 
 mod ipvs;
 
-/// `explain`'s own arguments; the node flags follow SERVICE and are parsed as the top level's.
+/// `explain`'s arguments: SERVICE, `--output`, and the node flags (before or after SERVICE).
 #[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
 pub struct ExplainArgs {
     /// NAMESPACE/NAME, or NAMESPACE/NAME:PORT (a port name or number).
@@ -33,12 +32,8 @@ pub struct ExplainArgs {
     pub output: OutputFormat,
 
     /// The dry run's flags: --objects PATH …, --hostname-override NODE, --cluster-cidr CIDR, --config FILE, ….
-    #[arg(
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "FLAGS"
-    )]
-    pub flags: Vec<String>,
+    #[command(flatten)]
+    pub flags: Flags,
 }
 
 /// `explain --output`.
@@ -60,58 +55,25 @@ pub struct ExplainOutput {
     pub warnings: Vec<crate::Warning>,
 }
 
-/// Splits `--output X`/`--output=X` out of the trailing flags (they may follow the node flags).
-fn take_output(
-    flags: &[String],
-    mut output: OutputFormat,
-) -> anyhow::Result<(Vec<String>, OutputFormat)> {
-    let mut rest = Vec::new();
-    let mut it = flags.iter();
-    while let Some(f) = it.next() {
-        let value = if f == "--output" {
-            it.next()
-                .context("--output needs a value: text or json")?
-                .clone()
-        } else if let Some(v) = f.strip_prefix("--output=") {
-            v.to_string()
-        } else {
-            rest.push(f.clone());
-            continue;
-        };
-        output = OutputFormat::from_str(&value, false)
-            .map_err(|_| anyhow::anyhow!("--output {value:?}: use text or json"))?;
-    }
-    Ok((rest, output))
-}
-
 /// Runs `explain` without printing anything: resolves the flags, loads and translates the objects,
 /// finds the Service and formats its explanation.
-pub fn render(outer: &Cli, args: &ExplainArgs) -> anyhow::Result<ExplainOutput> {
-    let bare = Cli {
-        command: outer.command.clone(),
-        ..Cli::default()
-    };
-    if *outer != bare {
+pub fn render(outer: &Flags, args: &ExplainArgs) -> anyhow::Result<ExplainOutput> {
+    if !outer.is_default() {
         bail!(
             "give the node flags after `explain SERVICE` (kube-proxy-rs explain NS/NAME --objects PATH …)"
         );
     }
-    let (flags, output) = take_output(&args.flags, args.output)?;
-    let cli =
-        Cli::try_parse_from(std::iter::once("kube-proxy-rs explain".to_string()).chain(flags))
-            .map_err(|e| {
-                let text = e.render().to_string();
-                anyhow::anyhow!("{}", text.trim_start_matches("error: ").trim_end())
-            })?;
-    let (settings, mut warnings) = Settings::from_cli(&cli)?;
-    let translation = if cli.objects.is_empty() {
+    let flags = &args.flags;
+    let output = args.output;
+    let (settings, mut warnings) = Settings::from_flags(flags)?;
+    let translation = if flags.objects.is_empty() {
         // No files: the cluster's objects, listed once as the agent would.
-        crate::agent::api::fetch_translation(&cli, &settings).context(
+        crate::agent::api::fetch_translation(flags, &settings).context(
             "explain reads --objects PATH (a YAML/JSON file or a directory) or the API server \
              (--kubeconfig FILE, KUBECONFIG, or in a pod)",
         )?
     } else {
-        load_model(&cli.objects, &settings)?
+        load_model(&flags.objects, &settings)?
     };
     warnings.extend(translation.warnings);
     let ports = select(&translation.model, &args.service)?;
@@ -180,7 +142,7 @@ fn pretty(v: &Value) -> anyhow::Result<String> {
 }
 
 /// Runs `explain` and prints it; exit 1 (with close matches) when the Service is not found.
-pub fn run(outer: &Cli, args: &ExplainArgs) -> ExitCode {
+pub fn run(outer: &Flags, args: &ExplainArgs) -> ExitCode {
     crate::dryrun::print_output(render(outer, args).map(|out| (out.text, out.warnings)))
 }
 
@@ -721,11 +683,25 @@ mod tests {
 
     #[test]
     fn output_flag_is_found_among_the_node_flags() {
-        let flags: Vec<String> = ["--objects", "x", "--output=json"]
-            .map(String::from)
-            .to_vec();
-        let (rest, out) = take_output(&flags, OutputFormat::Text).unwrap();
-        assert_eq!(rest, ["--objects", "x"]);
-        assert_eq!(out, OutputFormat::Json);
+        #[derive(clap::Parser)]
+        struct Explain {
+            #[command(flatten)]
+            args: ExplainArgs,
+        }
+        let parsed = <Explain as clap::Parser>::try_parse_from([
+            "explain",
+            "--objects",
+            "x",
+            "ns/web",
+            "--output=json",
+            "--masquerade-all",
+        ])
+        .unwrap();
+        assert_eq!(parsed.args.output, OutputFormat::Json);
+        assert_eq!(parsed.args.flags.objects, [std::path::PathBuf::from("x")]);
+        assert_eq!(
+            parsed.args.flags.configuration.iptables.masquerade_all,
+            Some(true)
+        );
     }
 }

@@ -2,14 +2,13 @@
 //!
 //! This library holds the binary's steps so tests, benches and property tests can call them:
 //! objects ([`objects`]) → model ([`translate`]) → rules (the `rulegen` crate), driven by the
-//! command line ([`cli`], [`settings`], [`config`]) and run by [`dryrun`].
+//! command line ([`cli`], [`settings`]) and run by [`dryrun`].
 
 #![warn(missing_docs)]
 
 pub mod addr;
 pub mod agent;
 pub mod cli;
-pub mod config;
 pub mod dryrun;
 pub mod explain;
 pub mod health;
@@ -34,16 +33,16 @@ pub use warning::Warning;
 /// its exit status.
 pub fn run(cli: &Cli) -> ExitCode {
     if let Some(cli::Command::Explain(args)) = &cli.command {
-        return explain::run(cli, args);
+        return explain::run(&cli.flags, args);
     }
     if let Some(cli::Command::Trace(args)) = &cli.command {
-        return trace::run(cli, args);
+        return trace::run(&cli.flags, args);
     }
     if cli.dry_run {
         return dryrun::run(cli);
     }
     if let Some(path) = &cli.write_config_to {
-        return config::write_effective(cli, path);
+        return settings::write::write_effective(&cli.flags, path);
     }
     if cli.init_only {
         return agent::run_init_only(cli);

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use clap::{Parser, ValueEnum};
+use clap::ValueEnum;
 use ipnet::IpNet;
 use rulegen::analysis::trace::{
     Condition, End, Leaf, NodeContext, Origin, Packet, SavedRuleset, SavedSets,
@@ -20,10 +20,9 @@ use rulegen::analysis::trace::{
 };
 use serde_json::{Value, json};
 
-use crate::cli::{Cli, IpFamilyArg};
 use crate::dryrun::{ipvs_config, load_model};
 use crate::explain::OutputFormat;
-use crate::settings::{ProxyMode, Settings};
+use crate::settings::{Flags, ProxyMode, Settings};
 
 mod live;
 
@@ -76,13 +75,8 @@ pub struct TraceArgs {
     pub output: OutputFormat,
 
     /// The dry run's flags: --objects PATH …, --hostname-override NODE, --cluster-cidr CIDR, --config FILE, ….
-    #[arg(
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "FLAGS",
-        hide = true
-    )]
-    pub flags: Vec<String>,
+    #[command(flatten)]
+    pub flags: Flags,
 }
 
 /// `trace --proto`.
@@ -115,44 +109,6 @@ pub struct TraceOutput {
     pub text: String,
     /// Warnings for stderr.
     pub warnings: Vec<crate::Warning>,
-}
-
-/// The own flags that may also come after the node flags, and whether they take a value.
-const OWN_FLAGS: &[&str] = &[
-    "src",
-    "dst",
-    "proto",
-    "from",
-    "ruleset",
-    "ipsets",
-    "ipvs",
-    "local-address",
-    "in-interface",
-    "output",
-];
-
-/// Moves `trace`'s own flags out of the trailing node flags, so order does not matter.
-fn split_flags(flags: &[String]) -> (Vec<String>, Vec<String>) {
-    let mut own = Vec::new();
-    let mut rest = Vec::new();
-    let mut it = flags.iter();
-    while let Some(f) = it.next() {
-        let name = f
-            .strip_prefix("--")
-            .map(|n| n.split('=').next().unwrap_or(n));
-        match name {
-            Some(n) if OWN_FLAGS.contains(&n) => {
-                own.push(f.clone());
-                if !f.contains('=')
-                    && let Some(v) = it.next()
-                {
-                    own.push(v.clone());
-                }
-            }
-            _ => rest.push(f.clone()),
-        }
-    }
-    (own, rest)
 }
 
 /// `IP`, `IP:PORT`, `[IPv6]:PORT` or a bare IPv6 address.
@@ -199,30 +155,12 @@ fn read(path: &PathBuf, what: &str) -> anyhow::Result<String> {
 }
 
 /// Runs `trace` without printing anything.
-pub fn render(outer: &Cli, args: &TraceArgs) -> anyhow::Result<TraceOutput> {
-    let bare = Cli {
-        command: outer.command.clone(),
-        ..Cli::default()
-    };
-    if *outer != bare {
+pub fn render(outer: &Flags, args: &TraceArgs) -> anyhow::Result<TraceOutput> {
+    if !outer.is_default() {
         bail!(
             "give the node flags after `trace` (kube-proxy-rs trace --src … --dst … --objects PATH …)"
         );
     }
-    let (own, rest) = split_flags(&args.flags);
-    let args = if own.is_empty() {
-        args.clone()
-    } else {
-        // Re-parse with the late own flags first; given twice is then clap's error.
-        let mut argv: Vec<String> = vec!["trace".into()];
-        argv.extend(unsplit(args));
-        argv.extend(own);
-        let parsed = TraceCommand::try_parse_from(argv).map_err(clap_error)?;
-        TraceArgs {
-            flags: Vec::new(),
-            ..parsed.args
-        }
-    };
     let src = parse_endpoint(
         args.src.as_deref().context("trace needs --src IP[:PORT]")?,
         "--src",
@@ -236,15 +174,13 @@ pub fn render(outer: &Cli, args: &TraceArgs) -> anyhow::Result<TraceOutput> {
     if src.is_ipv4() != dst.is_ipv4() {
         bail!("--src {src} and --dst {dst} are of different address families");
     }
-    let mut cli =
-        Cli::try_parse_from(std::iter::once("kube-proxy-rs trace".to_string()).chain(rest))
-            .map_err(clap_error)?;
+    let mut flags = args.flags.clone();
     if dst.is_ipv6() {
         // An IPv6 packet is traced through the IPv6 rules.
-        cli.ip_family = IpFamilyArg::Ipv6;
+        flags.ip_family = rulegen::IpFamily::V6;
     }
-    let (settings, mut warnings) = Settings::from_cli(&cli)?;
-    let mut loaded = load(&cli, &settings, &args, &mut warnings)?;
+    let (settings, mut warnings) = Settings::from_flags(&flags)?;
+    let mut loaded = load(&flags, &settings, args, &mut warnings)?;
     let mut local: Vec<IpNet> = loaded.node_ips.iter().map(|ip| IpNet::from(*ip)).collect();
     for a in &args.local_address {
         let ip: IpAddr = a
@@ -300,64 +236,8 @@ pub fn render(outer: &Cli, args: &TraceArgs) -> anyhow::Result<TraceOutput> {
     Ok(TraceOutput { text, warnings })
 }
 
-/// A parser for re-reading `trace`'s own flags.
-#[derive(Parser)]
-#[command(name = "kube-proxy-rs trace")]
-struct TraceCommand {
-    #[command(flatten)]
-    args: TraceArgs,
-}
-
-/// `args`'s own flags back as command-line words (the ones clap parsed before the node flags).
-fn unsplit(args: &TraceArgs) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut push = |flag: &str, v: Option<String>| {
-        if let Some(v) = v {
-            out.push(format!("--{flag}={v}"));
-        }
-    };
-    push("src", args.src.clone());
-    push("dst", args.dst.clone());
-    if args.proto != ProtoArg::Tcp {
-        push(
-            "proto",
-            args.proto
-                .to_possible_value()
-                .map(|v| v.get_name().to_string()),
-        );
-    }
-    push(
-        "from",
-        args.from
-            .and_then(|f| f.to_possible_value())
-            .map(|v| v.get_name().to_string()),
-    );
-    push(
-        "ruleset",
-        args.ruleset.as_ref().map(|p| p.display().to_string()),
-    );
-    push(
-        "ipsets",
-        args.ipsets.as_ref().map(|p| p.display().to_string()),
-    );
-    push("ipvs", args.ipvs.as_ref().map(|p| p.display().to_string()));
-    for a in &args.local_address {
-        push("local-address", Some(a.clone()));
-    }
-    push("in-interface", args.in_interface.clone());
-    if args.output != OutputFormat::Text {
-        push("output", Some("json".into()));
-    }
-    out
-}
-
-fn clap_error(e: clap::Error) -> anyhow::Error {
-    let text = e.render().to_string();
-    anyhow::anyhow!("{}", text.trim_start_matches("error: ").trim_end())
-}
-
 fn load(
-    cli: &Cli,
+    cli: &Flags,
     settings: &Settings,
     args: &TraceArgs,
     warnings: &mut Vec<crate::Warning>,
@@ -466,7 +346,7 @@ fn load(
 }
 
 /// Runs `trace` and prints it.
-pub fn run(outer: &Cli, args: &TraceArgs) -> ExitCode {
+pub fn run(outer: &Flags, args: &TraceArgs) -> ExitCode {
     crate::dryrun::print_output(render(outer, args).map(|out| (out.text, out.warnings)))
 }
 
@@ -903,7 +783,13 @@ mod tests {
 
     #[test]
     fn own_flags_are_taken_from_anywhere_among_the_node_flags() {
-        let flags: Vec<String> = [
+        #[derive(clap::Parser)]
+        struct Trace {
+            #[command(flatten)]
+            args: TraceArgs,
+        }
+        let parsed = <Trace as clap::Parser>::try_parse_from([
+            "trace",
             "--objects",
             "x.yaml",
             "--dst",
@@ -911,13 +797,16 @@ mod tests {
             "--hostname-override",
             "n",
             "--from=pod",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let (own, rest) = split_flags(&flags);
-        assert_eq!(own, ["--dst", "10.0.0.1:80", "--from=pod"]);
-        assert_eq!(rest, ["--objects", "x.yaml", "--hostname-override", "n"]);
+        ])
+        .unwrap();
+        let args = parsed.args;
+        assert_eq!(args.dst.as_deref(), Some("10.0.0.1:80"));
+        assert_eq!(args.from, Some(FromArg::Pod));
+        assert_eq!(args.flags.objects, [PathBuf::from("x.yaml")]);
+        assert_eq!(
+            args.flags.configuration.hostname_override.as_deref(),
+            Some("n")
+        );
     }
 
     #[test]

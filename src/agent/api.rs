@@ -14,10 +14,9 @@ use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
-use crate::cli::Cli;
 use crate::metrics::{Change, Metrics, changes};
 use crate::objects::{Objects, Origin};
-use crate::settings::Settings;
+use crate::settings::{Flags, Settings};
 use crate::translate::endpointslices::{NodeNames, digest};
 use crate::translate::{self, ServiceDigest, SliceDigest, Translation, services};
 
@@ -150,7 +149,7 @@ const LIST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 /// Lists the Services, EndpointSlices and this node's Node once — the watchers' first list,
 /// with the agent's selectors and client settings — and translates them, so `explain` and
 /// `trace` can read a cluster instead of object files.
-pub fn fetch_translation(cli: &Cli, settings: &Settings) -> anyhow::Result<Translation> {
+pub fn fetch_translation(cli: &Flags, settings: &Settings) -> anyhow::Result<Translation> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

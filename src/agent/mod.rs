@@ -4,7 +4,6 @@
 pub mod api;
 pub mod cleanup;
 pub mod conntrack;
-pub mod duration;
 pub mod fdlimit;
 pub mod files;
 pub mod ipvs;

@@ -368,7 +368,10 @@ fn release_free_memory() {
 }
 
 /// The API client the agent uses: kubeconfig (or in-cluster), `--master`, qps and burst.
-pub(crate) async fn connect(cli: &Cli, settings: &Settings) -> anyhow::Result<kube::Client> {
+pub(crate) async fn connect(
+    cli: &crate::settings::Flags,
+    settings: &Settings,
+) -> anyhow::Result<kube::Client> {
     // `clientConnection.kubeconfig` (kubeadm's file) or `--kubeconfig`: with kubeadm the API
     // server is reached directly, never through the `kubernetes` Service this agent programs.
     let mut config = match &settings.kubeconfig {

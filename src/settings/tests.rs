@@ -1,16 +1,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
-
 use super::*;
-
-fn cli(args: &[&str]) -> Cli {
-    Cli::try_parse_from(std::iter::once("kube-proxy-rs").chain(args.iter().copied())).unwrap()
-}
+use crate::settings::flags::parse_for_test;
 
 fn resolve_args(args: &[&str]) -> anyhow::Result<(Settings, Vec<String>)> {
-    let (s, w) = Settings::from_cli(&cli(args))?;
+    let (s, w) = Settings::from_flags(&parse_for_test(args))?;
     Ok((s, w.iter().map(ToString::to_string).collect()))
 }
 
@@ -386,10 +381,13 @@ fn detect_local_mode_needs_its_interface() {
 
 #[test]
 fn hostname_defaults_to_the_machine_lower_cased() {
-    let raw = Raw::default();
-    let s = resolve(raw, IpFamily::V4, || Ok("Worker-7.Example".into())).unwrap();
+    let none = KubeProxyConfiguration::default();
+    let s = resolve(&none, &Source::default(), IpFamily::V4, || {
+        Ok("Worker-7.Example".into())
+    })
+    .unwrap();
     assert_eq!(s.hostname, "worker-7.example");
-    let e = resolve(Raw::default(), IpFamily::V4, || Ok("  ".into())).unwrap_err();
+    let e = resolve(&none, &Source::default(), IpFamily::V4, || Ok("  ".into())).unwrap_err();
     assert!(e.to_string().contains("--hostname-override"), "{e}");
 }
 
@@ -501,7 +499,7 @@ fn the_effective_config_reads_back_as_the_same_settings() {
         ],
     ] {
         let (want, _) = resolve_args(&args).unwrap();
-        let text = crate::config::effective_yaml(&want, "node-a");
+        let text = crate::settings::write::effective_yaml(&want, "node-a");
         let file = ConfigFile::raw("effective", &text);
         let (got, warnings) = resolve_args(&["--config", file.path()]).unwrap();
         assert!(warnings.is_empty(), "{warnings:?}\n{text}");
@@ -593,7 +591,11 @@ fn the_node_name_must_be_a_dns_1123_subdomain() {
     );
     // The flag still wins over the file's, and is what is checked.
     assert!(resolve_args(&["--config", cfg.path(), "--hostname-override=Node-1"]).is_ok());
-    let e = resolve(Raw::default(), IpFamily::V4, || Ok("build_box".into())).unwrap_err();
+    let none = KubeProxyConfiguration::default();
+    let e = resolve(&none, &Source::default(), IpFamily::V4, || {
+        Ok("build_box".into())
+    })
+    .unwrap_err();
     assert!(
         e.to_string()
             .starts_with("this machine's hostname \"build_box\" is not a node name")
@@ -624,4 +626,47 @@ fn conntrack_counts_beyond_the_kernels_int_are_refused() {
     );
     let (s, _) = resolve_args(&["--hostname-override=n", "--conntrack-min=2147483647"]).unwrap();
     assert_eq!(s.conntrack.min, 2_147_483_647);
+}
+
+/// The flags `--config` overrides are found by clap's value sources: a flag given with its
+/// default value is still reported, one not given is not, and the flags that count over the
+/// file (`--hostname-override`, `--logging-format`, `-v`) are never reported.
+#[test]
+fn ignored_flags_are_the_given_ones_the_file_covers() {
+    let cfg = ConfigFile::new("given", "");
+    let (s, w) = resolve_args(&[
+        "--config",
+        cfg.path(),
+        "--hostname-override=n",
+        "--logging-format=json",
+        "-v=3",
+        "--iptables-masquerade-bit=14",
+        "--kube-api-burst=10",
+        "--bind-address=0.0.0.0",
+    ])
+    .unwrap();
+    assert_eq!((s.log_format, s.verbosity), (LogFormat::Json, 3));
+    assert_eq!(
+        w,
+        [
+            "warning: --iptables-masquerade-bit is ignored because --config is given (as upstream kube-proxy does)",
+            "warning: --kube-api-burst is ignored because --config is given (as upstream kube-proxy does)",
+            "warning: --bind-address is accepted for compatibility and has no effect",
+        ]
+    );
+}
+
+/// A section written as `null` is the section with nothing set, as before.
+#[test]
+fn null_sections_are_empty() {
+    let cfg = ConfigFile::new("null-sections", "iptables: null\nconntrack:\nipvs: ~\n");
+    let (s, w) = resolve_args(&["--config", cfg.path(), "--hostname-override=n"]).unwrap();
+    assert!(w.is_empty(), "{w:?}");
+    assert_eq!(
+        s,
+        Settings {
+            hostname: "n".into(),
+            ..Settings::default()
+        }
+    );
 }

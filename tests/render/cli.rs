@@ -180,12 +180,10 @@ fn stdout_is_exactly_the_rendered_save_text() {
     let dir = Scratch::new("exact");
     let f = dir.write("objects.yaml", &format!("{WEB}---\n{WEB_SLICE}"));
     let r = dry_run(&[&f], &[]);
-    let cli = kube_proxy_rs::Cli {
-        dry_run: true,
-        objects: vec![f.clone()],
-        hostname_override: Some("node-1".into()),
-        ..Default::default()
-    };
+    let mut cli = kube_proxy_rs::Cli::default();
+    cli.flags.dry_run = true;
+    cli.flags.objects = vec![f.clone()];
+    cli.flags.configuration.hostname_override = Some("node-1".into());
     let out = kube_proxy_rs::dryrun::render(&cli).unwrap();
     assert_eq!(r.stdout, out.save_text);
 }
