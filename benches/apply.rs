@@ -14,7 +14,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use proxier::{Backend, Family, IptablesApplier, Launcher, SyncKind};
+use proxier::{Backend, IptablesApplier, Launcher, SyncKind};
 use rulegen::AppliedState;
 
 mod support;
@@ -75,7 +75,7 @@ fn main() {
             other => panic!("unknown back end {other:?}"),
         };
         let ns = Netns::new(name);
-        let mut applier = IptablesApplier::new(backend, Family::V4)
+        let mut applier = IptablesApplier::new(backend, rulegen::IpFamily::V4)
             .with_launcher(Launcher::netns(&ns.0))
             .with_timeout(Duration::from_secs(1800));
         runtime.block_on(async {

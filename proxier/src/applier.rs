@@ -12,7 +12,9 @@ use rulegen::retain::plan_chunks;
 use rulegen::{AppliedState, Retain, Ruleset};
 use thiserror::Error;
 
-use crate::backend::{Backend, Family};
+use rulegen::IpFamily;
+
+use crate::backend::{Backend, FamilyTools};
 use crate::command::{CommandError, Launcher};
 use crate::hooks::{BuiltinRules, HookError};
 use crate::iptables::Iptables;
@@ -82,12 +84,16 @@ pub struct SyncReport {
 #[derive(Debug, Error)]
 pub enum ApplyError {
     /// The ruleset was rendered for the other family.
-    #[error("the ruleset is for {ruleset}, but this applier drives {applier} tables")]
+    #[error(
+        "the ruleset is for {}, but this applier drives {} tables",
+        .ruleset.label(),
+        .applier.label()
+    )]
     FamilyMismatch {
         /// The ruleset's family.
-        ruleset: Family,
+        ruleset: IpFamily,
         /// The applier's family.
-        applier: Family,
+        applier: IpFamily,
     },
     /// Reading a table failed; nothing was changed.
     #[error("reading table {table} failed (nothing changed): {source}")]
@@ -141,7 +147,7 @@ impl SyncReport {
 
 impl IptablesApplier {
     /// An applier for `family` with `backend`, running the tools directly.
-    pub fn new(backend: Backend, family: Family) -> Self {
+    pub fn new(backend: Backend, family: IpFamily) -> Self {
         Self::with_iptables(Iptables::new(backend, family))
     }
 
@@ -185,7 +191,7 @@ impl IptablesApplier {
     }
 
     /// The family it drives.
-    pub fn family(&self) -> Family {
+    pub fn family(&self) -> IpFamily {
         self.iptables.family
     }
 
@@ -356,7 +362,7 @@ impl IptablesApplier {
         report.hooks_checked = hooks.checked;
         tracing::debug!(
             backend = %self.iptables.backend,
-            family = %self.iptables.family,
+            family = self.iptables.family.label(),
             ?report,
             "full sync done"
         );
@@ -462,7 +468,7 @@ fn is_flush_check(line: &str) -> bool {
 
 impl IptablesApplier {
     fn family_mismatch(&self, rs: &Ruleset) -> Option<ApplyError> {
-        let ruleset = Family::from(rs.family);
+        let ruleset = rs.family;
         (ruleset != self.iptables.family).then_some(ApplyError::FamilyMismatch {
             ruleset,
             applier: self.iptables.family,

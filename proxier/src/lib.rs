@@ -23,7 +23,7 @@ pub mod runner;
 pub mod sysctl;
 
 pub use applier::{ApplyError, IptablesApplier, SyncKind, SyncReport};
-pub use backend::{Backend, Family};
+pub use backend::{Backend, FamilyTools};
 pub use command::{CommandError, Finished, Launcher};
 pub use conntrack::{Conntrack, ConntrackError, ConntrackReport};
 pub use detect::{Detection, Evidence, detect_backend, detect_backend_within};

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use netns::{Netns, in_ns, require_root};
 use proxier::conntrack::{self, Conntrack};
-use proxier::{Backend, Family, IptablesApplier, Launcher};
+use proxier::{Backend, IptablesApplier, Launcher};
 use rulegen::conntrack::Lookup;
 use rulegen::{
     Endpoint, IpFamily, LocalDetector, Model, Protocol, RenderConfig, ServicePort, ServicePortName,
@@ -197,7 +197,7 @@ fn config() -> RenderConfig {
 }
 
 fn applier(ns: &Netns, backend: Backend) -> IptablesApplier {
-    IptablesApplier::new(backend, Family::V4)
+    IptablesApplier::new(backend, IpFamily::V4)
         .with_launcher(Launcher::netns(ns.name()).with_env("XTABLES_LOCKFILE", ns.lockfile()))
         .with_timeout(Duration::from_secs(30))
 }

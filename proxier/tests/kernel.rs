@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use netns::{Netns, require_root};
 use proxier::{
-    ApplyError, Backend, CommandError, Evidence, Family, IptablesApplier, Launcher, Rejected,
-    RestoreError, SyncKind, detect_backend, detect_backend_within,
+    ApplyError, Backend, CommandError, Evidence, IptablesApplier, Launcher, Rejected, RestoreError,
+    SyncKind, detect_backend, detect_backend_within,
 };
 use rulegen::chains::ChainName;
 use rulegen::restore::saved_chains;
@@ -31,7 +31,7 @@ fn launcher(ns: &Netns) -> Launcher {
     Launcher::netns(ns.name()).with_env("XTABLES_LOCKFILE", ns.lockfile())
 }
 
-fn applier(ns: &Netns, backend: Backend, family: Family) -> IptablesApplier {
+fn applier(ns: &Netns, backend: Backend, family: IpFamily) -> IptablesApplier {
     IptablesApplier::new(backend, family)
         .with_launcher(launcher(ns))
         .with_timeout(Duration::from_secs(30))
@@ -43,10 +43,10 @@ fn ip(s: &str) -> IpAddr {
 
 /// `n` ClusterIP services with two endpoints each (the first also a NodePort), plus one
 /// without endpoints (a REJECT in filter).
-fn model(family: Family, n: usize) -> Model {
+fn model(family: IpFamily, n: usize) -> Model {
     let addr = |kind: &str, i: usize| match family {
-        Family::V4 => ip(&format!("10.{kind}.{i}")),
-        Family::V6 => ip(&format!(
+        IpFamily::V4 => ip(&format!("10.{kind}.{i}")),
+        IpFamily::V6 => ip(&format!(
             "fd00:10:{}::{:x}",
             if kind == "96.0" { "96" } else { "244" },
             i
@@ -79,27 +79,27 @@ fn model(family: Family, n: usize) -> Model {
     Model { services }
 }
 
-fn config(family: Family) -> RenderConfig {
+fn config(family: IpFamily) -> RenderConfig {
     RenderConfig {
-        family: family.into(),
+        family,
         node_name: "node-a".into(),
         local_detector: LocalDetector::Cidrs(vec![match family {
-            Family::V4 => "10.244.0.0/16".parse().unwrap(),
-            Family::V6 => "fd00:10:244::/56".parse().unwrap(),
+            IpFamily::V4 => "10.244.0.0/16".parse().unwrap(),
+            IpFamily::V6 => "fd00:10:244::/56".parse().unwrap(),
         }]),
         ..RenderConfig::default()
     }
 }
 
-fn render(family: Family, n: usize) -> Ruleset {
+fn render(family: IpFamily, n: usize) -> Ruleset {
     let rs = rulegen::render(&model(family, n), &config(family)).unwrap();
-    assert_eq!(rs.family, IpFamily::from(family));
+    assert_eq!(rs.family, family);
     rs
 }
 
 /// What the namespace holds for the ruleset's tables: `<save> -t TABLE` per table in the
 /// ruleset's order, `#` lines dropped (read with the harness, not with the code under test).
-fn kernel_text(ns: &Netns, backend: Backend, family: Family, rs: &Ruleset) -> String {
+fn kernel_text(ns: &Netns, backend: Backend, family: IpFamily, rs: &Ruleset) -> String {
     let bin = backend.save(family);
     let mut all = String::new();
     for t in &rs.tables {
@@ -113,7 +113,7 @@ fn kernel_text(ns: &Netns, backend: Backend, family: Family, rs: &Ruleset) -> St
 }
 
 #[track_caller]
-fn assert_holds(ns: &Netns, backend: Backend, family: Family, expected: &str, rs: &Ruleset) {
+fn assert_holds(ns: &Netns, backend: Backend, family: IpFamily, expected: &str, rs: &Ruleset) {
     let got = kernel_text(ns, backend, family, rs);
     if got != expected {
         panic!(
@@ -173,7 +173,7 @@ const BAD_CHAIN: &str = "KUBE-SEP-BADBADBADBADBADB";
 
 /// (a) + (b): a full sync leaves exactly the render in the kernel; a second one changes nothing
 /// and adds no hook.
-async fn full_sync_holds_the_render_and_is_idempotent(backend: Backend, family: Family) {
+async fn full_sync_holds_the_render_and_is_idempotent(backend: Backend, family: IpFamily) {
     if !require_root() {
         return;
     }
@@ -207,7 +207,7 @@ async fn full_sync_holds_the_render_and_is_idempotent(backend: Backend, family: 
 
 /// (c): a smaller model's sync deletes the chains of the Services that went, and the kernel
 /// then holds exactly the new render.
-async fn a_smaller_model_deletes_stale_chains(backend: Backend, family: Family) {
+async fn a_smaller_model_deletes_stale_chains(backend: Backend, family: IpFamily) {
     if !require_root() {
         return;
     }
@@ -234,7 +234,7 @@ async fn a_smaller_model_deletes_stale_chains(backend: Backend, family: Family) 
 /// Partial syncs: after a full sync they trust what it applied — no save, no hook checks — and
 /// send only the chains that changed, still deleting the chains of Services that went and
 /// adding new ones; after a failed sync the next one falls back to a full sync.
-async fn partial_syncs_follow_changes_without_reading_back(backend: Backend, family: Family) {
+async fn partial_syncs_follow_changes_without_reading_back(backend: Backend, family: IpFamily) {
     if !require_root() {
         return;
     }
@@ -294,7 +294,7 @@ async fn partial_syncs_follow_changes_without_reading_back(backend: Backend, fam
 /// A full sync sent in many small chunks (each rendered keeping only its chains) leaves the
 /// kernel holding exactly the full render: into an empty namespace, and over an older
 /// ruleset whose stale chains go and whose live chains are replaced.
-async fn a_chunked_full_sync_reaches_the_full_render(backend: Backend, family: Family) {
+async fn a_chunked_full_sync_reaches_the_full_render(backend: Backend, family: IpFamily) {
     if !require_root() {
         return;
     }
@@ -328,7 +328,7 @@ async fn a_chunked_full_sync_reaches_the_full_render(backend: Backend, family: F
 /// Someone flushes the tables behind the proxy's back (`-F` empties the built-in chains, `-X`
 /// deletes the chains, as a firewall reload does): the next partial sync notices, in the same
 /// restore, and a full sync puts everything back.
-async fn a_flushed_table_is_restored_by_the_next_sync(backend: Backend, family: Family) {
+async fn a_flushed_table_is_restored_by_the_next_sync(backend: Backend, family: IpFamily) {
     if !require_root() {
         return;
     }
@@ -362,7 +362,7 @@ async fn a_flushed_table_is_restored_by_the_next_sync(backend: Backend, family: 
 
 /// (d) in nat: the error names the payload line, its chain and its Service comment; the filter
 /// table (identical) was committed before, nat kept every previous rule.
-async fn a_rejected_nat_rule_is_named_and_nothing_changes(backend: Backend, family: Family) {
+async fn a_rejected_nat_rule_is_named_and_nothing_changes(backend: Backend, family: IpFamily) {
     if !require_root() {
         return;
     }
@@ -408,7 +408,7 @@ async fn a_rejected_nat_rule_is_named_and_nothing_changes(backend: Backend, fami
 /// (d) in filter, with a different nat in the same payload: nothing at all changes, because
 /// the failing table stops the restore before the later ones (mangle, committed first, holds
 /// only the canary, which was already there).
-async fn a_rejected_filter_rule_leaves_both_tables(backend: Backend, family: Family) {
+async fn a_rejected_filter_rule_leaves_both_tables(backend: Backend, family: IpFamily) {
     if !require_root() {
         return;
     }
@@ -438,7 +438,7 @@ async fn a_rejected_filter_rule_leaves_both_tables(backend: Backend, family: Fam
 
 /// (d), rejected by the kernel rather than the parser (REJECT is a filter-only target): legacy
 /// blames the table's COMMIT ("line N failed"), nft the rule itself.
-async fn a_rule_the_kernel_rejects_is_traced(backend: Backend, family: Family) {
+async fn a_rule_the_kernel_rejects_is_traced(backend: Backend, family: IpFamily) {
     if !require_root() {
         return;
     }
@@ -479,7 +479,7 @@ async fn a_rule_the_kernel_rejects_is_traced(backend: Backend, family: Family) {
 
 /// (d), a jump to a chain that does not exist: legacy fails on the rule, nft on the COMMIT;
 /// both are traced to the jumping rule.
-async fn a_jump_to_a_missing_chain_names_the_jump(backend: Backend, family: Family) {
+async fn a_jump_to_a_missing_chain_names_the_jump(backend: Backend, family: IpFamily) {
     if !require_root() {
         return;
     }
@@ -510,15 +510,15 @@ async fn a_jump_to_a_missing_chain_names_the_jump(backend: Backend, family: Fami
 
 /// Hooks: a deleted hook is put back at its place; rules and chains that are not ours stay
 /// where they are; a rule in the middle of our hooks does not make any hook move or repeat.
-async fn hooks_are_repaired_in_place_and_foreign_rules_stay(backend: Backend, family: Family) {
+async fn hooks_are_repaired_in_place_and_foreign_rules_stay(backend: Backend, family: IpFamily) {
     if !require_root() {
         return;
     }
     let ns = Netns::new(&format!("hooks-{backend}"));
     let ipt = backend.iptables(family);
     let src = match family {
-        Family::V4 => "192.0.2.1",
-        Family::V6 => "2001:db8::1",
+        IpFamily::V4 => "192.0.2.1",
+        IpFamily::V6 => "2001:db8::1",
     };
     // Someone else's rules, there before us.
     ns.exec_ok([
@@ -601,10 +601,10 @@ async fn hooks_are_repaired_in_place_and_foreign_rules_stay(backend: Backend, fa
 
 macro_rules! per_backend_and_family {
     ($($name:ident),* $(,)?) => {
-        mod legacy_v4 { $( #[tokio::test] async fn $name() { super::$name(super::Backend::Legacy, super::Family::V4).await } )* }
-        mod nft_v4 { $( #[tokio::test] async fn $name() { super::$name(super::Backend::Nft, super::Family::V4).await } )* }
-        mod legacy_v6 { $( #[tokio::test] async fn $name() { super::$name(super::Backend::Legacy, super::Family::V6).await } )* }
-        mod nft_v6 { $( #[tokio::test] async fn $name() { super::$name(super::Backend::Nft, super::Family::V6).await } )* }
+        mod legacy_v4 { $( #[tokio::test] async fn $name() { super::$name(super::Backend::Legacy, super::IpFamily::V4).await } )* }
+        mod nft_v4 { $( #[tokio::test] async fn $name() { super::$name(super::Backend::Nft, super::IpFamily::V4).await } )* }
+        mod legacy_v6 { $( #[tokio::test] async fn $name() { super::$name(super::Backend::Legacy, super::IpFamily::V6).await } )* }
+        mod nft_v6 { $( #[tokio::test] async fn $name() { super::$name(super::Backend::Nft, super::IpFamily::V6).await } )* }
     };
 }
 
@@ -625,9 +625,9 @@ per_backend_and_family!(
 
 #[tokio::test]
 async fn a_ruleset_of_the_other_family_is_refused() {
-    let mut a = IptablesApplier::new(Backend::Nft, Family::V6)
+    let mut a = IptablesApplier::new(Backend::Nft, IpFamily::V6)
         .with_launcher(Launcher::host().with_prefix(["kprs-must-not-run"]));
-    let err = a.full_sync(&render(Family::V4, 1)).await.unwrap_err();
+    let err = a.full_sync(&render(IpFamily::V4, 1)).await.unwrap_err();
     assert!(matches!(err, ApplyError::FamilyMismatch { .. }), "{err:?}");
 }
 
@@ -635,15 +635,15 @@ async fn a_ruleset_of_the_other_family_is_refused() {
 /// runs: sending it would empty every chain it did not keep.
 #[tokio::test]
 async fn a_full_sync_refuses_a_lean_render() {
-    let mut a = IptablesApplier::new(Backend::Nft, Family::V4)
+    let mut a = IptablesApplier::new(Backend::Nft, IpFamily::V4)
         .with_launcher(Launcher::host().with_prefix(["kprs-must-not-run"]));
     let mut lean = Ruleset {
         family: IpFamily::V4,
         tables: Vec::new(),
     };
     rulegen::render_into_with(
-        &model(Family::V4, 2),
-        &config(Family::V4),
+        &model(IpFamily::V4, 2),
+        &config(IpFamily::V4),
         &mut lean,
         &rulegen::Retain::Nothing,
     )
@@ -665,7 +665,7 @@ async fn detect_backend_follows_kubelet_then_rule_counts() {
     struct Case {
         tag: &'static str,
         setup: &'static [&'static [&'static str]],
-        family: Family,
+        family: IpFamily,
         want: Backend,
         reason: &'static str,
     }
@@ -673,7 +673,7 @@ async fn detect_backend_follows_kubelet_then_rule_counts() {
         Case {
             tag: "nft-canary",
             setup: &[&["iptables-nft", "-t", "mangle", "-N", "KUBE-KUBELET-CANARY"]],
-            family: Family::V4,
+            family: IpFamily::V4,
             want: Backend::Nft,
             reason: "KUBE-KUBELET-CANARY",
         },
@@ -691,7 +691,7 @@ async fn detect_backend_follows_kubelet_then_rule_counts() {
                 ],
                 // Fewer rules than nft would need to win on counts: the canary decides.
             ],
-            family: Family::V4,
+            family: IpFamily::V4,
             want: Backend::Legacy,
             reason: "KUBE-KUBELET-CANARY",
         },
@@ -706,7 +706,7 @@ async fn detect_backend_follows_kubelet_then_rule_counts() {
                 "-N",
                 "KUBE-IPTABLES-HINT",
             ]],
-            family: Family::V6,
+            family: IpFamily::V6,
             want: Backend::Legacy,
             reason: "KUBE-IPTABLES-HINT",
         },
@@ -722,7 +722,7 @@ async fn detect_backend_follows_kubelet_then_rule_counts() {
                 "-N",
                 "KUBE-IPTABLES-HINT",
             ]],
-            family: Family::V4,
+            family: IpFamily::V4,
             want: Backend::Nft,
             reason: "tie",
         },
@@ -752,7 +752,7 @@ async fn detect_backend_follows_kubelet_then_rule_counts() {
                     "ACCEPT",
                 ],
             ],
-            family: Family::V4,
+            family: IpFamily::V4,
             want: Backend::Legacy,
             reason: "legacy holds 2 rule(s) and chain(s), nft 0",
         },
@@ -767,14 +767,14 @@ async fn detect_backend_follows_kubelet_then_rule_counts() {
                 "-j",
                 "ACCEPT",
             ]],
-            family: Family::V4,
+            family: IpFamily::V4,
             want: Backend::Nft,
             reason: "legacy holds 0 rule(s) and chain(s), nft 1",
         },
         Case {
             tag: "empty",
             setup: &[],
-            family: Family::V4,
+            family: IpFamily::V4,
             want: Backend::Nft,
             reason: "tie",
         },
@@ -831,8 +831,8 @@ async fn a_held_xtables_lock_fails_the_legacy_sync_after_the_wait() {
         return;
     }
     let ns = Netns::new("lock");
-    let rs = render(Family::V4, 1);
-    let mut a = applier(&ns, Backend::Legacy, Family::V4);
+    let rs = render(IpFamily::V4, 1);
+    let mut a = applier(&ns, Backend::Legacy, IpFamily::V4);
     a.full_sync(&rs).await.unwrap();
 
     let lock = std::fs::OpenOptions::new()
@@ -844,7 +844,7 @@ async fn a_held_xtables_lock_fails_the_legacy_sync_after_the_wait() {
     // SAFETY: flock on a file descriptor we own.
     assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
     let started = Instant::now();
-    let err = a.full_sync(&render(Family::V4, 2)).await.unwrap_err();
+    let err = a.full_sync(&render(IpFamily::V4, 2)).await.unwrap_err();
     let waited = started.elapsed();
     drop(lock);
     assert!(
@@ -852,7 +852,7 @@ async fn a_held_xtables_lock_fails_the_legacy_sync_after_the_wait() {
         "gave up after {waited:?}: {err}"
     );
     assert!(err.to_string().contains("xtables lock"), "{err}");
-    assert_holds(&ns, Backend::Legacy, Family::V4, &rs.to_save_text(), &rs);
+    assert_holds(&ns, Backend::Legacy, IpFamily::V4, &rs.to_save_text(), &rs);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -873,7 +873,7 @@ async fn walk(backend: Backend, seed: u64) {
         local_detector: LocalDetector::Cidrs(vec!["10.244.0.0/16".parse().unwrap()]),
         ..RenderConfig::default()
     };
-    let mut applier = IptablesApplier::new(backend, Family::V4)
+    let mut applier = IptablesApplier::new(backend, IpFamily::V4)
         .with_launcher(Launcher::netns(ns.name()).with_env("XTABLES_LOCKFILE", ns.lockfile()))
         .with_timeout(Duration::from_secs(30));
     let mut s = Scenario::new(seed);
@@ -896,7 +896,7 @@ async fn walk(backend: Backend, seed: u64) {
             "[{backend}] step {step} ({what}): {report:?}"
         );
         let expected = rs.to_save_text();
-        let got = kernel_text(&ns, backend, Family::V4, &rs);
+        let got = kernel_text(&ns, backend, IpFamily::V4, &rs);
         if got != expected {
             panic!(
                 "[{backend}] seed {seed} step {step} ({what}): the kernel differs from the full \
@@ -1047,7 +1047,7 @@ async fn detection_never_decides_from_a_failed_read() {
         let tools = StandIns::new(c.tag, c.tools);
         let started = Instant::now();
         let d =
-            detect_backend_within(&tools.launcher(&ns), Family::V4, Duration::from_secs(3)).await;
+            detect_backend_within(&tools.launcher(&ns), IpFamily::V4, Duration::from_secs(3)).await;
         assert_eq!((d.backend, d.evidence), c.want, "{}: {}", c.tag, d.reason);
         assert!(d.reason.contains(c.reason), "{}: {}", c.tag, d.reason);
         eprintln!(
@@ -1068,12 +1068,12 @@ async fn full_syncs_do_not_depend_on_whole_table_saves() {
     if !require_root() {
         return;
     }
-    let rs = render(Family::V4, 3);
+    let rs = render(IpFamily::V4, 3);
     let expected = rs.to_save_text();
 
     let ns = Netns::new("nosave-nft");
     let tools = StandIns::new("nosave-nft", &[("iptables-nft-save", "kill -SEGV $$")]);
-    let mut a = IptablesApplier::new(Backend::Nft, Family::V4)
+    let mut a = IptablesApplier::new(Backend::Nft, IpFamily::V4)
         .with_launcher(tools.launcher(&ns))
         .with_timeout(Duration::from_secs(30));
     a.full_sync(&rs).await.unwrap();
@@ -1083,11 +1083,11 @@ async fn full_syncs_do_not_depend_on_whole_table_saves() {
     let report = a.full_sync(&rs).await.unwrap();
     assert_eq!(report.stale_chains_deleted, 1, "{report:?}");
     assert_eq!(report.hooks_inserted, 0, "{report:?}");
-    assert_holds(&ns, Backend::Nft, Family::V4, &expected, &rs);
+    assert_holds(&ns, Backend::Nft, IpFamily::V4, &expected, &rs);
 
     let ns = Netns::new("nosave-leg");
     let tools = StandIns::new("nosave-leg", &[("iptables-legacy-save", "exec sleep 30")]);
-    let mut a = IptablesApplier::new(Backend::Legacy, Family::V4)
+    let mut a = IptablesApplier::new(Backend::Legacy, IpFamily::V4)
         .with_launcher(tools.launcher(&ns))
         .with_timeout(Duration::from_secs(2));
     let e = a.full_sync(&rs).await.unwrap_err();
@@ -1134,13 +1134,13 @@ async fn without_the_nft_tool_full_syncs_fall_back_to_the_save() {
         .unwrap();
         std::os::unix::fs::symlink(real.trim(), dir.join(tool)).unwrap();
     }
-    let mut a = IptablesApplier::new(Backend::Nft, Family::V4)
+    let mut a = IptablesApplier::new(Backend::Nft, IpFamily::V4)
         .with_launcher(launcher(&ns).with_env("PATH", dir.display().to_string()))
         .with_timeout(Duration::from_secs(30));
-    let rs = render(Family::V4, 3);
+    let rs = render(IpFamily::V4, 3);
     a.full_sync(&rs).await.unwrap();
     let report = a.full_sync(&rs).await.unwrap();
     assert_eq!(report.hooks_inserted, 0, "{report:?}");
-    assert_holds(&ns, Backend::Nft, Family::V4, &rs.to_save_text(), &rs);
+    assert_holds(&ns, Backend::Nft, IpFamily::V4, &rs.to_save_text(), &rs);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -502,7 +502,7 @@ async fn run_async(cli: &Cli, settings: Settings) -> anyhow::Result<()> {
     };
 
     // Only now, with a complete view of the cluster, is the kernel touched (read first).
-    let family: proxier::Family = settings.family.into();
+    let family = settings.family;
     let detection = proxier::detect_backend(&Launcher::host(), family).await;
     if detection.evidence == proxier::Evidence::Fallback {
         tracing::warn!(backend = detection.backend.name(), reason = %detection.reason, "iptables back end not decided; using the fallback");
