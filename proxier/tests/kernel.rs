@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 
 use netns::{Netns, require_root};
 use proxier::{
-    ApplyError, Backend, CommandError, Evidence, IptablesApplier, Launcher, Rejected, RestoreError,
-    SyncKind, detect_backend, detect_backend_within,
+    ApplyError, Backend, CommandError, Dataplane, Evidence, FullSyncReason, IptablesApplier,
+    IptablesDataplane, Launcher, NoObserver, NodeFacts, PartialRefusal, Rejected, RestoreError,
+    SyncKind, SyncObserver, detect_backend, detect_backend_within,
 };
 use rulegen::chains::ChainName;
 use rulegen::restore::saved_chains;
@@ -35,6 +36,11 @@ fn applier(ns: &Netns, backend: Backend, family: IpFamily) -> IptablesApplier {
     IptablesApplier::new(backend, family)
         .with_launcher(launcher(ns))
         .with_timeout(Duration::from_secs(30))
+}
+
+/// The agent's iptables dataplane over [`applier`], the render configuration used as given.
+fn dataplane(ns: &Netns, backend: Backend, family: IpFamily) -> IptablesDataplane {
+    IptablesDataplane::new(applier(ns, backend, family)).with_node_facts(NodeFacts::given())
 }
 
 fn ip(s: &str) -> IpAddr {
@@ -117,7 +123,7 @@ fn assert_holds(ns: &Netns, backend: Backend, family: IpFamily, expected: &str, 
     let got = kernel_text(ns, backend, family, rs);
     if got != expected {
         panic!(
-            "[{backend} {family}] the kernel holds something else (- expected, + kernel):\n{}",
+            "[{backend} {family:?}] the kernel holds something else (- expected, + kernel):\n{}",
             similar::TextDiff::from_lines(expected, &got)
                 .unified_diff()
                 .context_radius(3)
@@ -202,7 +208,7 @@ async fn full_sync_holds_the_render_and_is_idempotent(backend: Backend, family: 
     let checked = a.iptables().ensure_hooks(&rs.hooks(), None).await.unwrap();
     assert_eq!((checked.checked, checked.inserted), (rs.hooks().len(), 0));
     assert_holds(&ns, backend, family, &expected, &rs);
-    eprintln!("[{backend} {family}] first sync {first:?}, second {second:?}");
+    eprintln!("[{backend} {family:?}] first sync {first:?}, second {second:?}");
 }
 
 /// (c): a smaller model's sync deletes the chains of the Services that went, and the kernel
@@ -239,17 +245,19 @@ async fn partial_syncs_follow_changes_without_reading_back(backend: Backend, fam
         return;
     }
     let ns = Netns::new(&format!("partial-{backend}"));
+    let (big_model, small_model, cfg) = (model(family, 4), model(family, 2), config(family));
     let big = render(family, 4);
     let small = render(family, 2);
-    let mut a = applier(&ns, backend, family);
+    let mut a = dataplane(&ns, backend, family);
 
-    // No successful sync yet: a partial sync is a full one (it reads back and inserts hooks).
-    let first = a.partial_sync(&small).await.unwrap();
+    // No successful sync yet: the sync is full (it reads back and inserts hooks).
+    let first = a.sync(&small_model, &cfg, &mut NoObserver).await.unwrap();
     assert_eq!(first.kind, SyncKind::Full, "{first:?}");
+    assert_eq!(first.reason, Some(FullSyncReason::FirstSync), "{first:?}");
     assert_eq!(first.hooks_inserted, small.hooks().len(), "{first:?}");
     assert_holds(&ns, backend, family, &small.to_save_text(), &small);
 
-    let grow = a.partial_sync(&big).await.unwrap();
+    let grow = a.sync(&big_model, &cfg, &mut NoObserver).await.unwrap();
     assert_eq!(grow.kind, SyncKind::Partial, "{grow:?}");
     assert_eq!(
         (grow.save, grow.hooks_checked, grow.stale_chains_deleted),
@@ -260,12 +268,12 @@ async fn partial_syncs_follow_changes_without_reading_back(backend: Backend, fam
     assert_eq!(grow.chains_written, 7, "{grow:?}");
     assert_holds(&ns, backend, family, &big.to_save_text(), &big);
 
-    let same = a.partial_sync(&big).await.unwrap();
+    let same = a.sync(&big_model, &cfg, &mut NoObserver).await.unwrap();
     assert_eq!((same.kind, same.chains_written), (SyncKind::Partial, 0));
     assert!(same.payload_bytes < 2000, "only the checks: {same:?}");
     assert_holds(&ns, backend, family, &big.to_save_text(), &big);
 
-    let shrink = a.partial_sync(&small).await.unwrap();
+    let shrink = a.sync(&small_model, &cfg, &mut NoObserver).await.unwrap();
     assert_eq!(
         shrink.stale_chains_deleted, 6,
         "2 services x (SVC + 2 SEP): {shrink:?}"
@@ -279,16 +287,30 @@ async fn partial_syncs_follow_changes_without_reading_back(backend: Backend, fam
         BAD_CHAIN,
         &format!("-A {BAD_CHAIN} -j KUBE-NO-SUCH-CHAIN\n"),
     );
-    assert!(a.partial_sync(&broken).await.is_err());
-    assert!(!a.can_sync_partially());
+    assert!(a.applier_mut().try_partial_sync(&broken).await.is_err());
+    assert!(!a.applier().can_sync_partially());
     assert_holds(&ns, backend, family, &small.to_save_text(), &small);
-    let healed = a.partial_sync(&big).await.unwrap();
+    let healed = a.sync(&big_model, &cfg, &mut NoObserver).await.unwrap();
     assert_eq!(healed.kind, SyncKind::Full, "{healed:?}");
+    assert_eq!(
+        healed.reason,
+        Some(FullSyncReason::AfterFailure),
+        "{healed:?}"
+    );
     assert!(
         healed.save > Duration::ZERO,
         "after a failure the sync reads back: {healed:?}"
     );
     assert_holds(&ns, backend, family, &big.to_save_text(), &big);
+}
+
+/// Counts the chunks a full sync renders.
+struct Chunks(usize);
+
+impl SyncObserver for Chunks {
+    fn chunk_rendered(&mut self, _rs: &Ruleset) {
+        self.0 += 1;
+    }
 }
 
 /// A full sync sent in many small chunks (each rendered keeping only its chains) leaves the
@@ -309,18 +331,16 @@ async fn a_chunked_full_sync_reaches_the_full_render(backend: Backend, family: I
             tables: Vec::new(),
         };
         rulegen::render_into_with(&model, &cfg, &mut lean, &rulegen::Retain::Nothing).unwrap();
-        let mut renders = 0;
+        let mut chunks = Chunks(0);
         let report = a
-            .full_sync_chunked(&mut lean, 600, |retain, out| {
-                renders += 1;
-                rulegen::render_into_with(&model, &cfg, out, retain).map_err(|e| e.to_string())
-            })
+            .full_sync_chunked(&model, &cfg, &mut lean, 600, &mut chunks)
             .await
             .unwrap();
+        let renders = chunks.0;
         assert!(renders >= 6, "{renders} chunks: {report:?}");
         assert_holds(&ns, backend, family, &full.to_save_text(), &full);
         // And a partial sync can follow it.
-        let next = a.partial_sync(&full).await.unwrap();
+        let next = a.try_partial_sync(&full).await.unwrap().unwrap();
         assert_eq!((next.kind, next.chains_written), (SyncKind::Partial, 0));
     }
 }
@@ -333,10 +353,11 @@ async fn a_flushed_table_is_restored_by_the_next_sync(backend: Backend, family: 
         return;
     }
     let ns = Netns::new(&format!("flush-{backend}"));
+    let (m, cfg) = (model(family, 3), config(family));
     let rs = render(family, 3);
     let expected = rs.to_save_text();
-    let mut a = applier(&ns, backend, family);
-    a.full_sync(&rs).await.unwrap();
+    let mut a = dataplane(&ns, backend, family);
+    a.sync(&m, &cfg, &mut NoObserver).await.unwrap();
     let ipt = backend.iptables(family);
     for (table, ops) in [
         ("nat", &["-F", "-X"][..]),
@@ -348,14 +369,15 @@ async fn a_flushed_table_is_restored_by_the_next_sync(backend: Backend, family: 
             ns.exec_ok([ipt.as_str(), "-w", "5", "-t", table, op]);
         }
         assert_ne!(kernel_text(&ns, backend, family, &rs), expected);
-        let report = a.partial_sync(&rs).await.unwrap();
+        let report = a.sync(&m, &cfg, &mut NoObserver).await.unwrap();
         assert_eq!(report.kind, SyncKind::Full, "{table} {ops:?}: {report:?}");
-        let why = report.fallback.as_deref().unwrap_or_default();
-        assert!(why.contains("flushed"), "{why}");
-        assert!(why.contains(table), "{table}: {why}");
+        match report.fallback() {
+            Some(PartialRefusal::Flushed { table: t, .. }) => assert_eq!(t, table),
+            other => panic!("{table} {ops:?}: refused for {other:?}"),
+        }
         assert_holds(&ns, backend, family, &expected, &rs);
         // And the sync after that is partial again.
-        let next = a.partial_sync(&rs).await.unwrap();
+        let next = a.sync(&m, &cfg, &mut NoObserver).await.unwrap();
         assert_eq!(next.kind, SyncKind::Partial);
     }
 }
@@ -377,7 +399,7 @@ async fn a_rejected_nat_rule_is_named_and_nothing_changes(backend: Backend, fami
     );
     let broken = with_chain(&rs, "nat", BAD_CHAIN, &bad_rule);
     let err = a.full_sync(&broken).await.unwrap_err();
-    eprintln!("[{backend} {family}] {err}");
+    eprintln!("[{backend} {family:?}] {err}");
     let r = rejected(&err);
     let line = r
         .line
@@ -424,7 +446,7 @@ async fn a_rejected_filter_rule_leaves_both_tables(backend: Backend, family: IpF
     );
     let broken = with_chain(&other, "filter", BAD_CHAIN, &bad_rule);
     let err = a.full_sync(&broken).await.unwrap_err();
-    eprintln!("[{backend} {family}] {err}");
+    eprintln!("[{backend} {family:?}] {err}");
     let r = rejected(&err);
     let line = r
         .line
@@ -451,7 +473,7 @@ async fn a_rule_the_kernel_rejects_is_traced(backend: Backend, family: IpFamily)
     let bad_rule = format!("-A {BAD_CHAIN} -m comment --comment \"ns9/broken:http\" -j REJECT\n");
     let broken = with_chain(&rs, "nat", BAD_CHAIN, &bad_rule);
     let err = a.full_sync(&broken).await.unwrap_err();
-    eprintln!("[{backend} {family}] {err}");
+    eprintln!("[{backend} {family:?}] {err}");
     let r = rejected(&err);
     let line = r
         .line
@@ -494,7 +516,7 @@ async fn a_jump_to_a_missing_chain_names_the_jump(backend: Backend, family: IpFa
     );
     let broken = with_chain(&rs, "nat", BAD_CHAIN, &bad_rule);
     let err = a.full_sync(&broken).await.unwrap_err();
-    eprintln!("[{backend} {family}] {err}");
+    eprintln!("[{backend} {family:?}] {err}");
     let line = err
         .failed_line()
         .unwrap_or_else(|| panic!("no line in {err}"));
@@ -599,6 +621,59 @@ async fn hooks_are_repaired_in_place_and_foreign_rules_stay(backend: Backend, fa
     );
 }
 
+/// The sync policy: the first sync is full, then partial ones until the full-sync period is
+/// over (zero here: no hour's wait) or a sync fails; each full one says why.
+async fn the_policy_decides_each_syncs_kind(backend: Backend, family: IpFamily) {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new(&format!("policy-{backend}"));
+    let (m, cfg) = (model(family, 2), config(family));
+    let mut a = dataplane(&ns, backend, family);
+    let mut kinds = Vec::new();
+    let mut sync = async |a: &mut IptablesDataplane| {
+        let r = a.sync(&m, &cfg, &mut NoObserver).await.unwrap();
+        kinds.push((r.kind, r.reason));
+    };
+    sync(&mut a).await;
+    sync(&mut a).await;
+    let mut a = a.with_full_sync_period(Duration::ZERO);
+    sync(&mut a).await;
+    a.forget_applied();
+    sync(&mut a).await;
+    assert_eq!(
+        kinds,
+        [
+            (SyncKind::Full, Some(FullSyncReason::FirstSync)),
+            (SyncKind::Partial, None),
+            (SyncKind::Full, Some(FullSyncReason::Periodic)),
+            (SyncKind::Full, Some(FullSyncReason::AfterFailure)),
+        ]
+    );
+    // A failed sync (a render the kernel refuses) makes the next one full.
+    let mut a = a.with_full_sync_period(Duration::from_secs(3600));
+    let broken = with_chain(
+        &render(family, 2),
+        "nat",
+        BAD_CHAIN,
+        &format!("-A {BAD_CHAIN} -j KUBE-NO-SUCH-CHAIN\n"),
+    );
+    assert!(a.applier_mut().full_sync(&broken).await.is_err());
+    assert_eq!(a.full_sync_due(), Some(FullSyncReason::AfterFailure));
+    let r = a.sync(&m, &cfg, &mut NoObserver).await.unwrap();
+    assert_eq!(
+        (r.kind, r.reason),
+        (SyncKind::Full, Some(FullSyncReason::AfterFailure))
+    );
+    assert_holds(
+        &ns,
+        backend,
+        family,
+        &render(family, 2).to_save_text(),
+        &render(family, 2),
+    );
+}
+
 macro_rules! per_backend_and_family {
     ($($name:ident),* $(,)?) => {
         mod legacy_v4 { $( #[tokio::test] async fn $name() { super::$name(super::Backend::Legacy, super::IpFamily::V4).await } )* }
@@ -611,6 +686,7 @@ macro_rules! per_backend_and_family {
 per_backend_and_family!(
     full_sync_holds_the_render_and_is_idempotent,
     partial_syncs_follow_changes_without_reading_back,
+    the_policy_decides_each_syncs_kind,
     a_flushed_table_is_restored_by_the_next_sync,
     a_chunked_full_sync_reaches_the_full_render,
     a_smaller_model_deletes_stale_chains,
@@ -873,21 +949,26 @@ async fn walk(backend: Backend, seed: u64) {
         local_detector: LocalDetector::Cidrs(vec!["10.244.0.0/16".parse().unwrap()]),
         ..RenderConfig::default()
     };
-    let mut applier = IptablesApplier::new(backend, IpFamily::V4)
-        .with_launcher(Launcher::netns(ns.name()).with_env("XTABLES_LOCKFILE", ns.lockfile()))
-        .with_timeout(Duration::from_secs(30));
+    let mut dataplane = IptablesDataplane::new(
+        IptablesApplier::new(backend, IpFamily::V4)
+            .with_launcher(Launcher::netns(ns.name()).with_env("XTABLES_LOCKFILE", ns.lockfile()))
+            .with_timeout(Duration::from_secs(30)),
+    )
+    .with_node_facts(NodeFacts::given());
     let mut s = Scenario::new(seed);
     let mut partial_bytes = 0;
     let mut full_bytes = 0;
     let mut partial_time = Duration::ZERO;
     let started = Instant::now();
-    let rs = rulegen::render(&s.model, &cfg).unwrap();
-    applier.partial_sync(&rs).await.unwrap();
+    dataplane
+        .sync(&s.model, &cfg, &mut NoObserver)
+        .await
+        .unwrap();
     for step in 0..STEPS {
         let what = s.step();
         let rs = rulegen::render(&s.model, &cfg).unwrap();
-        let report = applier
-            .partial_sync(&rs)
+        let report = dataplane
+            .sync(&s.model, &cfg, &mut NoObserver)
             .await
             .unwrap_or_else(|e| panic!("[{backend}] step {step} ({what}): {e}"));
         assert_eq!(

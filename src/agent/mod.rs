@@ -7,7 +7,6 @@ pub mod conntrack;
 pub mod duration;
 pub mod fdlimit;
 pub mod files;
-pub mod ipvs;
 pub mod logging;
 pub mod ratelimit;
 pub mod run;
