@@ -12,6 +12,7 @@ use rulegen::{IpFamily, Model, NeedsFullSync, RenderConfig, RenderError, Ruleset
 use thiserror::Error;
 
 use crate::applier::{ApplyError, SyncKind, SyncReport};
+use crate::backend::FamilyTools;
 use crate::interface::{IPVS_INTERFACE, local_addresses_except};
 use crate::ipvs_dataplane::IpvsStepError;
 use crate::sysctl::Sysctls;
@@ -38,6 +39,17 @@ pub trait Dataplane: Send {
 
     /// Forgets what the kernel was given, so the next sync rewrites everything.
     fn forget_applied(&mut self);
+}
+
+/// The span every sync runs in: its mode and family, and its kind (`full` or `partial`) once
+/// the dataplane has decided it.
+pub(crate) fn sync_span(mode: &'static str, family: IpFamily) -> tracing::Span {
+    tracing::info_span!(
+        "sync",
+        mode,
+        family = family.label(),
+        kind = tracing::field::Empty
+    )
 }
 
 /// Hears what a sync does, for the agent's metrics; every method defaults to ignoring it.

@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 use rulegen::{IpFamily, Model, RenderConfig, Retain, Ruleset};
 
 use crate::applier::{IptablesApplier, SyncKind, SyncReport};
-use crate::backend::{Backend, FamilyTools};
-use crate::dataplane::{Dataplane, FullSyncReason, NodeFacts, SyncError, SyncFuture, SyncObserver};
+use crate::backend::Backend;
+use crate::dataplane::{
+    Dataplane, FullSyncReason, NodeFacts, SyncError, SyncFuture, SyncObserver, sync_span,
+};
 
 /// How often a sync reads the kernel back and rewrites every chain (stale chains, hooks) even
 /// when nothing failed, as upstream's hourly full sync does; other syncs send only what changed.
@@ -193,12 +195,7 @@ impl Dataplane for IptablesDataplane {
         observer: &'a mut dyn SyncObserver,
     ) -> SyncFuture<'a, Result<SyncReport, SyncError>> {
         Box::pin(async move {
-            let span = tracing::info_span!(
-                "sync",
-                mode = "iptables",
-                family = self.applier.family().label(),
-                kind = tracing::field::Empty
-            );
+            let span = sync_span(self.mode(), self.family());
             let result =
                 tracing::Instrument::instrument(self.sync_now(model, cfg, observer), span).await;
             if result.is_err() {

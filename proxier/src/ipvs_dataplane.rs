@@ -15,9 +15,8 @@ use rulegen::{IpFamily, Model, RenderConfig};
 use thiserror::Error;
 
 use crate::applier::{ApplyError, IptablesApplier, SyncKind, SyncReport};
-use crate::backend::FamilyTools;
 use crate::command::Launcher;
-use crate::dataplane::{Dataplane, NodeFacts, SyncError, SyncFuture, SyncObserver};
+use crate::dataplane::{Dataplane, NodeFacts, SyncError, SyncFuture, SyncObserver, sync_span};
 use crate::interface::{DummyInterface, IPVS_INTERFACE, InterfaceError};
 use crate::ipset::{Ipset, IpsetError};
 use crate::iptables_dataplane::FULL_SYNC_PERIOD;
@@ -316,12 +315,7 @@ impl Dataplane for IpvsDataplane {
         _observer: &'a mut dyn SyncObserver,
     ) -> SyncFuture<'a, Result<SyncReport, SyncError>> {
         Box::pin(async move {
-            let span = tracing::info_span!(
-                "sync",
-                mode = "ipvs",
-                family = self.family.label(),
-                kind = tracing::field::Empty
-            );
+            let span = sync_span(self.mode(), self.family());
             let result = tracing::Instrument::instrument(self.sync_now(model, cfg), span).await;
             if result.is_err() {
                 self.forget_applied();
