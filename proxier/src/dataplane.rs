@@ -184,6 +184,14 @@ impl NodeFacts {
         }
     }
 
+    /// The sysctls under `sysctls`, no interface read (tests).
+    pub fn with_sysctls(sysctls: Sysctls) -> Self {
+        NodeFacts {
+            sysctls: Some(sysctls),
+            interfaces: false,
+        }
+    }
+
     /// Nothing read: the render configuration is used as given (tests, benches).
     pub fn given() -> Self {
         NodeFacts {
@@ -229,5 +237,50 @@ impl NodeFacts {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The refusals read as the agent's `fallback` log field always did.
+    #[test]
+    fn refusals_keep_their_log_texts() {
+        let flushed = PartialRefusal::Flushed {
+            table: "nat".into(),
+            check: "-F KUBE-PROXY-CANARY".into(),
+        };
+        assert_eq!(
+            flushed.to_string(),
+            "the nat table was flushed behind the proxy's back (`-F KUBE-PROXY-CANARY` failed)"
+        );
+        assert_eq!(
+            PartialRefusal::NothingApplied.to_string(),
+            "no successful sync to diff against"
+        );
+        assert_eq!(
+            PartialRefusal::from(NeedsFullSync::Hooks("nat")).to_string(),
+            "the hook rules in the built-in chains of table nat changed"
+        );
+    }
+
+    /// `nf_conntrack_tcp_be_liberal` as the kernel has it wins over the configuration; an
+    /// unreadable one leaves the configuration as it is.
+    #[test]
+    fn the_kernel_says_whether_tcp_is_liberal() {
+        let root = std::env::temp_dir().join(format!("kprs-facts-{}", std::process::id()));
+        let dir = root.join("proc/sys/net/netfilter");
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = RenderConfig::default();
+        let facts = NodeFacts::with_sysctls(Sysctls::at(&root));
+        assert!(
+            !facts.conntrack(&cfg).conntrack_tcp_be_liberal,
+            "unreadable"
+        );
+        std::fs::write(dir.join("nf_conntrack_tcp_be_liberal"), "1\n").unwrap();
+        assert!(facts.conntrack(&cfg).conntrack_tcp_be_liberal);
+        assert!(NodeFacts::given().conntrack(&cfg).as_ref() == &cfg);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }
