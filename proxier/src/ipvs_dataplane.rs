@@ -10,8 +10,8 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use rulegen::ipvs::{IpSets, IpvsConfig, IpvsTable};
-use rulegen::{IpFamily, Model, RenderConfig};
+use rulegen::ipvs::{IpSets, IpvsConfig, IpvsRender, IpvsTable};
+use rulegen::{IpFamily, Model, RenderConfig, Ruleset};
 use thiserror::Error;
 
 use crate::applier::{ApplyError, IptablesApplier, SyncKind, SyncReport};
@@ -145,14 +145,7 @@ impl IpvsDataplane {
         {
             self.applied_sets = None;
         }
-        let mut cfg = self.facts.conntrack(cfg).into_owned();
-        // Node ports are served on the node's own addresses; `--nodeport-addresses` still
-        // filters them.
-        if let Some(local) = self.facts.local_addresses(self.family).await {
-            cfg.node_ips = local;
-        }
-        let render =
-            rulegen::ipvs::render(model, &cfg, &self.config).map_err(SyncError::IpvsRender)?;
+        let render = self.render(model, cfg).await?;
         let mut summary = IpvsSyncSummary {
             virtual_servers: render.table.virtual_servers.len(),
             real_servers: render
@@ -170,26 +163,13 @@ impl IpvsDataplane {
         let mut failures: Vec<IpvsStepError> = Vec::new();
 
         // 1. Virtual servers.
-        let netlink_ok = match self.sync_table(render.table).await {
+        let netlink_ok = match self.apply_virtual_servers(render.table).await {
             Ok(r) => {
                 summary.netlink = r;
                 true
             }
-            Err(IpvsError::Incomplete {
-                failed,
-                first,
-                report,
-            }) => {
-                // The rest was applied: a refused request is that one object's problem.
-                tracing::warn!(
-                    refused = failed,
-                    "the kernel refused {failed} IPVS request(s), first: {first}; the others were applied"
-                );
-                summary.netlink = *report;
-                true
-            }
             Err(e) => {
-                failures.push(IpvsStepError::VirtualServers(e));
+                failures.push(e);
                 false
             }
         };
@@ -220,22 +200,13 @@ impl IpvsDataplane {
             Err(e) => failures.push(IpvsStepError::Ipsets(e)),
         }
         drop(applied);
-        let rules_ok = match self.applier.full_sync(&render.ruleset).await {
-            Ok(r) => {
-                summary.iptables = r.restore;
+        let rules_ok = match self.apply_rules(&render.ruleset).await {
+            Ok(restore) => {
+                summary.iptables = restore;
                 true
             }
             Err(e) => {
-                if let Some(line) = e.failed_line() {
-                    tracing::error!(
-                        line = line.number,
-                        chain = line.chain.as_deref().unwrap_or("-"),
-                        text = %line.text,
-                        "iptables-restore rejected a line of IPVS mode's rules\n{}",
-                        line.context
-                    );
-                }
-                failures.push(IpvsStepError::Rules(e));
+                failures.push(e);
                 false
             }
         };
@@ -257,6 +228,60 @@ impl IpvsDataplane {
             }
             1 => Err(SyncError::IpvsStep(failures.remove(0))),
             _ => Err(SyncError::IpvsSteps(failures)),
+        }
+    }
+
+    /// Renders `model` with the node's facts read now.
+    async fn render(&self, model: &Model, cfg: &RenderConfig) -> Result<IpvsRender, SyncError> {
+        let mut cfg = self.facts.conntrack(cfg).into_owned();
+        // Node ports are served on the node's own addresses; `--nodeport-addresses` still
+        // filters them.
+        if let Some(local) = self.facts.local_addresses(self.family).await {
+            cfg.node_ips = local;
+        }
+        rulegen::ipvs::render(model, &cfg, &self.config).map_err(SyncError::IpvsRender)
+    }
+
+    /// Makes the kernel's virtual servers equal to `table`. Requests the kernel refused are
+    /// logged, not a failure: the rest was applied, and a refused request is that one object's
+    /// problem.
+    async fn apply_virtual_servers(
+        &mut self,
+        table: IpvsTable,
+    ) -> Result<IpvsSyncReport, IpvsStepError> {
+        match self.sync_table(table).await {
+            Ok(r) => Ok(r),
+            Err(IpvsError::Incomplete {
+                failed,
+                first,
+                report,
+            }) => {
+                tracing::warn!(
+                    refused = failed,
+                    "the kernel refused {failed} IPVS request(s), first: {first}; the others were applied"
+                );
+                Ok(*report)
+            }
+            Err(e) => Err(IpvsStepError::VirtualServers(e)),
+        }
+    }
+
+    /// Restores the iptables part; returns how long the restore took.
+    async fn apply_rules(&mut self, ruleset: &Ruleset) -> Result<Duration, IpvsStepError> {
+        match self.applier.full_sync(ruleset).await {
+            Ok(r) => Ok(r.restore),
+            Err(e) => {
+                if let Some(line) = e.failed_line() {
+                    tracing::error!(
+                        line = line.number,
+                        chain = line.chain.as_deref().unwrap_or("-"),
+                        text = %line.text,
+                        "iptables-restore rejected a line of IPVS mode's rules\n{}",
+                        line.context
+                    );
+                }
+                Err(IpvsStepError::Rules(e))
+            }
         }
     }
 
