@@ -8,13 +8,18 @@
 //! KPRS_BENCH_KEEP=1 KPRS_BENCH_BACKENDS=nft cargo bench --bench apply   # keep the namespace
 //! ```
 //!
-//! Prints the full-sync time (save + restore + hooks), then for each of the partial syncs its
+//! Every sync goes through the agent's path ([`IptablesDataplane`]: the first one full, sent in
+//! the back end's chunks, then partial ones). Prints the full-sync time (save + restore +
+//! hooks), then for each of the partial syncs its
 //! diff time, payload bytes and restore time; figures go in `benches/README.md`.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use proxier::{Backend, Family, IptablesApplier, Launcher, SyncKind};
+use proxier::{
+    Backend, Dataplane, IptablesApplier, IptablesDataplane, Launcher, NoObserver, NodeFacts,
+    SyncKind,
+};
 use rulegen::AppliedState;
 
 mod support;
@@ -75,11 +80,13 @@ fn main() {
             other => panic!("unknown back end {other:?}"),
         };
         let ns = Netns::new(name);
-        let mut applier = IptablesApplier::new(backend, Family::V4)
+        let applier = IptablesApplier::new(backend, rulegen::IpFamily::V4)
             .with_launcher(Launcher::netns(&ns.0))
             .with_timeout(Duration::from_secs(1800));
+        let mut dataplane = IptablesDataplane::new(applier).with_node_facts(NodeFacts::given());
         runtime.block_on(async {
-            let full = applier.full_sync(&rs).await.unwrap();
+            let full = dataplane.sync(&model, &cfg, &mut NoObserver).await.unwrap();
+            assert_eq!(full.kind, SyncKind::Full);
             println!(
                 "apply/{services}x10/{name}: full sync {:.2?} (save {:.2?}, restore {:.2?}, hooks {:.2?}), payload {} bytes",
                 full.total(),
@@ -91,11 +98,16 @@ fn main() {
             let mut applied = AppliedState::of(&rs);
             let mut restores = Vec::new();
             for round in 1..=CHANGES {
-                let next = rulegen::render(&one_endpoint_changed(&model, round), &cfg).unwrap();
+                let changed = one_endpoint_changed(&model, round);
+                let next = rulegen::render(&changed, &cfg).unwrap();
                 let t = Instant::now();
                 let bytes = next.partial_payload(&applied).unwrap().payload.len();
                 let diff = t.elapsed();
-                let report = applier.partial_sync(&next).await.unwrap();
+                drop(next);
+                let report = dataplane
+                    .sync(&changed, &cfg, &mut NoObserver)
+                    .await
+                    .unwrap();
                 assert_eq!(report.kind, SyncKind::Partial);
                 println!(
                     "apply/{services}x10/{name}: one endpoint changed: diff {diff:.2?}, payload {bytes} bytes, restore {:.2?}",
@@ -103,7 +115,7 @@ fn main() {
                 );
                 restores.push(report.restore);
                 // Back to the loaded model, so every round changes one endpoint of `rs`.
-                applier.partial_sync(&rs).await.unwrap();
+                dataplane.sync(&model, &cfg, &mut NoObserver).await.unwrap();
                 applied = AppliedState::of(&rs);
             }
             restores.sort();

@@ -9,13 +9,17 @@ use std::sync::Arc;
 
 use rulegen::sync::restore::{SavedChains, StaleChains, saved_chains};
 use rulegen::sync::retain::plan_chunks;
-use rulegen::{AppliedState, Retain, Ruleset};
+use rulegen::{AppliedState, Model, RenderConfig, RenderError, Retain, Ruleset};
 use thiserror::Error;
 
-use crate::backend::{Backend, Family};
+use rulegen::IpFamily;
+
+use crate::backend::{Backend, FamilyTools};
 use crate::command::{CommandError, Launcher};
+use crate::dataplane::{FullSyncReason, PartialRefusal, SyncObserver};
 use crate::hooks::{BuiltinRules, HookError};
 use crate::iptables::Iptables;
+use crate::ipvs_dataplane::IpvsSyncSummary;
 use crate::restore::{FailedLine, RestoreError};
 
 /// Applies rendered rulesets of one family with one back end.
@@ -25,8 +29,6 @@ pub struct IptablesApplier {
     // Fingerprints of what the last successful sync gave the kernel: what a partial sync diffs
     // against. None before the first sync and after any failure, so the next one is full.
     applied: Option<Arc<AppliedState>>,
-    // How long the last partial attempt's restore took (added to a fallback's report).
-    last_attempt: Duration,
     // Whether full syncs delete the per-service chains no Service owns (iptables mode's
     // takeover). IPVS mode leaves them, as upstream does: iptables mode's `KUBE-NODEPORTS`
     // still jumps to them, and IPVS mode never rewrites that chain.
@@ -58,8 +60,10 @@ impl SyncKind {
 pub struct SyncReport {
     /// Full or partial.
     pub kind: SyncKind,
-    /// Why a partial sync was asked for but a full one ran (`None` otherwise).
-    pub fallback: Option<String>,
+    /// Why a full sync ran (`None` for a partial one).
+    pub reason: Option<FullSyncReason>,
+    /// Time from the sync's start until its (last whole-ruleset) render was done.
+    pub render: Duration,
     /// Time spent reading the tables (`iptables-save -t …`).
     pub save: Duration,
     /// Time spent in `iptables-restore` (a failed partial attempt included).
@@ -76,18 +80,24 @@ pub struct SyncReport {
     pub hooks_inserted: usize,
     /// Hook rules checked with `iptables -C` (the others were seen in the save).
     pub hooks_checked: usize,
+    /// IPVS mode: what its other steps did.
+    pub ipvs: Option<IpvsSyncSummary>,
 }
 
 /// Why a sync failed.
 #[derive(Debug, Error)]
 pub enum ApplyError {
     /// The ruleset was rendered for the other family.
-    #[error("the ruleset is for {ruleset}, but this applier drives {applier} tables")]
+    #[error(
+        "the ruleset is for {}, but this applier drives {} tables",
+        .ruleset.label(),
+        .applier.label()
+    )]
     FamilyMismatch {
         /// The ruleset's family.
-        ruleset: Family,
+        ruleset: IpFamily,
         /// The applier's family.
-        applier: Family,
+        applier: IpFamily,
     },
     /// Reading a table failed; nothing was changed.
     #[error("reading table {table} failed (nothing changed): {source}")]
@@ -109,8 +119,9 @@ pub enum ApplyError {
     )]
     IncompleteRender(&'static str),
     /// Rendering a chunk of a chunked full sync failed; nothing of it was sent.
+    // Not a `#[source]`, as for `Restore`.
     #[error("rendering a chunk failed: {0}")]
-    Render(String),
+    Render(RenderError),
     /// The rules were restored, but a hook could not be ensured.
     #[error("rules restored, but hooks are incomplete: {0}")]
     Hooks(#[from] HookError),
@@ -137,11 +148,19 @@ impl SyncReport {
     pub fn total(&self) -> Duration {
         self.save + self.restore + self.hooks
     }
+
+    /// Why a partial sync was asked for but a full one ran (`None` otherwise).
+    pub fn fallback(&self) -> Option<&PartialRefusal> {
+        match &self.reason {
+            Some(FullSyncReason::PartialRefused(why)) => Some(why),
+            _ => None,
+        }
+    }
 }
 
 impl IptablesApplier {
     /// An applier for `family` with `backend`, running the tools directly.
-    pub fn new(backend: Backend, family: Family) -> Self {
+    pub fn new(backend: Backend, family: IpFamily) -> Self {
         Self::with_iptables(Iptables::new(backend, family))
     }
 
@@ -150,7 +169,6 @@ impl IptablesApplier {
         IptablesApplier {
             iptables,
             applied: None,
-            last_attempt: Duration::ZERO,
             delete_stale: true,
         }
     }
@@ -185,12 +203,11 @@ impl IptablesApplier {
     }
 
     /// The family it drives.
-    pub fn family(&self) -> Family {
+    pub fn family(&self) -> IpFamily {
         self.iptables.family
     }
 
-    /// Whether the next [`partial_sync`](Self::partial_sync) can be partial (a sync succeeded
-    /// and nothing has failed since).
+    /// Whether the next sync can be partial (a sync succeeded and nothing has failed since).
     pub fn can_sync_partially(&self) -> bool {
         self.applied.is_some()
     }
@@ -230,8 +247,9 @@ impl IptablesApplier {
     }
 
     /// Like [`full_sync`](Self::full_sync) for a node too large to hold its whole ruleset in
-    /// memory: `lean` is the render with every chain's name and fingerprint but (possibly) no
-    /// rule text, and `render` re-renders keeping only the chains a [`Retain`] keeps. The rules
+    /// memory: `lean` is the render of `model` under `cfg` with every chain's name and
+    /// fingerprint but (possibly) no rule text; each chunk is rendered again keeping only its
+    /// chains (see [`Retain::Chunk`]), and `observer` hears of each. The rules
     /// go in chunks of about `chunk_bytes`, one restore each, in an order where every jump
     /// lands on a chain that exists (see [`rulegen::sync::retain::apply_rank`]); stale chains go
     /// with their table's last chunk.
@@ -242,15 +260,14 @@ impl IptablesApplier {
     ///
     /// `lean` itself is rendered into for the chunks (its chain list is the bulk of what a
     /// large node's render holds, and it is not needed once the plan is made).
-    pub async fn full_sync_chunked<F>(
+    pub async fn full_sync_chunked(
         &mut self,
+        model: &Model,
+        cfg: &RenderConfig,
         lean: &mut Ruleset,
         chunk_bytes: usize,
-        mut render: F,
-    ) -> Result<SyncReport, ApplyError>
-    where
-        F: FnMut(&Retain, &mut Ruleset) -> Result<(), String>,
-    {
+        observer: &mut dyn SyncObserver,
+    ) -> Result<SyncReport, ApplyError> {
         if let Some(e) = self.family_mismatch(lean) {
             return Err(e);
         }
@@ -260,7 +277,9 @@ impl IptablesApplier {
         let plan = plan_chunks(lean, chunk_bytes);
         let chunk_rs = lean;
         for (i, chunk) in plan.iter().enumerate() {
-            render(&Retain::Chunk(chunk.clone()), chunk_rs).map_err(ApplyError::Render)?;
+            rulegen::render_into_with(model, cfg, chunk_rs, &Retain::Chunk(chunk.clone()))
+                .map_err(ApplyError::Render)?;
+            observer.chunk_rendered(chunk_rs);
             let mut gone = StaleChains::new();
             if plan[i + 1..].iter().all(|c| c.table != chunk.table)
                 && let Some(names) = stale.get(chunk.table)
@@ -356,7 +375,7 @@ impl IptablesApplier {
         report.hooks_checked = hooks.checked;
         tracing::debug!(
             backend = %self.iptables.backend,
-            family = %self.iptables.family,
+            family = self.iptables.family.label(),
             ?report,
             "full sync done"
         );
@@ -371,42 +390,25 @@ impl IptablesApplier {
     }
 
     /// Sends only what changed since the last successful sync (see [`rulegen::sync::partial`]): the
-    /// changed and new chains, the removed ones deleted, nothing read back. The same restore
-    /// checks each table's `KUBE-PROXY-CANARY` and hooks; when they are gone (someone flushed
-    /// the tables) the partial restore fails and a full sync runs at once. A full sync also
-    /// runs when there is no successful sync to diff against (the first one, or after any
-    /// failure) and when the hooks themselves changed. `rs` must be a complete render.
-    pub async fn partial_sync(&mut self, rs: &Ruleset) -> Result<SyncReport, ApplyError> {
-        match self.try_partial_sync(rs).await? {
-            Ok(report) => Ok(report),
-            Err(why) => {
-                let attempt = self.last_attempt;
-                let mut full = self.full_sync(rs).await?;
-                full.restore += attempt;
-                full.fallback = Some(why);
-                Ok(full)
-            }
-        }
-    }
-
-    /// The partial half of [`partial_sync`](Self::partial_sync), for a ruleset that may hold
-    /// only the changed chains' rules: `Ok(Err(why))` when a full sync is needed instead (no
-    /// sync to diff against, hooks changed, tables flushed behind the proxy's back); the caller
-    /// runs it.
+    /// changed and new chains, the removed ones deleted, nothing read back; `rs` may hold only
+    /// the changed chains' rules. The same restore checks each table's `KUBE-PROXY-CANARY` and
+    /// hooks. `Ok(Err(why))` when a full sync is needed instead: no successful sync to diff
+    /// against (the first one, or after any failure), the hooks themselves changed, or the
+    /// tables were flushed behind the proxy's back (the canary or a hook is gone); the caller
+    /// runs it (see [`crate::IptablesDataplane`]).
     pub async fn try_partial_sync(
         &mut self,
         rs: &Ruleset,
-    ) -> Result<Result<SyncReport, String>, ApplyError> {
-        self.last_attempt = Duration::ZERO;
+    ) -> Result<Result<SyncReport, PartialRefusal>, ApplyError> {
         if let Some(e) = self.family_mismatch(rs) {
             return Err(e);
         }
         let Some(applied) = self.applied.take() else {
-            return Ok(Err("no successful sync to diff against".to_string()));
+            return Ok(Err(PartialRefusal::NothingApplied));
         };
         let plan = match rs.partial_payload(&applied) {
             Ok(plan) => plan,
-            Err(why) => return Ok(Err(why.to_string())),
+            Err(why) => return Ok(Err(why.into())),
         };
         let mut report = SyncReport {
             kind: SyncKind::Partial,
@@ -418,7 +420,6 @@ impl IptablesApplier {
         let started = Instant::now();
         let restored = self.iptables.restore_payload(&plan.payload).await;
         report.restore = started.elapsed();
-        self.last_attempt = report.restore;
         // Free the old fingerprints before the new ones are taken (megabytes on a large node).
         drop(plan);
         drop(applied);
@@ -429,11 +430,10 @@ impl IptablesApplier {
             }
             Err(e) => match e.failed_line().filter(|l| is_flush_check(&l.text)) {
                 Some(line) => {
-                    let why = format!(
-                        "the {} table was flushed behind the proxy's back (`{}` failed)",
-                        line.table.as_deref().unwrap_or("?"),
-                        line.text
-                    );
+                    let why = PartialRefusal::Flushed {
+                        table: line.table.as_deref().unwrap_or("?").to_string(),
+                        check: line.text.clone(),
+                    };
                     tracing::warn!("{why}; resyncing every chain");
                     Ok(Err(why))
                 }
@@ -462,7 +462,7 @@ fn is_flush_check(line: &str) -> bool {
 
 impl IptablesApplier {
     fn family_mismatch(&self, rs: &Ruleset) -> Option<ApplyError> {
-        let ruleset = Family::from(rs.family);
+        let ruleset = rs.family;
         (ruleset != self.iptables.family).then_some(ApplyError::FamilyMismatch {
             ruleset,
             applier: self.iptables.family,

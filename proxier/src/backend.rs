@@ -1,6 +1,9 @@
-//! The two iptables back ends and two address families, and the binaries each pair uses.
+//! The two iptables back ends, the tool names of the two address families, and the binaries
+//! each pair uses.
 
 use std::fmt;
+
+use rulegen::IpFamily;
 
 /// Which kernel API the iptables tools drive: both exist on a node, but only one may hold rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -9,15 +12,6 @@ pub enum Backend {
     Legacy,
     /// `iptables-nft`: the same rules, stored as nf_tables.
     Nft,
-}
-
-/// The address family: `iptables-*` for IPv4, `ip6tables-*` for IPv6.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Family {
-    /// IPv4 (`iptables`).
-    V4,
-    /// IPv6 (`ip6tables`).
-    V6,
 }
 
 impl Backend {
@@ -33,17 +27,17 @@ impl Backend {
     }
 
     /// The rule tool: `iptables-legacy`, `ip6tables-nft`, …
-    pub fn iptables(self, family: Family) -> String {
+    pub fn iptables(self, family: IpFamily) -> String {
         format!("{}-{}", family.tool(), self.name())
     }
 
     /// The dump tool: `iptables-legacy-save`, `ip6tables-nft-save`, …
-    pub fn save(self, family: Family) -> String {
+    pub fn save(self, family: IpFamily) -> String {
         format!("{}-{}-save", family.tool(), self.name())
     }
 
     /// The transaction tool: `iptables-nft-restore`, `ip6tables-legacy-restore`, …
-    pub fn restore(self, family: Family) -> String {
+    pub fn restore(self, family: IpFamily) -> String {
         format!("{}-{}-restore", family.tool(), self.name())
     }
 }
@@ -54,50 +48,35 @@ impl fmt::Display for Backend {
     }
 }
 
-impl Family {
-    /// Both families, IPv4 first.
-    pub const ALL: [Family; 2] = [Family::V4, Family::V6];
-
+/// The tool names of an address family: `iptables-*` for IPv4, `ip6tables-*` for IPv6.
+pub trait FamilyTools {
     /// `iptables` or `ip6tables`.
-    pub fn tool(self) -> &'static str {
-        match self {
-            Family::V4 => "iptables",
-            Family::V6 => "ip6tables",
-        }
-    }
-
+    fn tool(self) -> &'static str;
     /// The `nft` family iptables-nft keeps this family's tables in: `ip` or `ip6`.
-    pub fn nft_family(self) -> &'static str {
+    fn nft_family(self) -> &'static str;
+    /// `IPv4` or `IPv6`, as logs and errors name it.
+    fn label(self) -> &'static str;
+}
+
+impl FamilyTools for IpFamily {
+    fn tool(self) -> &'static str {
         match self {
-            Family::V4 => "ip",
-            Family::V6 => "ip6",
+            IpFamily::V4 => "iptables",
+            IpFamily::V6 => "ip6tables",
         }
     }
-}
 
-impl fmt::Display for Family {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Family::V4 => "IPv4",
-            Family::V6 => "IPv6",
-        })
-    }
-}
-
-impl From<rulegen::IpFamily> for Family {
-    fn from(f: rulegen::IpFamily) -> Self {
-        match f {
-            rulegen::IpFamily::V4 => Family::V4,
-            rulegen::IpFamily::V6 => Family::V6,
+    fn nft_family(self) -> &'static str {
+        match self {
+            IpFamily::V4 => "ip",
+            IpFamily::V6 => "ip6",
         }
     }
-}
 
-impl From<Family> for rulegen::IpFamily {
-    fn from(f: Family) -> Self {
-        match f {
-            Family::V4 => rulegen::IpFamily::V4,
-            Family::V6 => rulegen::IpFamily::V6,
+    fn label(self) -> &'static str {
+        match self {
+            IpFamily::V4 => "IPv4",
+            IpFamily::V6 => "IPv6",
         }
     }
 }
@@ -108,9 +87,9 @@ mod tests {
 
     #[test]
     fn binary_names() {
-        assert_eq!(Backend::Nft.restore(Family::V4), "iptables-nft-restore");
-        assert_eq!(Backend::Legacy.save(Family::V6), "ip6tables-legacy-save");
-        assert_eq!(Backend::Legacy.iptables(Family::V4), "iptables-legacy");
-        assert_eq!(Backend::Nft.iptables(Family::V6), "ip6tables-nft");
+        assert_eq!(Backend::Nft.restore(IpFamily::V4), "iptables-nft-restore");
+        assert_eq!(Backend::Legacy.save(IpFamily::V6), "ip6tables-legacy-save");
+        assert_eq!(Backend::Legacy.iptables(IpFamily::V4), "iptables-legacy");
+        assert_eq!(Backend::Nft.iptables(IpFamily::V6), "ip6tables-nft");
     }
 }

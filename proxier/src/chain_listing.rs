@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, FamilyTools};
 use crate::command::{CommandError, Feed};
 use crate::hooks::builtin_declared;
 use crate::iptables::{Iptables, LOCK_WAIT_SECONDS};

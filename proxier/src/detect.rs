@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use crate::backend::{Backend, Family};
+use rulegen::IpFamily;
+
+use crate::backend::{Backend, FamilyTools};
 use crate::command::{CommandError, Feed, Launcher};
 use crate::hooks::builtin_declared;
 use crate::iptables::{DEFAULT_TIMEOUT, Iptables};
@@ -56,14 +58,14 @@ struct Holdings {
 /// Only reads. A read that fails is never taken for an empty back end: when the kubelet
 /// chains do not decide and either side could not be read, the result is nft with
 /// [`Evidence::Fallback`] and the failures in the reason.
-pub async fn detect_backend(launcher: &Launcher, family: Family) -> Detection {
+pub async fn detect_backend(launcher: &Launcher, family: IpFamily) -> Detection {
     detect_backend_within(launcher, family, DEFAULT_TIMEOUT).await
 }
 
 /// [`detect_backend`], each tool call killed after `timeout`.
 pub async fn detect_backend_within(
     launcher: &Launcher,
-    family: Family,
+    family: IpFamily,
     timeout: Duration,
 ) -> Detection {
     let mut errors = Vec::new();
@@ -137,7 +139,7 @@ pub async fn detect_backend_within(
 /// The kubelet chain nft's mangle table holds, if any; an error when nft could not say.
 async fn nft_kubelet_chain(
     launcher: &Launcher,
-    family: Family,
+    family: IpFamily,
     timeout: Duration,
 ) -> Result<Option<&'static str>, CommandError> {
     for chain in KUBELET_CHAINS {
@@ -162,7 +164,7 @@ async fn nft_kubelet_chain(
 /// The legacy back end's kubelet chain and size, from one streamed `iptables-legacy-save`.
 async fn legacy_holdings(
     launcher: &Launcher,
-    family: Family,
+    family: IpFamily,
     timeout: Duration,
 ) -> Result<Holdings, CommandError> {
     let program = Backend::Legacy.save(family);
@@ -205,7 +207,7 @@ async fn legacy_holdings(
 /// built-in chains.
 async fn nft_size(
     launcher: &Launcher,
-    family: Family,
+    family: IpFamily,
     timeout: Duration,
 ) -> Result<usize, CommandError> {
     let ipt = Iptables::new(Backend::Nft, family)

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use crate::backend::{Backend, Family};
+use rulegen::IpFamily;
+
+use crate::backend::Backend;
 use crate::command::Launcher;
 
 /// How long one tool call may run before it is killed, unless configured otherwise.
@@ -17,7 +19,7 @@ pub struct Iptables {
     /// Which back end's binaries to run.
     pub backend: Backend,
     /// Which family's binaries to run (`iptables-*` or `ip6tables-*`).
-    pub family: Family,
+    pub family: IpFamily,
     /// How to start them.
     pub launcher: Launcher,
     /// How long one call may take before it is killed.
@@ -26,7 +28,7 @@ pub struct Iptables {
 
 impl Iptables {
     /// The tools of `backend` for `family`, run directly, with [`DEFAULT_TIMEOUT`].
-    pub fn new(backend: Backend, family: Family) -> Self {
+    pub fn new(backend: Backend, family: IpFamily) -> Self {
         Iptables {
             backend,
             family,

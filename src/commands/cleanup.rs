@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow};
 use proxier::interface::{DummyInterface, IPVS_INTERFACE};
 use proxier::ipvs::{IpvsSocket, IpvsSyncConfig, IpvsSyncer};
-use proxier::{Family, Iptables, Launcher};
+use proxier::{Iptables, Launcher};
 use rulegen::IpFamily;
 use rulegen::render::ipvs::{IpvsTable, SetId};
 
@@ -54,7 +54,7 @@ pub fn run_cleanup(cli: &crate::Cli) -> ExitCode {
 async fn cleanup(settings: &Settings) -> Vec<anyhow::Error> {
     let mut failures = Vec::new();
     let launcher = Launcher::host();
-    for family in [Family::V4, Family::V6] {
+    for family in [IpFamily::V4, IpFamily::V6] {
         let detection = proxier::detect_backend(&launcher, family).await;
         let ipt = Iptables::new(detection.backend, family).with_timeout(TIMEOUT);
         for table in ["mangle", "filter", "nat"] {

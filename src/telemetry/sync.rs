@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use proxier::{ApplyError, SyncKind, SyncReport};
+use proxier::{ApplyError, PartialRefusal, SyncKind, SyncObserver, SyncReport};
 use rulegen::Ruleset;
 
 use super::metrics::Metrics;
@@ -176,8 +176,8 @@ impl SyncTelemetry {
     /// A partial sync could not be done and a full one follows; `why` is the applier's reason.
     /// A partial restore that failed because the tables were flushed counts as a partial
     /// restore failure, as upstream counts its failed partial restores.
-    pub fn partial_fallback(&mut self, why: &str) {
-        if why.contains("flushed") {
+    pub fn partial_fallback(&mut self, why: &PartialRefusal) {
+        if matches!(why, PartialRefusal::Flushed { .. }) {
             self.metrics.restore_failed(true);
         }
     }
@@ -237,5 +237,24 @@ impl SyncTelemetry {
             self.services.sync_services(&state.ports).await;
             self.services.sync_endpoints(&state.local_endpoints);
         }
+    }
+}
+
+/// What the dataplane reports along a sync goes to the same counters as before.
+impl SyncObserver for SyncTelemetry {
+    fn attempt(&mut self, kind: SyncKind) {
+        SyncTelemetry::attempt(self, kind);
+    }
+
+    fn chunk_rendered(&mut self, rs: &Ruleset) {
+        self.rules.observe(rs);
+    }
+
+    fn partial_refused(&mut self, why: &PartialRefusal) {
+        self.partial_fallback(why);
+    }
+
+    fn applied(&mut self, report: &SyncReport, rs: &Ruleset) {
+        SyncTelemetry::applied(self, report, rs);
     }
 }

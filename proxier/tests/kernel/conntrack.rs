@@ -27,7 +27,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use proxier::conntrack::{self, Conntrack};
-use proxier::{Backend, Family, IptablesApplier, Launcher};
+use proxier::{
+    Backend, Dataplane, IptablesApplier, IptablesDataplane, Launcher, NoObserver, NodeFacts,
+};
 use rulegen::sync::conntrack::Lookup;
 use rulegen::{
     Endpoint, IpFamily, LocalDetector, Model, Protocol, RenderConfig, ServicePort, ServicePortName,
@@ -193,10 +195,11 @@ fn config() -> RenderConfig {
     }
 }
 
-fn applier(ns: &Netns, backend: Backend) -> IptablesApplier {
-    IptablesApplier::new(backend, Family::V4)
+fn applier(ns: &Netns, backend: Backend) -> IptablesDataplane {
+    let applier = IptablesApplier::new(backend, IpFamily::V4)
         .with_launcher(Launcher::netns(ns.name()).with_env("XTABLES_LOCKFILE", ns.lockfile()))
-        .with_timeout(Duration::from_secs(30))
+        .with_timeout(Duration::from_secs(30));
+    IptablesDataplane::new(applier).with_node_facts(NodeFacts::given())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -213,7 +216,7 @@ async fn a_removed_udp_backend_no_longer_holds_its_clients(backend: Backend) {
     let _pb = UdpServer::start(lab.pod("pb"), "pb", POD_PORT);
     let cfg = config();
     let mut a = applier(&lab.node, backend);
-    a.full_sync(&rulegen::render(&model(&["pa", "pb"]), &cfg).unwrap())
+    a.sync(&model(&["pa", "pb"]), &cfg, &mut NoObserver)
         .await
         .unwrap();
     let before = Lookup::build(&model(&["pa", "pb"]), &cfg);
@@ -251,8 +254,7 @@ async fn a_removed_udp_backend_no_longer_holds_its_clients(backend: Backend) {
 
     // pa leaves the Service: the rules no longer send anything to it.
     let after_model = model(&["pb"]);
-    let rules = rulegen::render(&after_model, &cfg).unwrap();
-    a.partial_sync(&rules).await.unwrap();
+    a.sync(&after_model, &cfg, &mut NoObserver).await.unwrap();
     // A new client lands on pb only.
     let fresh = lab.client_socket(port);
     for dst in frontends {
@@ -340,9 +342,7 @@ async fn a_service_scaled_to_zero_or_deleted_keeps_no_flow() {
     let cfg = config();
     let mut a = applier(&lab.node, Backend::Nft);
     let both = model(&["pa", "pb"]);
-    a.full_sync(&rulegen::render(&both, &cfg).unwrap())
-        .await
-        .unwrap();
+    a.sync(&both, &cfg, &mut NoObserver).await.unwrap();
     let dst = SocketAddr::new(ip(CLUSTER_IP), 53);
     let sock = lab.client_socket(41000);
     assert!(ask(&sock, dst).is_some());
@@ -350,9 +350,7 @@ async fn a_service_scaled_to_zero_or_deleted_keeps_no_flow() {
 
     // Zero endpoints: the flow goes; the next datagram is rejected, nothing answers.
     let none = model(&[]);
-    a.partial_sync(&rulegen::render(&none, &cfg).unwrap())
-        .await
-        .unwrap();
+    a.sync(&none, &cfg, &mut NoObserver).await.unwrap();
     assert!(
         ask(&sock, dst).is_some(),
         "control: the old flow still answers"
@@ -365,15 +363,11 @@ async fn a_service_scaled_to_zero_or_deleted_keeps_no_flow() {
     assert!(lab.kernel_flows().is_empty(), "{:?}", lab.kernel_flows());
 
     // Endpoints again, then the Service is deleted: its frontend keeps no flow.
-    a.partial_sync(&rulegen::render(&both, &cfg).unwrap())
-        .await
-        .unwrap();
+    a.sync(&both, &cfg, &mut NoObserver).await.unwrap();
     assert!(ask(&sock, dst).is_some());
     let last = Lookup::build(&both, &cfg);
     let gone = Model::default();
-    a.partial_sync(&rulegen::render(&gone, &cfg).unwrap())
-        .await
-        .unwrap();
+    a.sync(&gone, &cfg, &mut NoObserver).await.unwrap();
     assert!(
         ask(&sock, dst).is_some(),
         "control: the old flow still answers"

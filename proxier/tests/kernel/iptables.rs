@@ -12,8 +12,9 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use proxier::{
-    ApplyError, Backend, CommandError, Evidence, Family, IptablesApplier, Launcher, Rejected,
-    RestoreError, SyncKind, detect_backend, detect_backend_within,
+    ApplyError, Backend, CommandError, Dataplane, Evidence, FullSyncReason, IptablesApplier,
+    IptablesDataplane, Launcher, NoObserver, NodeFacts, PartialRefusal, Rejected, RestoreError,
+    SyncKind, SyncObserver, detect_backend, detect_backend_within,
 };
 use rulegen::render::iptables::chains::ChainName;
 use rulegen::scenario::{self, Scenario};
@@ -28,10 +29,15 @@ fn launcher(ns: &Netns) -> Launcher {
     Launcher::netns(ns.name()).with_env("XTABLES_LOCKFILE", ns.lockfile())
 }
 
-fn applier(ns: &Netns, backend: Backend, family: Family) -> IptablesApplier {
+fn applier(ns: &Netns, backend: Backend, family: IpFamily) -> IptablesApplier {
     IptablesApplier::new(backend, family)
         .with_launcher(launcher(ns))
         .with_timeout(Duration::from_secs(30))
+}
+
+/// The agent's iptables dataplane over [`applier`], the render configuration used as given.
+fn dataplane(ns: &Netns, backend: Backend, family: IpFamily) -> IptablesDataplane {
+    IptablesDataplane::new(applier(ns, backend, family)).with_node_facts(NodeFacts::given())
 }
 
 fn ip(s: &str) -> IpAddr {
@@ -40,10 +46,10 @@ fn ip(s: &str) -> IpAddr {
 
 /// `n` ClusterIP services with two endpoints each (the first also a NodePort), plus one
 /// without endpoints (a REJECT in filter).
-fn model(family: Family, n: usize) -> Model {
+fn model(family: IpFamily, n: usize) -> Model {
     let addr = |kind: &str, i: usize| match family {
-        Family::V4 => ip(&format!("10.{kind}.{i}")),
-        Family::V6 => ip(&format!(
+        IpFamily::V4 => ip(&format!("10.{kind}.{i}")),
+        IpFamily::V6 => ip(&format!(
             "fd00:10:{}::{:x}",
             if kind == "96.0" { "96" } else { "244" },
             i
@@ -76,27 +82,27 @@ fn model(family: Family, n: usize) -> Model {
     Model { services }
 }
 
-fn config(family: Family) -> RenderConfig {
+fn config(family: IpFamily) -> RenderConfig {
     RenderConfig {
-        family: family.into(),
+        family,
         node_name: "node-a".into(),
         local_detector: LocalDetector::Cidrs(vec![match family {
-            Family::V4 => "10.244.0.0/16".parse().unwrap(),
-            Family::V6 => "fd00:10:244::/56".parse().unwrap(),
+            IpFamily::V4 => "10.244.0.0/16".parse().unwrap(),
+            IpFamily::V6 => "fd00:10:244::/56".parse().unwrap(),
         }]),
         ..RenderConfig::default()
     }
 }
 
-fn render(family: Family, n: usize) -> Ruleset {
+fn render(family: IpFamily, n: usize) -> Ruleset {
     let rs = rulegen::render(&model(family, n), &config(family)).unwrap();
-    assert_eq!(rs.family, IpFamily::from(family));
+    assert_eq!(rs.family, family);
     rs
 }
 
 /// What the namespace holds for the ruleset's tables: `<save> -t TABLE` per table in the
 /// ruleset's order, `#` lines dropped (read with the harness, not with the code under test).
-fn kernel_text(ns: &Netns, backend: Backend, family: Family, rs: &Ruleset) -> String {
+fn kernel_text(ns: &Netns, backend: Backend, family: IpFamily, rs: &Ruleset) -> String {
     let bin = backend.save(family);
     let mut all = String::new();
     for t in &rs.tables {
@@ -110,11 +116,11 @@ fn kernel_text(ns: &Netns, backend: Backend, family: Family, rs: &Ruleset) -> St
 }
 
 #[track_caller]
-fn assert_holds(ns: &Netns, backend: Backend, family: Family, expected: &str, rs: &Ruleset) {
+fn assert_holds(ns: &Netns, backend: Backend, family: IpFamily, expected: &str, rs: &Ruleset) {
     let got = kernel_text(ns, backend, family, rs);
     if got != expected {
         panic!(
-            "[{backend} {family}] the kernel holds something else (- expected, + kernel):\n{}",
+            "[{backend} {family:?}] the kernel holds something else (- expected, + kernel):\n{}",
             similar::TextDiff::from_lines(expected, &got)
                 .unified_diff()
                 .context_radius(3)
@@ -199,7 +205,7 @@ struct Refused {
 async fn refused_sync(
     tag: &str,
     backend: Backend,
-    family: Family,
+    family: IpFamily,
     (services, next): (usize, Option<usize>),
     table: &str,
     bad_rule: &str,
@@ -238,7 +244,7 @@ fn rejected_line(err: &ApplyError) -> (&Rejected, &proxier::restore::FailedLine)
 
 /// (a) + (b): a full sync leaves exactly the render in the kernel; a second one changes nothing
 /// and adds no hook.
-async fn full_sync_holds_the_render_and_is_idempotent(backend: Backend, family: Family) {
+async fn full_sync_holds_the_render_and_is_idempotent(backend: Backend, family: IpFamily) {
     testkit::needs_root!();
     let ns = Netns::new(&format!("full-{backend}"));
     let rs = render(family, 3);
@@ -265,12 +271,12 @@ async fn full_sync_holds_the_render_and_is_idempotent(backend: Backend, family: 
     let checked = a.iptables().ensure_hooks(&rs.hooks(), None).await.unwrap();
     assert_eq!((checked.checked, checked.inserted), (rs.hooks().len(), 0));
     assert_holds(&ns, backend, family, &expected, &rs);
-    eprintln!("[{backend} {family}] first sync {first:?}, second {second:?}");
+    eprintln!("[{backend} {family:?}] first sync {first:?}, second {second:?}");
 }
 
 /// (c): a smaller model's sync deletes the chains of the Services that went, and the kernel
 /// then holds exactly the new render.
-async fn a_smaller_model_deletes_stale_chains(backend: Backend, family: Family) {
+async fn a_smaller_model_deletes_stale_chains(backend: Backend, family: IpFamily) {
     testkit::needs_root!();
     let ns = Netns::new(&format!("stale-{backend}"));
     let big = render(family, 4);
@@ -295,20 +301,22 @@ async fn a_smaller_model_deletes_stale_chains(backend: Backend, family: Family) 
 /// Partial syncs: after a full sync they trust what it applied — no save, no hook checks — and
 /// send only the chains that changed, still deleting the chains of Services that went and
 /// adding new ones; after a failed sync the next one falls back to a full sync.
-async fn partial_syncs_follow_changes_without_reading_back(backend: Backend, family: Family) {
+async fn partial_syncs_follow_changes_without_reading_back(backend: Backend, family: IpFamily) {
     testkit::needs_root!();
     let ns = Netns::new(&format!("partial-{backend}"));
+    let (big_model, small_model, cfg) = (model(family, 4), model(family, 2), config(family));
     let big = render(family, 4);
     let small = render(family, 2);
-    let mut a = applier(&ns, backend, family);
+    let mut a = dataplane(&ns, backend, family);
 
-    // No successful sync yet: a partial sync is a full one (it reads back and inserts hooks).
-    let first = a.partial_sync(&small).await.unwrap();
+    // No successful sync yet: the sync is full (it reads back and inserts hooks).
+    let first = a.sync(&small_model, &cfg, &mut NoObserver).await.unwrap();
     assert_eq!(first.kind, SyncKind::Full, "{first:?}");
+    assert_eq!(first.reason, Some(FullSyncReason::FirstSync), "{first:?}");
     assert_eq!(first.hooks_inserted, small.hooks().len(), "{first:?}");
     assert_holds(&ns, backend, family, &small.to_save_text(), &small);
 
-    let grow = a.partial_sync(&big).await.unwrap();
+    let grow = a.sync(&big_model, &cfg, &mut NoObserver).await.unwrap();
     assert_eq!(grow.kind, SyncKind::Partial, "{grow:?}");
     assert_eq!(
         (grow.save, grow.hooks_checked, grow.stale_chains_deleted),
@@ -319,12 +327,12 @@ async fn partial_syncs_follow_changes_without_reading_back(backend: Backend, fam
     assert_eq!(grow.chains_written, 7, "{grow:?}");
     assert_holds(&ns, backend, family, &big.to_save_text(), &big);
 
-    let same = a.partial_sync(&big).await.unwrap();
+    let same = a.sync(&big_model, &cfg, &mut NoObserver).await.unwrap();
     assert_eq!((same.kind, same.chains_written), (SyncKind::Partial, 0));
     assert!(same.payload_bytes < 2000, "only the checks: {same:?}");
     assert_holds(&ns, backend, family, &big.to_save_text(), &big);
 
-    let shrink = a.partial_sync(&small).await.unwrap();
+    let shrink = a.sync(&small_model, &cfg, &mut NoObserver).await.unwrap();
     assert_eq!(
         shrink.stale_chains_deleted, 6,
         "2 services x (SVC + 2 SEP): {shrink:?}"
@@ -338,11 +346,16 @@ async fn partial_syncs_follow_changes_without_reading_back(backend: Backend, fam
         BAD_CHAIN,
         &format!("-A {BAD_CHAIN} -j KUBE-NO-SUCH-CHAIN\n"),
     );
-    assert!(a.partial_sync(&broken).await.is_err());
-    assert!(!a.can_sync_partially());
+    assert!(a.applier_mut().try_partial_sync(&broken).await.is_err());
+    assert!(!a.applier().can_sync_partially());
     assert_holds(&ns, backend, family, &small.to_save_text(), &small);
-    let healed = a.partial_sync(&big).await.unwrap();
+    let healed = a.sync(&big_model, &cfg, &mut NoObserver).await.unwrap();
     assert_eq!(healed.kind, SyncKind::Full, "{healed:?}");
+    assert_eq!(
+        healed.reason,
+        Some(FullSyncReason::AfterFailure),
+        "{healed:?}"
+    );
     assert!(
         healed.save > Duration::ZERO,
         "after a failure the sync reads back: {healed:?}"
@@ -350,10 +363,19 @@ async fn partial_syncs_follow_changes_without_reading_back(backend: Backend, fam
     assert_holds(&ns, backend, family, &big.to_save_text(), &big);
 }
 
+/// Counts the chunks a full sync renders.
+struct Chunks(usize);
+
+impl SyncObserver for Chunks {
+    fn chunk_rendered(&mut self, _rs: &Ruleset) {
+        self.0 += 1;
+    }
+}
+
 /// A full sync sent in many small chunks (each rendered keeping only its chains) leaves the
 /// kernel holding exactly the full render: into an empty namespace, and over an older
 /// ruleset whose stale chains go and whose live chains are replaced.
-async fn a_chunked_full_sync_reaches_the_full_render(backend: Backend, family: Family) {
+async fn a_chunked_full_sync_reaches_the_full_render(backend: Backend, family: IpFamily) {
     testkit::needs_root!();
     let ns = Netns::new(&format!("chunk-{backend}"));
     let mut a = applier(&ns, backend, family);
@@ -366,18 +388,16 @@ async fn a_chunked_full_sync_reaches_the_full_render(backend: Backend, family: F
             tables: Vec::new(),
         };
         rulegen::render_into_with(&model, &cfg, &mut lean, &rulegen::Retain::Nothing).unwrap();
-        let mut renders = 0;
+        let mut chunks = Chunks(0);
         let report = a
-            .full_sync_chunked(&mut lean, 600, |retain, out| {
-                renders += 1;
-                rulegen::render_into_with(&model, &cfg, out, retain).map_err(|e| e.to_string())
-            })
+            .full_sync_chunked(&model, &cfg, &mut lean, 600, &mut chunks)
             .await
             .unwrap();
+        let renders = chunks.0;
         assert!(renders >= 6, "{renders} chunks: {report:?}");
         assert_holds(&ns, backend, family, &full.to_save_text(), &full);
         // And a partial sync can follow it.
-        let next = a.partial_sync(&full).await.unwrap();
+        let next = a.try_partial_sync(&full).await.unwrap().unwrap();
         assert_eq!((next.kind, next.chains_written), (SyncKind::Partial, 0));
     }
 }
@@ -385,13 +405,14 @@ async fn a_chunked_full_sync_reaches_the_full_render(backend: Backend, family: F
 /// Someone flushes the tables behind the proxy's back (`-F` empties the built-in chains, `-X`
 /// deletes the chains, as a firewall reload does): the next partial sync notices, in the same
 /// restore, and a full sync puts everything back.
-async fn a_flushed_table_is_restored_by_the_next_sync(backend: Backend, family: Family) {
+async fn a_flushed_table_is_restored_by_the_next_sync(backend: Backend, family: IpFamily) {
     testkit::needs_root!();
     let ns = Netns::new(&format!("flush-{backend}"));
+    let (m, cfg) = (model(family, 3), config(family));
     let rs = render(family, 3);
     let expected = rs.to_save_text();
-    let mut a = applier(&ns, backend, family);
-    a.full_sync(&rs).await.unwrap();
+    let mut a = dataplane(&ns, backend, family);
+    a.sync(&m, &cfg, &mut NoObserver).await.unwrap();
     let ipt = backend.iptables(family);
     for (table, ops) in [
         ("nat", &["-F", "-X"][..]),
@@ -403,21 +424,22 @@ async fn a_flushed_table_is_restored_by_the_next_sync(backend: Backend, family: 
             ns.exec_ok([ipt.as_str(), "-w", "5", "-t", table, op]);
         }
         assert_ne!(kernel_text(&ns, backend, family, &rs), expected);
-        let report = a.partial_sync(&rs).await.unwrap();
+        let report = a.sync(&m, &cfg, &mut NoObserver).await.unwrap();
         assert_eq!(report.kind, SyncKind::Full, "{table} {ops:?}: {report:?}");
-        let why = report.fallback.as_deref().unwrap_or_default();
-        assert!(why.contains("flushed"), "{why}");
-        assert!(why.contains(table), "{table}: {why}");
+        match report.fallback() {
+            Some(PartialRefusal::Flushed { table: t, .. }) => assert_eq!(t, table),
+            other => panic!("{table} {ops:?}: refused for {other:?}"),
+        }
         assert_holds(&ns, backend, family, &expected, &rs);
         // And the sync after that is partial again.
-        let next = a.partial_sync(&rs).await.unwrap();
+        let next = a.sync(&m, &cfg, &mut NoObserver).await.unwrap();
         assert_eq!(next.kind, SyncKind::Partial);
     }
 }
 
 /// (d) in nat: the error names the payload line, its chain and its Service comment; the filter
 /// table (identical) was committed before, nat kept every previous rule.
-async fn a_rejected_nat_rule_is_named_and_nothing_changes(backend: Backend, family: Family) {
+async fn a_rejected_nat_rule_is_named_and_nothing_changes(backend: Backend, family: IpFamily) {
     testkit::needs_root!();
     let bad_rule = format!(
         "-A {BAD_CHAIN} -p tcp -m comment --comment \"ns9/broken:http\" -m tcp --dport 99999 -j ACCEPT\n"
@@ -450,7 +472,7 @@ async fn a_rejected_nat_rule_is_named_and_nothing_changes(backend: Backend, fami
 /// (d) in filter, with a different nat in the same payload: nothing at all changes, because
 /// the failing table stops the restore before the later ones (mangle, committed first, holds
 /// only the canary, which was already there).
-async fn a_rejected_filter_rule_leaves_both_tables(backend: Backend, family: Family) {
+async fn a_rejected_filter_rule_leaves_both_tables(backend: Backend, family: IpFamily) {
     testkit::needs_root!();
     let bad_rule = format!(
         "-A {BAD_CHAIN} -p tcp -m comment --comment \"ns9/broken:http\" -m tcp --dport 99999 -j ACCEPT\n"
@@ -465,7 +487,7 @@ async fn a_rejected_filter_rule_leaves_both_tables(backend: Backend, family: Fam
 
 /// (d), rejected by the kernel rather than the parser (REJECT is a filter-only target): legacy
 /// blames the table's COMMIT ("line N failed"), nft the rule itself.
-async fn a_rule_the_kernel_rejects_is_traced(backend: Backend, family: Family) {
+async fn a_rule_the_kernel_rejects_is_traced(backend: Backend, family: IpFamily) {
     testkit::needs_root!();
     let bad_rule = format!("-A {BAD_CHAIN} -m comment --comment \"ns9/broken:http\" -j REJECT\n");
     let t = refused_sync("kern", backend, family, (2, None), "nat", &bad_rule).await;
@@ -493,7 +515,7 @@ async fn a_rule_the_kernel_rejects_is_traced(backend: Backend, family: Family) {
 
 /// (d), a jump to a chain that does not exist: legacy fails on the rule, nft on the COMMIT;
 /// both are traced to the jumping rule.
-async fn a_jump_to_a_missing_chain_names_the_jump(backend: Backend, family: Family) {
+async fn a_jump_to_a_missing_chain_names_the_jump(backend: Backend, family: IpFamily) {
     testkit::needs_root!();
     let bad_rule = format!(
         "-A {BAD_CHAIN} -m comment --comment \"ns9/broken:http\" -j KUBE-SEP-MISSINGMISSINGM\n"
@@ -511,13 +533,13 @@ async fn a_jump_to_a_missing_chain_names_the_jump(backend: Backend, family: Fami
 
 /// Hooks: a deleted hook is put back at its place; rules and chains that are not ours stay
 /// where they are; a rule in the middle of our hooks does not make any hook move or repeat.
-async fn hooks_are_repaired_in_place_and_foreign_rules_stay(backend: Backend, family: Family) {
+async fn hooks_are_repaired_in_place_and_foreign_rules_stay(backend: Backend, family: IpFamily) {
     testkit::needs_root!();
     let ns = Netns::new(&format!("hooks-{backend}"));
     let ipt = backend.iptables(family);
     let src = match family {
-        Family::V4 => "192.0.2.1",
-        Family::V6 => "2001:db8::1",
+        IpFamily::V4 => "192.0.2.1",
+        IpFamily::V6 => "2001:db8::1",
     };
     // Someone else's rules, there before us.
     ns.exec_ok([
@@ -599,18 +621,72 @@ async fn hooks_are_repaired_in_place_and_foreign_rules_stay(backend: Backend, fa
     );
 }
 
+/// The sync policy: the first sync is full, then partial ones until the full-sync period is
+/// over (zero here: no hour's wait) or a sync fails; each full one says why.
+async fn the_policy_decides_each_syncs_kind(backend: Backend, family: IpFamily) {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new(&format!("policy-{backend}"));
+    let (m, cfg) = (model(family, 2), config(family));
+    let mut a = dataplane(&ns, backend, family);
+    let mut kinds = Vec::new();
+    let mut sync = async |a: &mut IptablesDataplane| {
+        let r = a.sync(&m, &cfg, &mut NoObserver).await.unwrap();
+        kinds.push((r.kind, r.reason));
+    };
+    sync(&mut a).await;
+    sync(&mut a).await;
+    let mut a = a.with_full_sync_period(Duration::ZERO);
+    sync(&mut a).await;
+    a.forget_applied();
+    sync(&mut a).await;
+    assert_eq!(
+        kinds,
+        [
+            (SyncKind::Full, Some(FullSyncReason::FirstSync)),
+            (SyncKind::Partial, None),
+            (SyncKind::Full, Some(FullSyncReason::Periodic)),
+            (SyncKind::Full, Some(FullSyncReason::AfterFailure)),
+        ]
+    );
+    // A failed sync (a render the kernel refuses) makes the next one full.
+    let mut a = a.with_full_sync_period(Duration::from_secs(3600));
+    let broken = with_chain(
+        &render(family, 2),
+        "nat",
+        BAD_CHAIN,
+        &format!("-A {BAD_CHAIN} -j KUBE-NO-SUCH-CHAIN\n"),
+    );
+    assert!(a.applier_mut().full_sync(&broken).await.is_err());
+    assert_eq!(a.full_sync_due(), Some(FullSyncReason::AfterFailure));
+    let r = a.sync(&m, &cfg, &mut NoObserver).await.unwrap();
+    assert_eq!(
+        (r.kind, r.reason),
+        (SyncKind::Full, Some(FullSyncReason::AfterFailure))
+    );
+    assert_holds(
+        &ns,
+        backend,
+        family,
+        &render(family, 2).to_save_text(),
+        &render(family, 2),
+    );
+}
+
 macro_rules! per_backend_and_family {
     ($($name:ident),* $(,)?) => {
-        mod legacy_v4 { $( #[tokio::test] async fn $name() { super::$name(super::Backend::Legacy, super::Family::V4).await } )* }
-        mod nft_v4 { $( #[tokio::test] async fn $name() { super::$name(super::Backend::Nft, super::Family::V4).await } )* }
-        mod legacy_v6 { $( #[tokio::test] async fn $name() { super::$name(super::Backend::Legacy, super::Family::V6).await } )* }
-        mod nft_v6 { $( #[tokio::test] async fn $name() { super::$name(super::Backend::Nft, super::Family::V6).await } )* }
+        mod legacy_v4 { $( #[tokio::test] async fn $name() { super::$name(super::Backend::Legacy, super::IpFamily::V4).await } )* }
+        mod nft_v4 { $( #[tokio::test] async fn $name() { super::$name(super::Backend::Nft, super::IpFamily::V4).await } )* }
+        mod legacy_v6 { $( #[tokio::test] async fn $name() { super::$name(super::Backend::Legacy, super::IpFamily::V6).await } )* }
+        mod nft_v6 { $( #[tokio::test] async fn $name() { super::$name(super::Backend::Nft, super::IpFamily::V6).await } )* }
     };
 }
 
 per_backend_and_family!(
     full_sync_holds_the_render_and_is_idempotent,
     partial_syncs_follow_changes_without_reading_back,
+    the_policy_decides_each_syncs_kind,
     a_flushed_table_is_restored_by_the_next_sync,
     a_chunked_full_sync_reaches_the_full_render,
     a_smaller_model_deletes_stale_chains,
@@ -625,9 +701,9 @@ per_backend_and_family!(
 
 #[tokio::test]
 async fn a_ruleset_of_the_other_family_is_refused() {
-    let mut a = IptablesApplier::new(Backend::Nft, Family::V6)
+    let mut a = IptablesApplier::new(Backend::Nft, IpFamily::V6)
         .with_launcher(Launcher::host().with_prefix(["kprs-must-not-run"]));
-    let err = a.full_sync(&render(Family::V4, 1)).await.unwrap_err();
+    let err = a.full_sync(&render(IpFamily::V4, 1)).await.unwrap_err();
     assert!(matches!(err, ApplyError::FamilyMismatch { .. }), "{err:?}");
 }
 
@@ -635,15 +711,15 @@ async fn a_ruleset_of_the_other_family_is_refused() {
 /// runs: sending it would empty every chain it did not keep.
 #[tokio::test]
 async fn a_full_sync_refuses_a_lean_render() {
-    let mut a = IptablesApplier::new(Backend::Nft, Family::V4)
+    let mut a = IptablesApplier::new(Backend::Nft, IpFamily::V4)
         .with_launcher(Launcher::host().with_prefix(["kprs-must-not-run"]));
     let mut lean = Ruleset {
         family: IpFamily::V4,
         tables: Vec::new(),
     };
     rulegen::render_into_with(
-        &model(Family::V4, 2),
-        &config(Family::V4),
+        &model(IpFamily::V4, 2),
+        &config(IpFamily::V4),
         &mut lean,
         &rulegen::Retain::Nothing,
     )
@@ -663,7 +739,7 @@ async fn detect_backend_follows_kubelet_then_rule_counts() {
     struct Case {
         tag: &'static str,
         setup: &'static [&'static [&'static str]],
-        family: Family,
+        family: IpFamily,
         want: Backend,
         reason: &'static str,
     }
@@ -671,7 +747,7 @@ async fn detect_backend_follows_kubelet_then_rule_counts() {
         Case {
             tag: "nft-canary",
             setup: &[&["iptables-nft", "-t", "mangle", "-N", "KUBE-KUBELET-CANARY"]],
-            family: Family::V4,
+            family: IpFamily::V4,
             want: Backend::Nft,
             reason: "KUBE-KUBELET-CANARY",
         },
@@ -689,7 +765,7 @@ async fn detect_backend_follows_kubelet_then_rule_counts() {
                 ],
                 // Fewer rules than nft would need to win on counts: the canary decides.
             ],
-            family: Family::V4,
+            family: IpFamily::V4,
             want: Backend::Legacy,
             reason: "KUBE-KUBELET-CANARY",
         },
@@ -704,7 +780,7 @@ async fn detect_backend_follows_kubelet_then_rule_counts() {
                 "-N",
                 "KUBE-IPTABLES-HINT",
             ]],
-            family: Family::V6,
+            family: IpFamily::V6,
             want: Backend::Legacy,
             reason: "KUBE-IPTABLES-HINT",
         },
@@ -720,7 +796,7 @@ async fn detect_backend_follows_kubelet_then_rule_counts() {
                 "-N",
                 "KUBE-IPTABLES-HINT",
             ]],
-            family: Family::V4,
+            family: IpFamily::V4,
             want: Backend::Nft,
             reason: "tie",
         },
@@ -740,7 +816,7 @@ async fn detect_backend_follows_kubelet_then_rule_counts() {
                     "ACCEPT",
                 ],
             ],
-            family: Family::V4,
+            family: IpFamily::V4,
             want: Backend::Legacy,
             reason: "legacy holds 2 rule(s) and chain(s), nft 0",
         },
@@ -755,14 +831,14 @@ async fn detect_backend_follows_kubelet_then_rule_counts() {
                 "-j",
                 "ACCEPT",
             ]],
-            family: Family::V4,
+            family: IpFamily::V4,
             want: Backend::Nft,
             reason: "legacy holds 0 rule(s) and chain(s), nft 1",
         },
         Case {
             tag: "empty",
             setup: &[],
-            family: Family::V4,
+            family: IpFamily::V4,
             want: Backend::Nft,
             reason: "tie",
         },
@@ -817,8 +893,8 @@ async fn a_held_xtables_lock_fails_the_legacy_sync_after_the_wait() {
     use std::os::fd::AsRawFd;
     testkit::needs_root!();
     let ns = Netns::new("lock");
-    let rs = render(Family::V4, 1);
-    let mut a = applier(&ns, Backend::Legacy, Family::V4);
+    let rs = render(IpFamily::V4, 1);
+    let mut a = applier(&ns, Backend::Legacy, IpFamily::V4);
     a.full_sync(&rs).await.unwrap();
 
     let lock = std::fs::OpenOptions::new()
@@ -830,7 +906,7 @@ async fn a_held_xtables_lock_fails_the_legacy_sync_after_the_wait() {
     // SAFETY: flock on a file descriptor we own.
     assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
     let started = Instant::now();
-    let err = a.full_sync(&render(Family::V4, 2)).await.unwrap_err();
+    let err = a.full_sync(&render(IpFamily::V4, 2)).await.unwrap_err();
     let waited = started.elapsed();
     drop(lock);
     assert!(
@@ -838,7 +914,7 @@ async fn a_held_xtables_lock_fails_the_legacy_sync_after_the_wait() {
         "gave up after {waited:?}: {err}"
     );
     assert!(err.to_string().contains("xtables lock"), "{err}");
-    assert_holds(&ns, Backend::Legacy, Family::V4, &rs.to_save_text(), &rs);
+    assert_holds(&ns, Backend::Legacy, IpFamily::V4, &rs.to_save_text(), &rs);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -857,21 +933,26 @@ async fn walk(backend: Backend, seed: u64) {
         local_detector: LocalDetector::Cidrs(vec!["10.244.0.0/16".parse().unwrap()]),
         ..RenderConfig::default()
     };
-    let mut applier = IptablesApplier::new(backend, Family::V4)
-        .with_launcher(Launcher::netns(ns.name()).with_env("XTABLES_LOCKFILE", ns.lockfile()))
-        .with_timeout(Duration::from_secs(30));
+    let mut dataplane = IptablesDataplane::new(
+        IptablesApplier::new(backend, IpFamily::V4)
+            .with_launcher(Launcher::netns(ns.name()).with_env("XTABLES_LOCKFILE", ns.lockfile()))
+            .with_timeout(Duration::from_secs(30)),
+    )
+    .with_node_facts(NodeFacts::given());
     let mut s = Scenario::new(seed);
     let mut partial_bytes = 0;
     let mut full_bytes = 0;
     let mut partial_time = Duration::ZERO;
     let started = Instant::now();
-    let rs = rulegen::render(&s.model, &cfg).unwrap();
-    applier.partial_sync(&rs).await.unwrap();
+    dataplane
+        .sync(&s.model, &cfg, &mut NoObserver)
+        .await
+        .unwrap();
     for step in 0..STEPS {
         let what = s.step();
         let rs = rulegen::render(&s.model, &cfg).unwrap();
-        let report = applier
-            .partial_sync(&rs)
+        let report = dataplane
+            .sync(&s.model, &cfg, &mut NoObserver)
             .await
             .unwrap_or_else(|e| panic!("[{backend}] step {step} ({what}): {e}"));
         assert_eq!(
@@ -880,7 +961,7 @@ async fn walk(backend: Backend, seed: u64) {
             "[{backend}] step {step} ({what}): {report:?}"
         );
         let expected = rs.to_save_text();
-        let got = kernel_text(&ns, backend, Family::V4, &rs);
+        let got = kernel_text(&ns, backend, IpFamily::V4, &rs);
         if got != expected {
             panic!(
                 "[{backend}] seed {seed} step {step} ({what}): the kernel differs from the full \
@@ -985,7 +1066,7 @@ async fn detection_never_decides_from_a_failed_read() {
         let tools = StandIns::new(c.tag, c.tools);
         let started = Instant::now();
         let d =
-            detect_backend_within(&tools.launcher(&ns), Family::V4, Duration::from_secs(3)).await;
+            detect_backend_within(&tools.launcher(&ns), IpFamily::V4, Duration::from_secs(3)).await;
         assert_eq!((d.backend, d.evidence), c.want, "{}: {}", c.tag, d.reason);
         assert!(d.reason.contains(c.reason), "{}: {}", c.tag, d.reason);
         eprintln!(
@@ -1004,12 +1085,12 @@ async fn detection_never_decides_from_a_failed_read() {
 #[tokio::test]
 async fn full_syncs_do_not_depend_on_whole_table_saves() {
     testkit::needs_root!();
-    let rs = render(Family::V4, 3);
+    let rs = render(IpFamily::V4, 3);
     let expected = rs.to_save_text();
 
     let ns = Netns::new("nosave-nft");
     let tools = StandIns::new("nosave-nft", &[("iptables-nft-save", "kill -SEGV $$")]);
-    let mut a = IptablesApplier::new(Backend::Nft, Family::V4)
+    let mut a = IptablesApplier::new(Backend::Nft, IpFamily::V4)
         .with_launcher(tools.launcher(&ns))
         .with_timeout(Duration::from_secs(30));
     a.full_sync(&rs).await.unwrap();
@@ -1019,11 +1100,11 @@ async fn full_syncs_do_not_depend_on_whole_table_saves() {
     let report = a.full_sync(&rs).await.unwrap();
     assert_eq!(report.stale_chains_deleted, 1, "{report:?}");
     assert_eq!(report.hooks_inserted, 0, "{report:?}");
-    assert_holds(&ns, Backend::Nft, Family::V4, &expected, &rs);
+    assert_holds(&ns, Backend::Nft, IpFamily::V4, &expected, &rs);
 
     let ns = Netns::new("nosave-leg");
     let tools = StandIns::new("nosave-leg", &[("iptables-legacy-save", "exec sleep 30")]);
-    let mut a = IptablesApplier::new(Backend::Legacy, Family::V4)
+    let mut a = IptablesApplier::new(Backend::Legacy, IpFamily::V4)
         .with_launcher(tools.launcher(&ns))
         .with_timeout(Duration::from_secs(2));
     let e = a.full_sync(&rs).await.unwrap_err();
@@ -1068,13 +1149,13 @@ async fn without_the_nft_tool_full_syncs_fall_back_to_the_save() {
         .unwrap();
         std::os::unix::fs::symlink(real.trim(), dir.join(tool)).unwrap();
     }
-    let mut a = IptablesApplier::new(Backend::Nft, Family::V4)
+    let mut a = IptablesApplier::new(Backend::Nft, IpFamily::V4)
         .with_launcher(launcher(&ns).with_env("PATH", dir.display().to_string()))
         .with_timeout(Duration::from_secs(30));
-    let rs = render(Family::V4, 3);
+    let rs = render(IpFamily::V4, 3);
     a.full_sync(&rs).await.unwrap();
     let report = a.full_sync(&rs).await.unwrap();
     assert_eq!(report.hooks_inserted, 0, "{report:?}");
-    assert_holds(&ns, Backend::Nft, Family::V4, &rs.to_save_text(), &rs);
+    assert_holds(&ns, Backend::Nft, IpFamily::V4, &rs.to_save_text(), &rs);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -2,7 +2,6 @@
 //! and applies it to this node's kernel, paced like upstream's bounded-frequency runner.
 
 pub mod conntrack;
-pub mod ipvs;
 pub mod logging;
 pub mod run;
 

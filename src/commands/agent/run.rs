@@ -6,13 +6,15 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use proxier::{IptablesApplier, Launcher, Runner, SyncKind};
-use rulegen::{Retain, Ruleset};
+use anyhow::{Context, anyhow};
+use proxier::ipvs::{IpvsSocket, IpvsSyncConfig};
+use proxier::{
+    Dataplane, IptablesApplier, IptablesDataplane, IpvsDataplane, Launcher, RESTORE_TIMEOUT,
+    Runner, SyncError, SyncReport,
+};
 use tokio::sync::{Mutex, Notify, watch};
 
 use super::conntrack::{ConntrackPlan, ConntrackReconciler};
-use super::ipvs::IpvsDataplane;
 use crate::cli::Cli;
 use crate::settings::{ProxyMode, Settings};
 use crate::sources::api::{self, ApiStores};
@@ -21,26 +23,6 @@ use crate::telemetry::metrics::changes;
 use crate::telemetry::sync::SyncTelemetry;
 use crate::translate;
 
-/// How often a sync reads the kernel back and rewrites every chain (stale chains, hooks) even
-/// when nothing failed, as upstream's hourly full sync does; other syncs send only what changed.
-const FULL_SYNC_PERIOD: Duration = Duration::from_secs(3600);
-/// About how many bytes of rules one restore of a full sync carries, by back end; the agent
-/// never holds more rule text than this.
-///
-/// Legacy: each restore replaces the whole table (~0.5 s at 10,000 Services), so fewer, larger
-/// restores win: 2 MB, about 17 for that node's 33 MB. nft: a restore's cost grows faster than
-/// its size when it replaces chains that exist, and the restart of a loaded node replaces all of
-/// them. Measured replacing a loaded 10,000-Service nat table (issue #16): 128 KB chunks 91 s,
-/// 256 KB 49 s, 512 KB 35 s, 1 MB 39 s, 2 MB 61 s, one 33 MB restore 306 s.
-fn full_sync_chunk_bytes(backend: proxier::Backend) -> usize {
-    match backend {
-        proxier::Backend::Legacy => 2 << 20,
-        proxier::Backend::Nft => 512 << 10,
-    }
-}
-/// How long one `iptables-restore` may take: a full restore of 10,000 Services takes the nft
-/// back end minutes, and killing it would only waste that work.
-const RESTORE_TIMEOUT: Duration = Duration::from_secs(600);
 /// How often `--objects` files are checked for changes.
 const FILE_POLL: Duration = Duration::from_millis(250);
 
@@ -76,15 +58,10 @@ impl Source {
 struct SyncState {
     settings: Settings,
     source: Source,
-    applier: IptablesApplier,
-    // The render of the current sync (emptied between syncs).
-    spare: Ruleset,
+    // The mode's dataplane: renders, decides full or partial, applies.
+    dataplane: Box<dyn Dataplane>,
     // Warnings are logged when they change, not on every sync.
     last_warnings: Vec<String>,
-    // When the kernel was last read back in full (stale chains, hooks); redone hourly.
-    last_full_sync: Option<Instant>,
-    // IPVS mode's dataplane (`--proxy-mode ipvs`); iptables mode when absent.
-    ipvs: Option<IpvsDataplane>,
     // Metrics, health and the Services' health-check node ports.
     telemetry: SyncTelemetry,
     // Stale UDP conntrack flows, deleted after each successful sync that changed UDP Services.
@@ -114,9 +91,6 @@ impl SyncState {
                 Err(e) => tracing::warn!("{e:#}"),
             }
         }
-        // Between syncs the render is not needed: a partial sync's render then never sits
-        // next to the last one's buffers (100,000+ chain entries at 10,000 Services).
-        self.spare.tables = Vec::new();
         release_free_memory();
         result
     }
@@ -136,37 +110,50 @@ impl SyncState {
         translation
     }
 
-    /// IPVS mode: the whole (small) iptables part and the sets every time, the virtual servers
-    /// as a netlink diff.
-    async fn sync_ipvs(&mut self) -> anyhow::Result<()> {
+    /// Translates the current objects and hands the model to the dataplane.
+    async fn sync_once(&mut self) -> anyhow::Result<()> {
         let started = Instant::now();
         let translation = self.translate();
         let service_ports = translation.model.services.len();
-        let Some(ipvs) = self.ipvs.as_mut() else {
-            anyhow::bail!("IPVS mode without its dataplane");
-        };
-        // Hourly, and after any failure, every set is written again (as the iptables part and
-        // the IPVS table always are: those are read back on every sync).
-        if self
-            .last_full_sync
-            .is_none_or(|t| t.elapsed() >= FULL_SYNC_PERIOD)
-        {
-            ipvs.forget_applied();
-        }
-        let s = match ipvs.sync(&translation, &mut self.applier).await {
-            Ok(s) => s,
-            Err(e) => {
-                if ipvs.restore_failed() {
-                    self.telemetry.ipvs_restore_failed();
-                }
-                ipvs.forget_applied();
-                self.last_full_sync = None;
-                return Err(e);
+        let translated = started.elapsed();
+        let result = self
+            .dataplane
+            .sync(&translation.model, &translation.config, &mut self.telemetry)
+            .await;
+        drop(translation);
+        match result {
+            Ok(report) => {
+                log_synced(&report, service_ports, translated, started);
+                Ok(())
             }
-        };
-        if ipvs.wrote_every_set() {
-            self.last_full_sync = Some(Instant::now());
+            Err(e) => {
+                match &e {
+                    SyncError::Apply(a) => {
+                        self.telemetry.apply_failed(a);
+                        if let Some(line) = a.failed_line() {
+                            tracing::error!(
+                                line = line.number,
+                                chain = line.chain.as_deref().unwrap_or("-"),
+                                service = line.comment.as_deref().unwrap_or("-"),
+                                text = %line.text,
+                                "iptables-restore rejected a line; the previous rules stay in place\n{}",
+                                line.context
+                            );
+                        }
+                    }
+                    e if e.ipvs_restore_failed() => self.telemetry.ipvs_restore_failed(),
+                    _ => {}
+                }
+                Err(e.into())
+            }
         }
+    }
+}
+
+/// Logs a successful sync: "rules synced", with the mode's fields.
+fn log_synced(report: &SyncReport, service_ports: usize, translated: Duration, started: Instant) {
+    let total_ms = started.elapsed().as_millis() as u64;
+    if let Some(s) = &report.ipvs {
         let n = &s.netlink;
         tracing::info!(
             service_ports,
@@ -189,121 +176,27 @@ impl SyncState {
             set_entries = s.set_entries,
             ipset_ms = s.ipset.as_millis() as u64,
             restore_ms = s.iptables.as_millis() as u64,
-            render_ms = s.render.as_millis() as u64,
-            total_ms = started.elapsed().as_millis() as u64,
+            render_ms = report.render.as_millis() as u64,
+            total_ms,
             "rules synced"
         );
-        Ok(())
+        return;
     }
-
-    async fn sync_once(&mut self) -> anyhow::Result<()> {
-        if self.ipvs.is_some() {
-            return self.sync_ipvs().await;
-        }
-        let started = Instant::now();
-        let full_due = self
-            .last_full_sync
-            .is_none_or(|t| t.elapsed() >= FULL_SYNC_PERIOD);
-        // A partial sync renders keeping only the rules of chains that changed since the last
-        // sync; a full one renders names and fingerprints first, then sends the rules a chunk
-        // at a time. Either way a large node's whole ruleset is never in memory at once.
-        let mut fallback = None;
-        if let Some(applied) = self.applier.applied().filter(|_| !full_due) {
-            self.telemetry.attempt(SyncKind::Partial);
-            let translation = self.translate();
-            let service_ports = translation.model.services.len();
-            rulegen::render_into_with(
-                &translation.model,
-                &translation.config,
-                &mut self.spare,
-                &Retain::Changed(applied),
-            )
-            .context("cannot render the ruleset")?;
-            // Not needed while the kernel loads the change (it is translated again in the rare
-            // case a full sync must follow).
-            drop(translation);
-            let rendered = started.elapsed();
-            match self.applier.try_partial_sync(&self.spare).await {
-                Ok(Ok(report)) => return self.report(Ok(report), service_ports, rendered, started),
-                Ok(Err(why)) => {
-                    self.telemetry.partial_fallback(&why);
-                    fallback = Some(why);
-                }
-                Err(e) => return self.report(Err(e), service_ports, rendered, started),
-            }
-        }
-        self.telemetry.attempt(SyncKind::Full);
-        let translation = self.translate();
-        let (model, cfg) = (&translation.model, &translation.config);
-        let service_ports = model.services.len();
-        rulegen::render_into_with(model, cfg, &mut self.spare, &Retain::Nothing)
-            .context("cannot render the ruleset")?;
-        let rendered = started.elapsed();
-        let counts = self.telemetry.rule_counts();
-        let chunk_bytes = full_sync_chunk_bytes(self.applier.backend());
-        let result = self
-            .applier
-            .full_sync_chunked(&mut self.spare, chunk_bytes, |retain, out| {
-                rulegen::render_into_with(model, cfg, out, retain).map_err(|e| e.to_string())?;
-                counts.observe(out);
-                Ok(())
-            })
-            .await
-            .map(|mut r| {
-                r.fallback = fallback;
-                r
-            });
-        self.report(result, service_ports, rendered, started)
-    }
-
-    /// Logs a sync's outcome and keeps the full-sync clock.
-    fn report(
-        &mut self,
-        result: Result<proxier::SyncReport, proxier::ApplyError>,
-        service_ports: usize,
-        rendered: std::time::Duration,
-        started: Instant,
-    ) -> anyhow::Result<()> {
-        match result {
-            Ok(report) => {
-                if report.kind == SyncKind::Full {
-                    self.last_full_sync = Some(Instant::now());
-                }
-                self.telemetry.applied(&report, &self.spare);
-                tracing::info!(
-                    service_ports,
-                    kind = report.kind.as_str(),
-                    fallback = report.fallback.as_deref().unwrap_or("-"),
-                    payload_bytes = report.payload_bytes,
-                    chains_written = report.chains_written,
-                    chains_deleted = report.stale_chains_deleted,
-                    hooks_inserted = report.hooks_inserted,
-                    render_ms = rendered.as_millis() as u64,
-                    save_ms = report.save.as_millis() as u64,
-                    restore_ms = report.restore.as_millis() as u64,
-                    total_ms = started.elapsed().as_millis() as u64,
-                    "rules synced"
-                );
-                Ok(())
-            }
-            Err(e) => {
-                // After any failure the next sync reads the kernel back in full.
-                self.last_full_sync = None;
-                self.telemetry.apply_failed(&e);
-                if let Some(line) = e.failed_line() {
-                    tracing::error!(
-                        line = line.number,
-                        chain = line.chain.as_deref().unwrap_or("-"),
-                        service = line.comment.as_deref().unwrap_or("-"),
-                        text = %line.text,
-                        "iptables-restore rejected a line; the previous rules stay in place\n{}",
-                        line.context
-                    );
-                }
-                Err(e.into())
-            }
-        }
-    }
+    let fallback = report.fallback().map(ToString::to_string);
+    tracing::info!(
+        service_ports,
+        kind = report.kind.as_str(),
+        fallback = fallback.as_deref().unwrap_or("-"),
+        payload_bytes = report.payload_bytes,
+        chains_written = report.chains_written,
+        chains_deleted = report.stale_chains_deleted,
+        hooks_inserted = report.hooks_inserted,
+        render_ms = (translated + report.render).as_millis() as u64,
+        save_ms = report.save.as_millis() as u64,
+        restore_ms = report.restore.as_millis() as u64,
+        total_ms,
+        "rules synced"
+    );
 }
 
 /// Runs the node agent until SIGTERM or SIGINT; returns its exit status.
@@ -392,23 +285,19 @@ fn objects_of(rx: &watch::Receiver<Option<FileSnapshot>>) -> crate::objects::Obj
 
 async fn run_async(cli: &Cli, settings: Settings) -> anyhow::Result<()> {
     let (min_sync, sync) = (settings.min_sync_period, settings.sync_period);
-    // IPVS mode needs the kernel's IPVS: checked before anything else is started.
+    // IPVS mode needs the kernel's IPVS (upstream refuses to start IPVS mode without it):
+    // checked before anything else is started.
     let ipvs = match settings.mode {
-        ProxyMode::Ipvs => Some(IpvsDataplane::open(&settings)?),
+        ProxyMode::Ipvs => Some(IpvsSocket::open().map_err(|e| {
+            anyhow!("--proxy-mode ipvs: {e} (load the ip_vs module, or use --proxy-mode iptables)")
+        })?),
         ProxyMode::Iptables => None,
     };
     // Node set-up as upstream does at start; a setting that cannot be written (an unprivileged
     // container whose init container set it) is logged, not fatal.
-    // IPVS was opened just above when the mode needs it: no second probe.
+    // IPVS was opened just above when the mode needs it: no second probe. (Whether
+    // nf_conntrack_tcp_be_liberal took is read by the dataplane on every sync.)
     crate::commands::nodesetup::set_up_and_log(&settings, ipvs.is_some());
-    // As upstream, the INVALID-drop rule follows what the kernel does, not what was asked: in
-    // an unprivileged container the write may have been refused.
-    let mut settings = settings;
-    if let Ok(v) =
-        proxier::sysctl::Sysctls::host().read("net/netfilter/nf_conntrack_tcp_be_liberal")
-    {
-        settings.conntrack.tcp_be_liberal = v == "1";
-    }
     // The health and metrics servers answer from the start, as upstream's do.
     let (telemetry, health) = SyncTelemetry::start(&settings, sync).await;
     let queue = telemetry.queue();
@@ -472,29 +361,37 @@ async fn run_async(cli: &Cli, settings: Settings) -> anyhow::Result<()> {
     };
 
     // Only now, with a complete view of the cluster, is the kernel touched (read first).
-    let family: proxier::Family = settings.family.into();
+    let family = settings.family;
     let detection = proxier::detect_backend(&Launcher::host(), family).await;
     if detection.evidence == proxier::Evidence::Fallback {
         tracing::warn!(backend = detection.backend.name(), reason = %detection.reason, "iptables back end not decided; using the fallback");
     } else {
         tracing::info!(backend = detection.backend.name(), reason = %detection.reason, "iptables back end chosen");
     }
-    let mut applier = IptablesApplier::new(detection.backend, family).with_timeout(RESTORE_TIMEOUT);
-    if ipvs.is_some() {
-        applier = applier.keeping_stale_chains();
-    }
+    let applier = IptablesApplier::new(detection.backend, family).with_timeout(RESTORE_TIMEOUT);
+    let dataplane: Box<dyn Dataplane> = match ipvs {
+        Some(socket) => {
+            let sync_config = IpvsSyncConfig {
+                family,
+                exclude_cidrs: settings.ipvs_exclude_cidrs.clone(),
+                // As upstream: a draining real server stays until its last connection is gone.
+                grace_timeout: Duration::MAX,
+            };
+            Box::new(IpvsDataplane::new(
+                socket,
+                applier.keeping_stale_chains(),
+                sync_config,
+                crate::dryrun::ipvs_config(&settings),
+            ))
+        }
+        None => Box::new(IptablesDataplane::new(applier)),
+    };
 
     let state = Arc::new(Mutex::new(SyncState {
-        spare: Ruleset {
-            family: settings.family,
-            tables: Vec::new(),
-        },
         settings,
         source,
-        applier,
+        dataplane,
         last_warnings: Vec::new(),
-        last_full_sync: None,
-        ipvs,
         telemetry,
         conntrack: ConntrackReconciler::default(),
         conntrack_plan: None,

@@ -9,7 +9,7 @@ use proxier::ipvs::attrs::IP_VS_SVC_F_PERSISTENT;
 use proxier::ipvs::entry::protocol_of;
 use std::collections::{BTreeMap, BTreeSet};
 
-use proxier::{Backend, Family, Ipset, Iptables, IpvsHandle, IpvsSocket, Launcher, detect_backend};
+use proxier::{Backend, Ipset, Iptables, IpvsHandle, IpvsSocket, Launcher, detect_backend};
 use rulegen::IpFamily;
 use rulegen::analysis::trace::virtual_servers::SavedVirtualServer;
 use rulegen::analysis::trace::{SavedSets, SavedVirtualServers};
@@ -151,10 +151,7 @@ pub(super) fn read(family: IpFamily) -> anyhow::Result<LiveNode> {
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
-    let fam = match family {
-        IpFamily::V4 => Family::V4,
-        IpFamily::V6 => Family::V6,
-    };
+    let fam = family;
     let launcher = Launcher::host();
     let (rules, source, sets_text, fetcher) = rt.block_on(async {
         let detection = detect_backend(&launcher, fam).await;
