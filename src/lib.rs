@@ -6,8 +6,6 @@
 //! [`settings`]); the commands that drive those steps ([`commands`]); what they print
 //! ([`reports`]); and what the agent shows of itself ([`telemetry`]).
 
-#![warn(missing_docs)]
-
 pub mod addr;
 pub mod cli;
 pub mod commands;

@@ -7,8 +7,6 @@
 //! [`rulegen::Ruleset`]) and drives the tools, each started from an argument vector through a
 //! [`Launcher`].
 
-#![warn(missing_docs)]
-
 pub mod applier;
 pub mod backend;
 pub mod chain_listing;

@@ -11,8 +11,6 @@
 //! It is pure: no I/O, no Kubernetes types, no async. The same model and config always give
 //! byte-identical output, whatever order the model lists its services and endpoints in.
 
-#![warn(missing_docs)]
-
 pub mod analysis;
 pub mod config;
 pub mod model;

@@ -634,13 +634,13 @@ fn ipvs_mode_serves_health_checks_and_metrics() {
          cp {d}/v1.yaml /run/objects.yaml\n\
          {bin} --objects /run/objects.yaml --hostname-override node-a --cluster-cidr 10.244.0.0/16 \
          --proxy-mode ipvs --ipvs-min-sync-period 100ms > /run/agent.log 2>&1 &\nAGENT=$!\n\
-         i=0; while ! grep -q 'rules synced' /run/agent.log && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done\n\
+         i=0; while ! grep -q 'rules synced' /run/agent.log && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done\n\
          sleep 0.3\n{}{}\
          curl -s http://127.0.0.1:10249/metrics > /run/metrics\n\
          echo \"families $(grep '^# TYPE' /run/metrics | cut -d' ' -f3 | sort | tr '\\n' ' ')\"\n\
          cp {d}/v2.yaml /run/objects.yaml\n\
-         i=0; while [ $(grep -c 'rules synced' /run/agent.log) -lt 2 ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done\n\
-         sleep 0.3\n{}\
+         i=0; while [ \"$(curl -s -o /dev/null -w '%{{http_code}}' http://192.168.50.1:{HC_PORT}/)\" != 503 ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done\n\
+         {}\
          kill $AGENT; wait $AGENT\ncat /run/agent.log\n",
         get("hc1", &format!("http://192.168.50.1:{HC_PORT}/")),
         get("healthz", "http://192.168.50.1:10256/healthz"),

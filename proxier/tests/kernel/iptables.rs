@@ -219,7 +219,7 @@ async fn refused_sync(
     let next = next.map(|n| render(family, n));
     let broken = with_chain(next.as_ref().unwrap_or(&rs), table, BAD_CHAIN, bad_rule);
     let err = a.full_sync(&broken).await.unwrap_err();
-    eprintln!("[{backend} {family}] {err}");
+    eprintln!("[{backend} {family:?}] {err}");
     Refused {
         ns,
         rs,
@@ -624,9 +624,7 @@ async fn hooks_are_repaired_in_place_and_foreign_rules_stay(backend: Backend, fa
 /// The sync policy: the first sync is full, then partial ones until the full-sync period is
 /// over (zero here: no hour's wait) or a sync fails; each full one says why.
 async fn the_policy_decides_each_syncs_kind(backend: Backend, family: IpFamily) {
-    if !require_root() {
-        return;
-    }
+    testkit::needs_root!();
     let ns = Netns::new(&format!("policy-{backend}"));
     let (m, cfg) = (model(family, 2), config(family));
     let mut a = dataplane(&ns, backend, family);
