@@ -142,7 +142,89 @@ fn resolve(
     hostname: impl FnOnce() -> anyhow::Result<String>,
 ) -> anyhow::Result<Settings> {
     let mode = check_mode(cfg, src)?;
-    let ipvs_scheduler = match cfg.ipvs.scheduler.as_deref().map(str::trim) {
+    let ipvs_scheduler = ipvs_scheduler(cfg, src)?;
+    let ipvs_exclude_cidrs = cidr_list(
+        cfg.ipvs.exclude_cidrs.as_deref().unwrap_or_default(),
+        &src.name("ipvs.excludeCIDRs"),
+    )?;
+
+    let masquerade_bit = masquerade_bit(cfg, src)?;
+
+    let cluster_cidrs = cluster_cidrs(cfg, src)?;
+    let nodeport_addresses = nodeport_addresses(cfg, src)?;
+
+    let (detect_local_mode, pod_bridge_interface, pod_interface_name_prefix) =
+        detect_local(cfg, src)?;
+
+    let hostname = node_hostname(cfg, src, hostname)?;
+
+    Ok(Settings {
+        hostname,
+        family,
+        cluster_cidrs,
+        nodeport_addresses,
+        detect_local_mode,
+        pod_bridge_interface,
+        pod_interface_name_prefix,
+        masquerade_all: cfg.iptables.masquerade_all.unwrap_or(false),
+        masquerade_bit,
+        localhost_nodeports: cfg.iptables.localhost_node_ports.unwrap_or(true),
+        mode,
+        ipvs_scheduler,
+        ipvs_exclude_cidrs,
+        ipvs_strict_arp: cfg.ipvs.strict_arp.unwrap_or(false),
+        sync_period: go_duration(
+            match mode {
+                ProxyMode::Iptables => cfg.iptables.sync_period.as_deref(),
+                ProxyMode::Ipvs => cfg.ipvs.sync_period.as_deref(),
+            },
+            DEFAULT_SYNC_PERIOD,
+            &sync_names(src, mode, false),
+            false,
+            src.is_file(),
+        )?,
+        min_sync_period: go_duration(
+            match mode {
+                ProxyMode::Iptables => cfg.iptables.min_sync_period.as_deref(),
+                ProxyMode::Ipvs => cfg.ipvs.min_sync_period.as_deref(),
+            },
+            DEFAULT_MIN_SYNC_PERIOD,
+            &sync_names(src, mode, true),
+            true,
+            src.is_file(),
+        )?,
+        conntrack: conntrack(cfg, src)?,
+        log_format: log_format(cfg, src)?,
+        verbosity: cfg.logging.verbosity.unwrap_or(0),
+        kubeconfig: cfg
+            .client_connection
+            .kubeconfig
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .as_deref()
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(PathBuf::from),
+        kube_api_qps: kube_api_qps(cfg, src)?,
+        kube_api_burst: kube_api_burst(cfg, src)?,
+        healthz_bind_address: bind_address(
+            cfg.healthz_bind_address.as_deref(),
+            DEFAULT_HEALTHZ_BIND_ADDRESS,
+            &src.name("healthzBindAddress"),
+            src.is_file(),
+        )?,
+        metrics_bind_address: bind_address(
+            cfg.metrics_bind_address.as_deref(),
+            DEFAULT_METRICS_BIND_ADDRESS,
+            &src.name("metricsBindAddress"),
+            src.is_file(),
+        )?,
+    })
+}
+
+/// `ipvs.scheduler`: upstream's list, `rr` when unset.
+fn ipvs_scheduler(cfg: &KubeProxyConfiguration, src: &Source) -> anyhow::Result<String> {
+    Ok(match cfg.ipvs.scheduler.as_deref().map(str::trim) {
         None | Some("") => rulegen::render::ipvs::DEFAULT_SCHEDULER.to_string(),
         Some(s) if IPVS_SCHEDULERS.contains(&s) => s.to_string(),
         Some(s) => bail!(
@@ -150,13 +232,12 @@ fn resolve(
             src.name("ipvs.scheduler"),
             IPVS_SCHEDULERS.join(", ")
         ),
-    };
-    let ipvs_exclude_cidrs = cidr_list(
-        cfg.ipvs.exclude_cidrs.as_deref().unwrap_or_default(),
-        &src.name("ipvs.excludeCIDRs"),
-    )?;
+    })
+}
 
-    let masquerade_bit = match cfg.iptables.masquerade_bit {
+/// `iptables.masqueradeBit`: 0–31, 14 when unset.
+fn masquerade_bit(cfg: &KubeProxyConfiguration, src: &Source) -> anyhow::Result<u8> {
+    Ok(match cfg.iptables.masquerade_bit {
         None => DEFAULT_MASQUERADE_BIT,
         Some(bit) => u8::try_from(bit).ok().filter(|b| *b <= 31).ok_or_else(|| {
             anyhow!(
@@ -164,11 +245,15 @@ fn resolve(
                 src.name("iptables.masqueradeBit")
             )
         })?,
-    };
+    })
+}
 
-    let cluster_cidrs = cluster_cidrs(cfg, src)?;
-    let nodeport_addresses = nodeport_addresses(cfg, src)?;
-
+/// `detectLocalMode` and the interface its interface-based modes name, checked as the kernel
+/// takes names.
+fn detect_local(
+    cfg: &KubeProxyConfiguration,
+    src: &Source,
+) -> anyhow::Result<(DetectLocalMode, String, String)> {
     let detect_local_mode = match cfg.detect_local_mode.as_deref() {
         None | Some("") => DetectLocalMode::default(),
         Some(s) => s
@@ -210,7 +295,19 @@ fn resolve(
             anyhow!("{name} {pod_interface_name_prefix:?} is not an interface-name prefix: {e}")
         })?;
     }
+    Ok((
+        detect_local_mode,
+        pod_bridge_interface,
+        pod_interface_name_prefix,
+    ))
+}
 
+/// The node's name: `hostnameOverride` or the machine's, held to the Node name rules.
+fn node_hostname(
+    cfg: &KubeProxyConfiguration,
+    src: &Source,
+    hostname: impl FnOnce() -> anyhow::Result<String>,
+) -> anyhow::Result<String> {
     // Upstream's GetHostname: trimmed and lower-cased whether given or taken from the machine.
     let given = cfg
         .hostname_override
@@ -240,62 +337,25 @@ fn resolve(
             ),
         }
     }
+    Ok(hostname)
+}
 
-    Ok(Settings {
-        hostname,
-        family,
-        cluster_cidrs,
-        nodeport_addresses,
-        detect_local_mode,
-        pod_bridge_interface,
-        pod_interface_name_prefix,
-        masquerade_all: cfg.iptables.masquerade_all.unwrap_or(false),
-        masquerade_bit,
-        localhost_nodeports: cfg.iptables.localhost_node_ports.unwrap_or(true),
-        mode,
-        ipvs_scheduler,
-        ipvs_exclude_cidrs,
-        ipvs_strict_arp: cfg.ipvs.strict_arp.unwrap_or(false),
-        sync_period: go_duration(
-            match mode {
-                ProxyMode::Iptables => cfg.iptables.sync_period.as_deref(),
-                ProxyMode::Ipvs => cfg.ipvs.sync_period.as_deref(),
-            },
-            DEFAULT_SYNC_PERIOD,
-            &sync_names(src, mode, false),
-            false,
-            src.is_file(),
-        )?,
-        min_sync_period: go_duration(
-            match mode {
-                ProxyMode::Iptables => cfg.iptables.min_sync_period.as_deref(),
-                ProxyMode::Ipvs => cfg.ipvs.min_sync_period.as_deref(),
-            },
-            DEFAULT_MIN_SYNC_PERIOD,
-            &sync_names(src, mode, true),
-            true,
-            src.is_file(),
-        )?,
-        conntrack: conntrack(cfg, src)?,
-        log_format: match cfg.logging.format.as_deref().map(str::trim) {
-            None | Some("") | Some("text") => LogFormat::Text,
-            Some("json") => LogFormat::Json,
-            Some(f) => bail!(
-                "{} {f:?} is invalid (use text or json)",
-                src.name("logging.format")
-            ),
-        },
-        verbosity: cfg.logging.verbosity.unwrap_or(0),
-        kubeconfig: cfg
-            .client_connection
-            .kubeconfig
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .as_deref()
-            .map(str::trim)
-            .filter(|k| !k.is_empty())
-            .map(PathBuf::from),
-        kube_api_qps: match cfg
+/// `logging.format`: text (the default) or json.
+fn log_format(cfg: &KubeProxyConfiguration, src: &Source) -> anyhow::Result<LogFormat> {
+    Ok(match cfg.logging.format.as_deref().map(str::trim) {
+        None | Some("") | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(f) => bail!(
+            "{} {f:?} is invalid (use text or json)",
+            src.name("logging.format")
+        ),
+    })
+}
+
+/// `clientConnection.qps`: positive; 0 or unset means the default.
+fn kube_api_qps(cfg: &KubeProxyConfiguration, src: &Source) -> anyhow::Result<Option<f64>> {
+    Ok(
+        match cfg
             .client_connection
             .qps
             .as_ref()
@@ -313,27 +373,19 @@ fn resolve(
                 ),
             },
         },
-        kube_api_burst: match cfg.client_connection.burst {
-            None | Some(0) => None,
-            Some(b) => Some(u32::try_from(b).ok().filter(|b| *b > 0).ok_or_else(|| {
-                anyhow!(
-                    "{} {b} must be a positive number",
-                    src.name("clientConnection.burst")
-                )
-            })?),
-        },
-        healthz_bind_address: bind_address(
-            cfg.healthz_bind_address.as_deref(),
-            DEFAULT_HEALTHZ_BIND_ADDRESS,
-            &src.name("healthzBindAddress"),
-            src.is_file(),
-        )?,
-        metrics_bind_address: bind_address(
-            cfg.metrics_bind_address.as_deref(),
-            DEFAULT_METRICS_BIND_ADDRESS,
-            &src.name("metricsBindAddress"),
-            src.is_file(),
-        )?,
+    )
+}
+
+/// `clientConnection.burst`: positive; 0 or unset means the default.
+fn kube_api_burst(cfg: &KubeProxyConfiguration, src: &Source) -> anyhow::Result<Option<u32>> {
+    Ok(match cfg.client_connection.burst {
+        None | Some(0) => None,
+        Some(b) => Some(u32::try_from(b).ok().filter(|b| *b > 0).ok_or_else(|| {
+            anyhow!(
+                "{} {b} must be a positive number",
+                src.name("clientConnection.burst")
+            )
+        })?),
     })
 }
 

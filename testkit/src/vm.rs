@@ -1,8 +1,8 @@
 //! A throwaway VM with IPVS (this machine's kernel has none): Debian's kernel package booted
 //! under `qemu-system-x86_64 -accel tcg` with a small initramfs — busybox and the modules that
 //! reach the host's root over 9p — whose `/init` mounts this machine's root read-only under a
-//! RAM overlay, runs one script there (host tools, the test's binaries) and powers off. The
-//! recipe is `shared/reference/kernel-lab.md`'s "IPVS" section; a boot takes a few seconds.
+//! RAM overlay, runs one script there (host tools, the test's binaries) and powers off. A
+//! boot takes a few seconds.
 //!
 //! Needs `qemu-system-x86`, `busybox-static`, `ipvsadm`, `cpio` and `kmod` (`.ci/run` installs
 //! them) and fetches the kernel package with `apt-get download` into `target/ipvs-vm/` once.

@@ -1,6 +1,6 @@
 //! The node agent against an API server, end to end, inside a lab node namespace.
 //!
-//! By default the API server is the in-process test server (`tests/apiserver`), started on
+//! By default the API server is the in-process test server (`testkit/src/apiserver`), started on
 //! loopback INSIDE the node namespace (the agent, running there too, reaches it on 127.0.0.1).
 //! Objects are created through the HTTP API with a kube-rs client, as a controller would.
 //! With `KUBE_PROXY_RS_E2E_KUBECONFIG` set, the basic test runs against that API server instead

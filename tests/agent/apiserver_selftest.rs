@@ -1,4 +1,4 @@
-//! Proves the in-process test API server (`tests/apiserver`) against kube-rs itself: lists with
+//! Proves the in-process test API server (`testkit/src/apiserver`) against kube-rs itself: lists with
 //! kube-proxy's selectors, paging, writes and their errors, `watcher` events, `reflector`
 //! convergence across 410 re-lists, API server restarts, a late start, bookmarks and a
 //! kubeconfig file. Each test is bounded by a time-out so a hang fails fast.

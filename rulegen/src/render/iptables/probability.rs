@@ -45,7 +45,7 @@ mod tests {
 
     #[test]
     fn saved_form_matches_the_kernel_round_trip() {
-        // Values observed from iptables-save on this kernel (shared/reference/kernel-lab.md).
+        // Values observed from iptables-save on this kernel.
         assert_eq!(saved(2), "0.50000000000");
         assert_eq!(saved(3), "0.33333333349");
         assert_eq!(saved(10), "0.10000000009");

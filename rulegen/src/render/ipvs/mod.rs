@@ -2,8 +2,7 @@
 //! virtual-server table ([`servers`]), the ipsets ([`ipsets`]), the addresses bound to
 //! `kube-ipvs0`, and the few iptables rules that mode still needs ([`rules`]).
 //!
-//! Upstream reference: `pkg/proxy/ipvs/proxier.go` (`syncProxyRules`, `writeIptablesRules`) and
-//! `shared/reference/upstream-iptables.md` §4.1.
+//! Upstream reference: `pkg/proxy/ipvs/proxier.go` (`syncProxyRules`, `writeIptablesRules`).
 
 pub mod ipsets;
 pub mod rules;

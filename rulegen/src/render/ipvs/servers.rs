@@ -1,7 +1,7 @@
 //! The virtual-server table kube-proxy's IPVS mode holds for a model, and its `ipvsadm -Sn` text.
 //!
-//! What upstream's IPVS proxier creates (`pkg/proxy/ipvs/proxier.go`, and
-//! `shared/reference/upstream-iptables.md` §4.1): one virtual server per cluster IP:port, per
+//! What upstream's IPVS proxier creates (`pkg/proxy/ipvs/proxier.go`,
+//! `syncService` and `syncEndpoint`): one virtual server per cluster IP:port, per
 //! external IP:port, per load-balancer IP:port and per node IP × node port, each with weight-1
 //! masquerading real servers; session affinity is IPVS persistence with the affinity timeout.
 //! Destinations under a Local traffic policy (internal for the cluster IP, external for the
