@@ -1,5 +1,7 @@
 //! iptables back ends, restore into and save from a test namespace.
 
+use rulegen::IpFamily;
+
 use super::netns::Netns;
 
 /// The iptables back end: both exist on the test machine, a namespace must only ever get one.
@@ -9,15 +11,6 @@ pub enum Backend {
     Legacy,
     /// `iptables-nft` (nf_tables).
     Nft,
-}
-
-/// The address family: `iptables-*` or `ip6tables-*`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Family {
-    /// IPv4 (`iptables`).
-    V4,
-    /// IPv6 (`ip6tables`).
-    V6,
 }
 
 impl Backend {
@@ -33,13 +26,13 @@ impl Backend {
     }
 
     /// `iptables-legacy-restore`, `ip6tables-nft-restore`, …
-    pub fn restore_bin(self, family: Family) -> String {
-        format!("{}-{}-restore", family.tool(), self.name())
+    pub fn restore_bin(self, family: IpFamily) -> String {
+        format!("{}-{}-restore", tool(family), self.name())
     }
 
     /// `iptables-legacy-save`, `ip6tables-nft-save`, …
-    pub fn save_bin(self, family: Family) -> String {
-        format!("{}-{}-save", family.tool(), self.name())
+    pub fn save_bin(self, family: IpFamily) -> String {
+        format!("{}-{}-save", tool(family), self.name())
     }
 }
 
@@ -49,26 +42,24 @@ impl std::fmt::Display for Backend {
     }
 }
 
-impl Family {
-    /// The family's tool name stem (`iptables` or `ip6tables`).
-    pub fn tool(self) -> &'static str {
-        match self {
-            Family::V4 => "iptables",
-            Family::V6 => "ip6tables",
-        }
+/// The family's tool name stem (`iptables` or `ip6tables`).
+fn tool(family: IpFamily) -> &'static str {
+    match family {
+        IpFamily::V4 => "iptables",
+        IpFamily::V6 => "ip6tables",
     }
 }
 
 /// `iptables-<b>-restore -w` of `text` (IPv4) into `ns`. Err carries the tool's stderr.
 pub fn restore(ns: &Netns, backend: Backend, text: &str) -> Result<(), String> {
-    restore_with(ns, backend, Family::V4, &[], text)
+    restore_with(ns, backend, IpFamily::V4, &[], text)
 }
 
 /// `<family>-<b>-restore -w <extra…>` of `text` into `ns` (e.g. `extra = &["--noflush"]`).
 pub fn restore_with(
     ns: &Netns,
     backend: Backend,
-    family: Family,
+    family: IpFamily,
     extra: &[&str],
     text: &str,
 ) -> Result<(), String> {
@@ -94,11 +85,11 @@ pub fn restore_with(
 /// `#` line (banners, back-end warnings) dropped. Save per table so that legacy and nft print the
 /// tables in the same order (the order of the payload, see [`payload_tables`]). Panics on failure.
 pub fn save_tables(ns: &Netns, backend: Backend, tables: &[&str]) -> String {
-    save_tables_with(ns, backend, Family::V4, tables)
+    save_tables_with(ns, backend, IpFamily::V4, tables)
 }
 
-/// [`save_tables`] for either family (`ip6tables-<b>-save` for [`Family::V6`]).
-pub fn save_tables_with(ns: &Netns, backend: Backend, family: Family, tables: &[&str]) -> String {
+/// [`save_tables`] for either family (`ip6tables-<b>-save` for [`IpFamily::V6`]).
+pub fn save_tables_with(ns: &Netns, backend: Backend, family: IpFamily, tables: &[&str]) -> String {
     let bin = backend.save_bin(family);
     let mut all = String::new();
     for table in tables {

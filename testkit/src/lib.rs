@@ -31,9 +31,7 @@ pub mod sock;
 pub mod tracelab;
 pub mod vm;
 
-pub use iptables::{
-    Backend, Family, payload_tables, restore, restore_with, save_tables, save_tables_with,
-};
+pub use iptables::{Backend, payload_tables, restore, restore_with, save_tables, save_tables_with};
 pub use lab::{ConnErr, Lab, LabBuilder, Reply, Tally, connect, connect_from};
 pub use netns::{Netns, in_ns};
 pub use root::{SKIP_ENV, require_root};

@@ -40,7 +40,9 @@ use rulegen::model::{Protocol, ServicePort};
 use serde_json::Value;
 
 use super::golden::{flags, objects_path};
-use super::iptables::{Backend, Family, restore_with};
+use rulegen::IpFamily;
+
+use super::iptables::{Backend, restore_with};
 use super::netns::Netns;
 
 /// How long a probe waits for a connection (or a UDP answer) before calling it dropped.
@@ -80,7 +82,7 @@ pub struct Variant {
     /// The golden case's directory.
     pub dir: PathBuf,
     /// The family of this variant's ruleset.
-    pub family: Family,
+    pub family: IpFamily,
     /// The case's `flags` (plus `--ip-family ipv6` for the IPv6 variant).
     pub flags: Vec<String>,
     /// `expected.iptables` or `expected.ip6tables`.
@@ -106,7 +108,7 @@ pub fn variants() -> Vec<Variant> {
         out.push(Variant {
             name: case.clone(),
             dir: dir.clone(),
-            family: Family::V4,
+            family: IpFamily::V4,
             flags: f.clone(),
             ruleset: dir.join("expected.iptables"),
             backend: Backend::Legacy,
@@ -117,7 +119,7 @@ pub fn variants() -> Vec<Variant> {
             out.push(Variant {
                 name: format!("{case}/ipv6"),
                 dir: dir.clone(),
-                family: Family::V6,
+                family: IpFamily::V6,
                 flags: f6,
                 ruleset: dir.join("expected.ip6tables"),
                 backend: Backend::Legacy,
@@ -250,9 +252,9 @@ pub struct Infra {
 }
 
 impl Infra {
-    fn new(family: Family) -> Infra {
+    fn new(family: IpFamily) -> Infra {
         match family {
-            Family::V4 => {
+            IpFamily::V4 => {
                 let a = |x: u8, y: u8| IpAddr::V4(Ipv4Addr::new(169, 254, x, y));
                 Infra {
                     ext_gw: a(10, 1),
@@ -263,7 +265,7 @@ impl Infra {
                     hp_gw: a(50, 1),
                 }
             }
-            Family::V6 => {
+            IpFamily::V6 => {
                 let a = |x: u16, y: u16| IpAddr::V6(Ipv6Addr::new(0xfd99, 0, x, 0, 0, 0, 0, y));
                 Infra {
                     ext_gw: a(0x10, 1),
@@ -427,7 +429,7 @@ fn model_addresses(m: &CaseModel) -> BTreeSet<IpAddr> {
 /// Left out (listed in [`Plan::left_out`]): SCTP ports (this kernel has no SCTP) and health-check
 /// node ports (answered by the agent's HTTP server, not by rules).
 pub fn plan(variant: &Variant, model: CaseModel) -> Plan {
-    let v4 = variant.family == Family::V4;
+    let v4 = variant.family == IpFamily::V4;
     let infra = Infra::new(variant.family);
     let taken = model_addresses(&model);
     for a in &taken {
@@ -954,10 +956,10 @@ pub struct Lab {
     pub hairpin: Netns,
 }
 
-fn batch(ns: &Netns, family: Family, lines: &[String]) -> Result<(), String> {
+fn batch(ns: &Netns, family: IpFamily, lines: &[String]) -> Result<(), String> {
     let fam = match family {
-        Family::V4 => "-4",
-        Family::V6 => "-6",
+        IpFamily::V4 => "-4",
+        IpFamily::V6 => "-6",
     };
     let text = lines.join("\n") + "\n";
     let out = ns.exec_input(["ip", fam, "-batch", "-"], text.as_bytes());
@@ -1006,7 +1008,7 @@ impl Lab {
     /// the node with the variant's back end, and starts a server on every address of `listen`.
     pub fn build(plan: &Plan, ruleset: &str, listen: &BTreeSet<SocketAddr>) -> Result<Lab, String> {
         let fam = plan.variant.family;
-        let v6 = fam == Family::V6;
+        let v6 = fam == IpFamily::V6;
         let tag = plan.variant.name.replace(['/', '_'], "-");
         let tag: String = tag.chars().take(24).collect();
         let mk = |role: &str| Netns::new(&format!("{tag}-{role}"));
@@ -1167,11 +1169,11 @@ impl Lab {
     }
 
     /// Node state for failure messages.
-    pub fn diagnostics(&self, family: Family) -> String {
+    pub fn diagnostics(&self, family: IpFamily) -> String {
         let mut s = String::new();
         let ipt = match family {
-            Family::V4 => "iptables",
-            Family::V6 => "ip6tables",
+            IpFamily::V4 => "iptables",
+            IpFamily::V6 => "ip6tables",
         };
         let cmds: Vec<Vec<String>> = vec![
             vec!["ip".into(), "-br".into(), "addr".into()],
@@ -1181,7 +1183,12 @@ impl Lab {
                 "conntrack".into(),
                 "-L".into(),
                 "-f".into(),
-                if family == Family::V4 { "ipv4" } else { "ipv6" }.into(),
+                if family == IpFamily::V4 {
+                    "ipv4"
+                } else {
+                    "ipv6"
+                }
+                .into(),
             ],
             vec![format!("{ipt}-legacy-save"), "-c".into()],
             vec![format!("{ipt}-nft-save"), "-c".into()],

@@ -13,19 +13,18 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use testkit::{
-    Backend, Family, Netns, payload_tables, restore_with, save_tables_with, unified_diff,
-};
+use rulegen::IpFamily;
+use testkit::{Backend, Netns, payload_tables, restore_with, save_tables_with, unified_diff};
 
 /// Every golden payload: (case, file, family it is for).
-fn golden_cases() -> Vec<(String, PathBuf, Family)> {
+fn golden_cases() -> Vec<(String, PathBuf, IpFamily)> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("golden");
     let mut cases = Vec::new();
     if let Ok(entries) = std::fs::read_dir(&root) {
         for e in entries.flatten() {
             for (name, family) in [
-                ("expected.iptables", Family::V4),
-                ("expected.ip6tables", Family::V6),
+                ("expected.iptables", IpFamily::V4),
+                ("expected.ip6tables", IpFamily::V6),
             ] {
                 let file = e.path().join(name);
                 if file.is_file() {
@@ -51,7 +50,7 @@ fn golden_rulesets_survive_the_kernel_round_trip() {
     let start = Instant::now();
     let mut failures = Vec::new();
     assert!(
-        cases.iter().any(|c| c.2 == Family::V6),
+        cases.iter().any(|c| c.2 == IpFamily::V6),
         "no golden/<case>/expected.ip6tables found: the IPv6 round trip would not run"
     );
     for (case, file, family) in &cases {
@@ -190,13 +189,13 @@ fn an_over_long_comment_comes_back_as_rendered() {
     let mut failures = Vec::new();
     for (family, rg_family, cluster_ip, endpoint) in [
         (
-            Family::V4,
+            IpFamily::V4,
             rulegen::IpFamily::V4,
             "10.96.0.10",
             "10.244.1.5",
         ),
         (
-            Family::V6,
+            IpFamily::V6,
             rulegen::IpFamily::V6,
             "fd00:96::10",
             "fd00:244::5",

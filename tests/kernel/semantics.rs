@@ -16,7 +16,8 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use testkit::iptables::{Backend, Family, payload_tables, restore_with, save_tables_with};
+use rulegen::IpFamily;
+use testkit::iptables::{Backend, payload_tables, restore_with, save_tables_with};
 use testkit::lab::{BRIDGE_IP, BRIDGE_IP6, POD_CIDR, POD_CIDR6, pod_ip6};
 use testkit::objects::{Endpoint, SVC_PORT, Service, endpoint_slice, node, render};
 use testkit::{Lab, LabBuilder, Netns, Tally, unified_diff};
@@ -52,7 +53,7 @@ fn node4() -> String {
 
 /// Loads `payload` into the lab's node with `<family>-<backend>-restore -w`, and checks the
 /// kernel holds kube-proxy's chains.
-fn load(lab: &Lab, backend: Backend, family: Family, payload: &str) {
+fn load(lab: &Lab, backend: Backend, family: IpFamily, payload: &str) {
     if let Err(e) = restore_with(&lab.node, backend, family, &[], payload) {
         panic!("loading the ruleset ({backend}, {family:?}) failed: {e}\npayload:\n{payload}");
     }
@@ -67,7 +68,7 @@ fn load(lab: &Lab, backend: Backend, family: Family, payload: &str) {
 fn lab_with(builder: LabBuilder, backend: Backend, payload: &str) -> Lab {
     let lab = builder.build();
     assert_eq!(lab.node_ip().to_string(), NODE_IP);
-    load(&lab, backend, Family::V4, payload);
+    load(&lab, backend, IpFamily::V4, payload);
     lab
 }
 
@@ -896,8 +897,8 @@ fn dual_stack_lab(tag: &str, backend: Backend) -> Lab {
         .client("c")
         .build();
     assert_eq!(lab.node_ip6().to_string(), NODE_IP6);
-    load(&lab, backend, Family::V4, &v4);
-    load(&lab, backend, Family::V6, &v6);
+    load(&lab, backend, IpFamily::V4, &v4);
+    load(&lab, backend, IpFamily::V6, &v6);
     lab
 }
 
@@ -1015,11 +1016,11 @@ fn ipv6_ruleset_survives_the_kernel_round_trip() {
         let tables = payload_tables(&text);
         for backend in Backend::ALL {
             let ns = Netns::new(&format!("v6rt{i}-{backend}"));
-            if let Err(e) = restore_with(&ns, backend, Family::V6, &[], &text) {
+            if let Err(e) = restore_with(&ns, backend, IpFamily::V6, &[], &text) {
                 failures.push(format!("{args:?} [{backend}]: restore rejected it: {e}"));
                 continue;
             }
-            let saved = save_tables_with(&ns, backend, Family::V6, &tables);
+            let saved = save_tables_with(&ns, backend, IpFamily::V6, &tables);
             if saved != text {
                 failures.push(format!(
                     "{args:?} [{backend}]: the kernel holds something else (- rendered, + \

@@ -37,7 +37,7 @@ use std::thread;
 use std::time::Instant;
 
 use clap::Parser;
-use testkit::iptables::Family;
+use rulegen::IpFamily;
 use testkit::tracelab::{self, CaseModel, Key, Options, Origin, Proto, Report, Variant};
 
 /// Variants run at once (each runs its own probes in parallel too).
@@ -430,7 +430,7 @@ fn load_case(v: &Variant) -> CaseModel {
     );
     let t = kube_proxy_rs::commands::dryrun::load_model(&cli.objects, &settings)
         .unwrap_or_else(|e| panic!("{}: objects: {e:#}", v.name));
-    let fam = |ip: &IpAddr| ip.is_ipv4() == (v.family == Family::V4);
+    let fam = |ip: &IpAddr| ip.is_ipv4() == (v.family == IpFamily::V4);
     let mut services = t.model.services.clone();
     for sp in &mut services {
         sp.cluster_ips.retain(fam);

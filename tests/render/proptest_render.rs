@@ -374,9 +374,9 @@ fn random_objects_render_and_load() {
             let text = yaml(&services, &slices);
             let flags = flag_sets[n.get() % flag_sets.len()];
             let family = if flags.contains(&"ipv6") {
-                testkit::Family::V6
+                rulegen::IpFamily::V6
             } else {
-                testkit::Family::V4
+                rulegen::IpFamily::V4
             };
             std::fs::write(&file, &text).unwrap();
             let out = Command::new(env!("CARGO_BIN_EXE_kube-proxy-rs"))
