@@ -283,6 +283,32 @@ mod tests {
         assert_eq!(destroy_script("other-set\n", &[IpFamily::V4]), "");
     }
 
+    /// Only the syncer's family's virtual servers outside the exclude CIDRs are deleted.
+    #[test]
+    fn virtual_servers_of_the_family_go_excluded_ones_stay() {
+        use crate::ipvs::{FakeIpvs, IpvsService};
+        use rulegen::Protocol;
+        let mut fake = FakeIpvs::new();
+        for addr in ["10.96.0.1", "10.96.0.2", "192.0.2.9", "fd00::1"] {
+            let svc = IpvsService::new(Protocol::Tcp, addr.parse().unwrap(), 80, "rr", 0, 0);
+            fake.insert_service(svc);
+        }
+        let config = IpvsSyncConfig {
+            family: IpFamily::V4,
+            exclude_cidrs: vec!["192.0.2.0/24".parse().unwrap()],
+            grace_timeout: Duration::ZERO,
+        };
+        let mut syncer = IpvsSyncer::new(fake, config);
+        let report = virtual_servers(&mut syncer);
+        assert!(report.succeeded(), "{:?}", report.failures);
+        assert_eq!(report.virtual_servers_deleted, 2);
+        assert_eq!(
+            syncer.handle().service_count(),
+            2,
+            "the excluded and the IPv6 one"
+        );
+    }
+
     /// A failed step is reported with what the others removed.
     #[test]
     fn merged_reports_keep_every_failure() {
