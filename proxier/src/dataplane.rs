@@ -13,6 +13,7 @@ use thiserror::Error;
 
 use crate::applier::{ApplyError, SyncKind, SyncReport};
 use crate::backend::FamilyTools;
+use crate::cleanup::CleanupReport;
 use crate::interface::{IPVS_INTERFACE, local_addresses_except};
 use crate::ipvs_dataplane::IpvsStepError;
 use crate::sysctl::Sysctls;
@@ -39,6 +40,10 @@ pub trait Dataplane: Send {
 
     /// Forgets what the kernel was given, so the next sync rewrites everything.
     fn forget_applied(&mut self);
+
+    /// Removes what this mode put on the node for its family (upstream's `CleanupLeftovers`),
+    /// each step attempted even when one failed; the next sync then writes everything again.
+    fn clean_up(&mut self) -> SyncFuture<'_, CleanupReport>;
 }
 
 /// The span every sync runs in: its mode and family, and its kind (`full` or `partial`) once

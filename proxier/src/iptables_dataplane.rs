@@ -11,6 +11,7 @@ use rulegen::{IpFamily, Model, RenderConfig, Retain, Ruleset};
 
 use crate::applier::{IptablesApplier, SyncKind, SyncReport};
 use crate::backend::Backend;
+use crate::cleanup::{self, CleanupReport};
 use crate::dataplane::{
     Dataplane, FullSyncReason, NodeFacts, SyncError, SyncFuture, SyncObserver, sync_span,
 };
@@ -212,5 +213,16 @@ impl Dataplane for IptablesDataplane {
     fn forget_applied(&mut self) {
         self.applier.invalidate();
         self.last_full_sync = None;
+    }
+
+    /// Its family's hooks and chains (IPVS mode's too: one payload removes both modes').
+    fn clean_up(&mut self) -> SyncFuture<'_, CleanupReport> {
+        Box::pin(async move {
+            let report = cleanup::iptables_leftovers(self.applier.iptables()).await;
+            // The kernel holds nothing of ours any more: the next sync is a first one.
+            self.forget_applied();
+            self.synced = false;
+            report
+        })
     }
 }

@@ -15,6 +15,7 @@ use rulegen::{IpFamily, Model, RenderConfig, Ruleset};
 use thiserror::Error;
 
 use crate::applier::{ApplyError, IptablesApplier, SyncKind, SyncReport};
+use crate::cleanup::{self, CleanupError, CleanupReport};
 use crate::command::Launcher;
 use crate::dataplane::{Dataplane, NodeFacts, SyncError, SyncFuture, SyncObserver, sync_span};
 use crate::interface::{DummyInterface, IPVS_INTERFACE, InterfaceError};
@@ -309,6 +310,34 @@ impl IpvsDataplane {
         }
     }
 
+    /// Deletes its family's virtual servers and `kube-ipvs0` on the blocking pool, through the
+    /// syncer (whose draining list then forgets the deleted ones).
+    async fn clean_up_netlink(&mut self) -> CleanupReport {
+        let syncer = match self.syncer.take() {
+            Some(s) => Ok(s),
+            None => IpvsSocket::open().map(|s| IpvsSyncer::new(s, self.sync_config.clone())),
+        };
+        let task = tokio::task::spawn_blocking(move || {
+            let (syncer, mut report) = match syncer {
+                Ok(mut s) => {
+                    let report = cleanup::virtual_servers(&mut s);
+                    (Some(s), report)
+                }
+                Err(e) => (None, CleanupReport::failed(CleanupError::VirtualServers(e))),
+            };
+            report.merge(cleanup::interface());
+            (syncer, report)
+        });
+        match task.await {
+            Ok((syncer, report)) => {
+                self.syncer = syncer;
+                report
+            }
+            // The syncer is lost; the next sync opens a fresh one.
+            Err(e) => CleanupReport::failed(CleanupError::Task(e)),
+        }
+    }
+
     async fn on_interface(&self, addrs: Vec<IpAddr>, what: Bind) -> Result<usize, IpvsStepError> {
         let (interface, family) = (self.interface.clone(), self.family);
         tokio::task::spawn_blocking(move || match what {
@@ -352,6 +381,21 @@ impl Dataplane for IpvsDataplane {
     fn forget_applied(&mut self) {
         self.applied_sets = None;
         self.last_full_sync = None;
+    }
+
+    /// Its family's virtual servers (outside the exclude CIDRs), `kube-ipvs0`, its iptables
+    /// part, then its family's sets: upstream's order, rules before the sets they match on.
+    fn clean_up(&mut self) -> SyncFuture<'_, CleanupReport> {
+        Box::pin(async move {
+            let mut report = self.clean_up_netlink().await;
+            report.merge(cleanup::iptables_leftovers(self.applier.iptables()).await);
+            // Where the sync runs `ipset` (`Ipset::new` in `new`).
+            let sets = cleanup::ipsets(&Launcher::host(), &[self.family], IPSET_TIMEOUT).await;
+            report.merge(sets);
+            self.forget_applied();
+            self.applier.invalidate();
+            report
+        })
     }
 }
 

@@ -1,7 +1,8 @@
 //! Applies what `rulegen` renders to the node's kernel: each mode is a [`Dataplane`] the agent
 //! hands its models to ([`IptablesDataplane`], [`IpvsDataplane`]), which decides how much to
-//! send, renders, and drives the kernel (the iptables tools, IPVS over netlink, ipsets,
-//! `kube-ipvs0`); it also picks the iptables back end and paces syncs.
+//! send, renders, drives the kernel (the iptables tools, IPVS over netlink, ipsets,
+//! `kube-ipvs0`) and removes its own leftovers ([`cleanup`]); it also picks the iptables back
+//! end and paces syncs.
 //!
 //! Nothing here knows about Kubernetes objects: it takes a [`rulegen::Model`] (or a rendered
 //! [`rulegen::Ruleset`]) and drives the tools, each started from an argument vector through a
@@ -10,6 +11,7 @@
 pub mod applier;
 pub mod backend;
 pub mod chain_listing;
+pub mod cleanup;
 pub mod command;
 pub mod conntrack;
 pub mod dataplane;
@@ -28,6 +30,7 @@ pub mod sysctl;
 
 pub use applier::{ApplyError, IptablesApplier, SyncKind, SyncReport};
 pub use backend::{Backend, FamilyTools};
+pub use cleanup::{CleanedTable, CleanupError, CleanupReport};
 pub use command::{CommandError, Finished, Launcher};
 pub use conntrack::{Conntrack, ConntrackError, ConntrackReport};
 pub use dataplane::{

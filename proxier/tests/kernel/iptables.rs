@@ -672,6 +672,68 @@ async fn the_policy_decides_each_syncs_kind(backend: Backend, family: IpFamily) 
     );
 }
 
+/// `clean_up` after a sync leaves no `KUBE-*` chain of kube-proxy's and no hook of the
+/// dataplane's family in any table the render wrote, says which tables it cleaned, leaves someone else's rule and
+/// chain alone, and the sync after it starts again from a first sync.
+async fn clean_up_removes_our_chains_and_hooks_only(backend: Backend, family: IpFamily) {
+    testkit::needs_root!();
+    let ns = Netns::new(&format!("clean-{backend}"));
+    let ipt = backend.iptables(family);
+    let src = match family {
+        IpFamily::V4 => "192.0.2.1",
+        IpFamily::V6 => "2001:db8::1",
+    };
+    ns.exec_ok([
+        &ipt, "-w", "5", "-t", "filter", "-A", "INPUT", "-s", src, "-j", "ACCEPT",
+    ]);
+    ns.exec_ok([&ipt, "-w", "5", "-t", "nat", "-N", "MY-CHAIN"]);
+    ns.exec_ok([
+        &ipt, "-w", "5", "-t", "nat", "-A", "MY-CHAIN", "-s", src, "-j", "RETURN",
+    ]);
+    let (m, cfg) = (model(family, 3), config(family));
+    let rs = render(family, 3);
+    let mut a = dataplane(&ns, backend, family);
+    a.sync(&m, &cfg, &mut NoObserver).await.unwrap();
+    assert!(kernel_text(&ns, backend, family, &rs).contains(":KUBE-SERVICES"));
+
+    let report = a.clean_up().await;
+    assert!(report.succeeded(), "{:?}", report.failures);
+    let cleaned: Vec<(IpFamily, &str)> =
+        report.tables.iter().map(|t| (t.family, t.table)).collect();
+    let written: Vec<(IpFamily, &str)> = rs.tables.iter().map(|t| (family, t.name)).collect();
+    assert_eq!(cleaned, written, "{report:?}");
+    let after = kernel_text(&ns, backend, family, &rs);
+    // `KUBE-FIREWALL` (the IPv4 render writes it) is shared with kubelet: left, as upstream does.
+    let ours: Vec<&str> = after
+        .lines()
+        .filter(|l| l.contains("KUBE-") && !l.contains("KUBE-FIREWALL"))
+        .collect();
+    assert!(ours.is_empty(), "left behind: {ours:?}\n{after}");
+    assert!(
+        after.contains(&format!("-A INPUT -s {src}")),
+        "the foreign rule went:\n{after}"
+    );
+    assert!(
+        after.contains(&format!("-A MY-CHAIN -s {src}")),
+        "the foreign chain went:\n{after}"
+    );
+
+    // Nothing left to remove: a second clean-up changes nothing.
+    let again = a.clean_up().await;
+    assert!(again.succeeded() && again.tables.is_empty(), "{again:?}");
+    assert_eq!(kernel_text(&ns, backend, family, &rs), after);
+    // The next sync writes everything again, as a first one.
+    let r = a.sync(&m, &cfg, &mut NoObserver).await.unwrap();
+    assert_eq!(
+        (r.kind, r.reason),
+        (SyncKind::Full, Some(FullSyncReason::FirstSync))
+    );
+    let shared = |h: &&rulegen::sync::restore::Hook| h.args.iter().any(|a| a == "KUBE-FIREWALL");
+    let removed = rs.hooks().iter().filter(|h| !shared(h)).count();
+    assert_eq!(r.hooks_inserted, removed);
+    assert!(kernel_text(&ns, backend, family, &rs).contains(":KUBE-SERVICES"));
+}
+
 macro_rules! per_backend_and_family {
     ($($name:ident),* $(,)?) => {
         mod legacy_v4 { $( #[tokio::test] async fn $name() { super::$name(super::Backend::Legacy, super::IpFamily::V4).await } )* }
@@ -693,6 +755,7 @@ per_backend_and_family!(
     a_rule_the_kernel_rejects_is_traced,
     a_jump_to_a_missing_chain_names_the_jump,
     hooks_are_repaired_in_place_and_foreign_rules_stay,
+    clean_up_removes_our_chains_and_hooks_only,
 );
 
 // ---------------------------------------------------------------------------------------------
