@@ -290,11 +290,25 @@ const NOOP: Expect = Expect {
 };
 
 /// A sync whose calls and counts are not the point.
-const ANY: Expect = Expect {
-    sent: None,
-    counts: &[],
-    noop: false,
-};
+const ANY: Expect = counts(&[]);
+
+/// A sync or drain that sends exactly `sent` and reports `counts`.
+const fn sends(sent: &'static [&'static str], counts: &'static [(Count, usize)]) -> Expect {
+    Expect {
+        sent: Some(sent),
+        counts,
+        noop: false,
+    }
+}
+
+/// A sync or drain that reports `counts`, whatever it sends.
+const fn counts(counts: &'static [(Count, usize)]) -> Expect {
+    Expect {
+        sent: None,
+        counts,
+        noop: false,
+    }
+}
 
 /// One step of a draining row, after its setup left 10.0.0.2 leaving.
 #[derive(Clone, Copy, Debug)]
@@ -341,15 +355,14 @@ const DRAIN_ROWS: &[DrainRow] = &[
             Step::Sync(
                 Eps::One,
                 5,
-                Expect {
-                    sent: Some(DEL_LEAVING),
-                    counts: &[
+                sends(
+                    DEL_LEAVING,
+                    &[
                         (Count::DrainedDeleted, 1),
                         (Count::DestsDeleted, 0),
                         (Count::Draining, 0),
                     ],
-                    noop: false,
-                },
+                ),
             ),
         ],
     },
@@ -363,15 +376,14 @@ const DRAIN_ROWS: &[DrainRow] = &[
             Step::Draining(1),
             Step::Drain(
                 300,
-                Expect {
-                    sent: Some(DEL_LEAVING),
-                    counts: &[
+                sends(
+                    DEL_LEAVING,
+                    &[
                         (Count::DrainedDeleted, 1),
                         (Count::DrainTimedOut, 1),
                         (Count::Draining, 0),
                     ],
-                    noop: false,
-                },
+                ),
             ),
         ],
     },
@@ -382,11 +394,10 @@ const DRAIN_ROWS: &[DrainRow] = &[
         steps: &[Step::Sync(
             Eps::One,
             DEFAULT_GRACE_TIMEOUT.as_secs(),
-            Expect {
-                sent: Some(DEL_LEAVING),
-                counts: &[(Count::DrainedDeleted, 1), (Count::DrainTimedOut, 1)],
-                noop: false,
-            },
+            sends(
+                DEL_LEAVING,
+                &[(Count::DrainedDeleted, 1), (Count::DrainTimedOut, 1)],
+            ),
         )],
     },
     DrainRow {
@@ -398,26 +409,17 @@ const DRAIN_ROWS: &[DrainRow] = &[
             Step::Sync(
                 Eps::Both,
                 10,
-                Expect {
-                    sent: Some(&["SET_DEST TCP 10.96.0.1:80 -> 10.0.0.2:80 weight 1"]),
-                    counts: &[(Count::DestsRestored, 1), (Count::Draining, 0)],
-                    noop: false,
-                },
+                sends(
+                    &["SET_DEST TCP 10.96.0.1:80 -> 10.0.0.2:80 weight 1"],
+                    &[(Count::DestsRestored, 1), (Count::Draining, 0)],
+                ),
             ),
             Step::IsDraining(false),
             // Its connections survived (a delete and re-add would have reset them).
             Step::ActiveConns(3),
             Step::KernelIs(Eps::Both),
             // It is an ordinary destination again: its next removal drains it anew.
-            Step::Sync(
-                Eps::One,
-                20,
-                Expect {
-                    sent: None,
-                    counts: &[(Count::DestsDrained, 1)],
-                    noop: false,
-                },
-            ),
+            Step::Sync(Eps::One, 20, counts(&[(Count::DestsDrained, 1)])),
         ],
     },
     DrainRow {
