@@ -229,121 +229,304 @@ fn removed_endpoint_with_connections_drains_at_weight_zero() {
     assert_eq!(r.dump_requests, 0);
 }
 
-#[test]
-fn a_sync_also_deletes_drained_destinations() {
-    let mut s = syncer();
+/// Which table a draining row syncs: the service with both endpoints, or with 10.0.0.2 gone.
+#[derive(Clone, Copy, Debug)]
+enum Eps {
+    /// 10.0.0.1:80 and 10.0.0.2:80.
+    Both,
+    /// 10.0.0.1:80 only: 10.0.0.2 is the leaving endpoint.
+    One,
+}
+
+/// The draining rows' service, 10.96.0.1:80, with `eps`.
+fn drain_table(eps: Eps) -> IpvsTable {
+    match eps {
+        Eps::Both => table(vec![tcp(
+            "10.96.0.1",
+            80,
+            &[("10.0.0.1", 80), ("10.0.0.2", 80)],
+        )]),
+        Eps::One => table(vec![tcp("10.96.0.1", 80, &[("10.0.0.1", 80)])]),
+    }
+}
+
+/// A report counter a row checks; named so a failure says which one.
+#[derive(Clone, Copy, Debug)]
+enum Count {
+    DestsDeleted,
+    DestsDrained,
+    DestsRestored,
+    DrainedDeleted,
+    DrainTimedOut,
+    Draining,
+}
+
+impl Count {
+    fn of(self, r: &IpvsSyncReport) -> usize {
+        match self {
+            Count::DestsDeleted => r.dests_deleted,
+            Count::DestsDrained => r.dests_drained,
+            Count::DestsRestored => r.dests_restored,
+            Count::DrainedDeleted => r.drained_deleted,
+            Count::DrainTimedOut => r.drain_timed_out,
+            Count::Draining => r.draining,
+        }
+    }
+}
+
+/// What a sync or drain must do: the calls it sends (`None`: not checked) and report counts.
+#[derive(Clone, Copy, Debug)]
+struct Expect {
+    sent: Option<&'static [&'static str]>,
+    counts: &'static [(Count, usize)],
+    noop: bool,
+}
+
+/// A sync or drain that must change nothing.
+const NOOP: Expect = Expect {
+    sent: Some(&[]),
+    counts: &[],
+    noop: true,
+};
+
+/// A sync whose calls and counts are not the point.
+const ANY: Expect = counts(&[]);
+
+/// A sync or drain that sends exactly `sent` and reports `counts`.
+const fn sends(sent: &'static [&'static str], counts: &'static [(Count, usize)]) -> Expect {
+    Expect {
+        sent: Some(sent),
+        counts,
+        noop: false,
+    }
+}
+
+/// A sync or drain that reports `counts`, whatever it sends.
+const fn counts(counts: &'static [(Count, usize)]) -> Expect {
+    Expect {
+        sent: None,
+        counts,
+        noop: false,
+    }
+}
+
+/// One step of a draining row, after its setup left 10.0.0.2 leaving.
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    /// Syncs `eps` at `secs` after the start.
+    Sync(Eps, u64, Expect),
+    /// Runs the periodic drain at `secs` after the start.
+    Drain(u64, Expect),
+    /// The leaving endpoint's (active, inactive) connections change.
+    Conns(u32, u32),
+    /// Someone else (ipvsadm -d) deletes the leaving endpoint.
+    DeletedBehindOurBack,
+    /// The setup again: sync both, give 10.0.0.2 the row's connections, sync one.
+    Setup,
+    /// How many destinations the syncer tracks as draining.
+    Draining(usize),
+    /// Whether the leaving endpoint is tracked as draining.
+    IsDraining(bool),
+    /// The leaving endpoint's active connections in the kernel.
+    ActiveConns(u32),
+    /// The kernel holds exactly `eps`.
+    KernelIs(Eps),
+}
+
+/// A draining scenario: 10.96.0.1:80 loses 10.0.0.2 while it has `conns`, then `steps`.
+struct DrainRow {
+    name: &'static str,
+    grace: Option<u64>,
+    conns: (u32, u32),
+    steps: &'static [Step],
+}
+
+const DEL_LEAVING: &[&str] = &["DEL_DEST TCP 10.96.0.1:80 -> 10.0.0.2:80"];
+
+/// The rows: a test per scenario became a row named as the test was.
+const DRAIN_ROWS: &[DrainRow] = &[
+    DrainRow {
+        name: "a_sync_also_deletes_drained_destinations",
+        grace: None,
+        conns: (0, 4),
+        steps: &[
+            Step::Draining(1),
+            Step::Conns(0, 0),
+            Step::Sync(
+                Eps::One,
+                5,
+                sends(
+                    DEL_LEAVING,
+                    &[
+                        (Count::DrainedDeleted, 1),
+                        (Count::DestsDeleted, 0),
+                        (Count::Draining, 0),
+                    ],
+                ),
+            ),
+        ],
+    },
+    DrainRow {
+        name: "draining_ends_at_the_grace_timeout",
+        grace: Some(300),
+        conns: (1, 0),
+        steps: &[
+            Step::Drain(299, NOOP),
+            Step::Sync(Eps::One, 299, NOOP),
+            Step::Draining(1),
+            Step::Drain(
+                300,
+                sends(
+                    DEL_LEAVING,
+                    &[
+                        (Count::DrainedDeleted, 1),
+                        (Count::DrainTimedOut, 1),
+                        (Count::Draining, 0),
+                    ],
+                ),
+            ),
+        ],
+    },
+    DrainRow {
+        name: "the_grace_timeout_also_applies_at_sync",
+        grace: None,
+        conns: (1, 0),
+        steps: &[Step::Sync(
+            Eps::One,
+            DEFAULT_GRACE_TIMEOUT.as_secs(),
+            sends(
+                DEL_LEAVING,
+                &[(Count::DrainedDeleted, 1), (Count::DrainTimedOut, 1)],
+            ),
+        )],
+    },
+    DrainRow {
+        name: "a_returning_endpoint_is_restored_not_recreated",
+        grace: None,
+        conns: (3, 0),
+        steps: &[
+            Step::IsDraining(true),
+            Step::Sync(
+                Eps::Both,
+                10,
+                sends(
+                    &["SET_DEST TCP 10.96.0.1:80 -> 10.0.0.2:80 weight 1"],
+                    &[(Count::DestsRestored, 1), (Count::Draining, 0)],
+                ),
+            ),
+            Step::IsDraining(false),
+            // Its connections survived (a delete and re-add would have reset them).
+            Step::ActiveConns(3),
+            Step::KernelIs(Eps::Both),
+            // It is an ordinary destination again: its next removal drains it anew.
+            Step::Sync(Eps::One, 20, counts(&[(Count::DestsDrained, 1)])),
+        ],
+    },
+    DrainRow {
+        name: "a_draining_destination_deleted_behind_our_back_is_forgotten",
+        grace: None,
+        conns: (1, 0),
+        steps: &[
+            Step::DeletedBehindOurBack,
+            Step::Drain(0, NOOP),
+            Step::Draining(0),
+            // The same through a sync.
+            Step::Sync(Eps::Both, 0, ANY),
+            Step::Setup,
+            Step::DeletedBehindOurBack,
+            Step::Sync(Eps::One, 0, NOOP),
+            Step::Draining(0),
+        ],
+    },
+];
+
+/// Checks a sync's or drain's outcome against `e`; `at` names the row and step on failure.
+fn check(s: &mut IpvsSyncer<FakeIpvs>, r: &IpvsSyncReport, e: &Expect, at: &str) {
+    let got = sent(s);
+    if let Some(want) = e.sent {
+        assert_eq!(got, want, "{at}: calls sent");
+    }
+    for (count, want) in e.counts {
+        assert_eq!(count.of(r), *want, "{at}: {count:?} in {r:?}");
+    }
+    if e.noop {
+        assert!(r.is_noop(), "{at}: not a no-op: {r:?}");
+    }
+}
+
+/// Runs one draining row, naming it and the failing step in every assertion.
+fn run_drain_row(row: &DrainRow) {
+    let config = IpvsSyncConfig {
+        grace_timeout: row.grace.map_or(DEFAULT_GRACE_TIMEOUT, Duration::from_secs),
+        ..IpvsSyncConfig::default()
+    };
+    let mut s = IpvsSyncer::new(FakeIpvs::new(), config);
     let now = Instant::now();
-    let t1 = table(vec![tcp(
-        "10.96.0.1",
-        80,
-        &[("10.0.0.1", 80), ("10.0.0.2", 80)],
-    )]);
-    let t2 = table(vec![tcp("10.96.0.1", 80, &[("10.0.0.1", 80)])]);
     let k = key(Protocol::Tcp, "10.96.0.1", 80);
-    sync(&mut s, &t1, now);
-    s.handle_mut().set_conns(&k, ip("10.0.0.2"), 80, 0, 4);
-    sync(&mut s, &t2, now);
-    assert_eq!(s.draining(), 1);
-    s.handle_mut().set_conns(&k, ip("10.0.0.2"), 80, 0, 0);
-    s.handle_mut().reset_calls();
-    let r = sync(&mut s, &t2, now + Duration::from_secs(5));
-    assert_eq!(sent(&mut s), ["DEL_DEST TCP 10.96.0.1:80 -> 10.0.0.2:80"]);
-    assert_eq!((r.drained_deleted, r.dests_deleted, r.draining), (1, 0, 0));
+    let leaving = ip("10.0.0.2");
+    let setup = |s: &mut IpvsSyncer<FakeIpvs>| {
+        sync(s, &drain_table(Eps::Both), now);
+        s.handle_mut()
+            .set_conns(&k, leaving, 80, row.conns.0, row.conns.1);
+        sync(s, &drain_table(Eps::One), now);
+        s.handle_mut().reset_calls();
+    };
+    setup(&mut s);
+    for (i, step) in row.steps.iter().enumerate() {
+        let at = format!("{} step {i} {step:?}", row.name);
+        let secs = Duration::from_secs;
+        match *step {
+            Step::Sync(eps, t, ref e) => {
+                let r = sync(&mut s, &drain_table(eps), now + secs(t));
+                check(&mut s, &r, e, &at);
+            }
+            Step::Drain(t, ref e) => {
+                let r = s.drain(now + secs(t)).unwrap();
+                check(&mut s, &r, e, &at);
+            }
+            Step::Conns(active, inactive) => {
+                assert!(
+                    s.handle_mut().set_conns(&k, leaving, 80, active, inactive),
+                    "{at}"
+                );
+            }
+            Step::DeletedBehindOurBack => {
+                let svc = s.handle().service(&k).unwrap();
+                s.handle_mut()
+                    .del_dest(&svc, &IpvsDest::masq(leaving, 80, 0))
+                    .unwrap();
+                s.handle_mut().reset_calls();
+            }
+            Step::Setup => setup(&mut s),
+            Step::Draining(n) => assert_eq!(s.draining(), n, "{at}"),
+            Step::IsDraining(b) => assert_eq!(s.is_draining(&k, leaving, 80), b, "{at}"),
+            Step::ActiveConns(n) => {
+                let d = s.handle().dests(&k).unwrap();
+                assert_eq!(d[1].active_conns, n, "{at}");
+            }
+            Step::KernelIs(eps) => assert_eq!(
+                s.handle().to_ipvsadm(),
+                drain_table(eps).to_ipvsadm_text(),
+                "{at}"
+            ),
+        }
+    }
 }
 
 #[test]
-fn draining_ends_at_the_grace_timeout() {
-    let grace = Duration::from_secs(300);
-    let mut s = IpvsSyncer::new(
-        FakeIpvs::new(),
-        IpvsSyncConfig {
-            grace_timeout: grace,
-            ..IpvsSyncConfig::default()
-        },
-    );
-    let now = Instant::now();
-    let t1 = table(vec![tcp(
-        "10.96.0.1",
-        80,
-        &[("10.0.0.1", 80), ("10.0.0.2", 80)],
-    )]);
-    let t2 = table(vec![tcp("10.96.0.1", 80, &[("10.0.0.1", 80)])]);
-    let k = key(Protocol::Tcp, "10.96.0.1", 80);
-    sync(&mut s, &t1, now);
-    s.handle_mut().set_conns(&k, ip("10.0.0.2"), 80, 1, 0);
-    sync(&mut s, &t2, now);
-    s.handle_mut().reset_calls();
+fn draining_rows() {
+    for row in DRAIN_ROWS {
+        run_drain_row(row);
+    }
+}
 
-    let r = s.drain(now + grace - Duration::from_secs(1)).unwrap();
-    assert!(r.is_noop());
-    let r = sync(&mut s, &t2, now + grace - Duration::from_secs(1));
-    assert!(r.is_noop());
-    assert_eq!(s.draining(), 1);
-
-    let r = s.drain(now + grace).unwrap();
-    assert_eq!(sent(&mut s), ["DEL_DEST TCP 10.96.0.1:80 -> 10.0.0.2:80"]);
-    assert_eq!(
-        (r.drained_deleted, r.drain_timed_out, r.draining),
-        (1, 1, 0)
-    );
+#[test]
+fn the_default_grace_timeout_is_fifteen_minutes() {
     assert_eq!(
         IpvsSyncConfig::default().grace_timeout,
         DEFAULT_GRACE_TIMEOUT
     );
     assert_eq!(DEFAULT_GRACE_TIMEOUT, Duration::from_secs(900));
-}
-
-#[test]
-fn the_grace_timeout_also_applies_at_sync() {
-    let mut s = syncer();
-    let now = Instant::now();
-    let t1 = table(vec![tcp(
-        "10.96.0.1",
-        80,
-        &[("10.0.0.1", 80), ("10.0.0.2", 80)],
-    )]);
-    let t2 = table(vec![tcp("10.96.0.1", 80, &[("10.0.0.1", 80)])]);
-    sync(&mut s, &t1, now);
-    let k = key(Protocol::Tcp, "10.96.0.1", 80);
-    s.handle_mut().set_conns(&k, ip("10.0.0.2"), 80, 1, 0);
-    sync(&mut s, &t2, now);
-    s.handle_mut().reset_calls();
-    let r = sync(&mut s, &t2, now + DEFAULT_GRACE_TIMEOUT);
-    assert_eq!(sent(&mut s), ["DEL_DEST TCP 10.96.0.1:80 -> 10.0.0.2:80"]);
-    assert_eq!((r.drained_deleted, r.drain_timed_out), (1, 1));
-}
-
-#[test]
-fn a_returning_endpoint_is_restored_not_recreated() {
-    let mut s = syncer();
-    let now = Instant::now();
-    let t1 = table(vec![tcp(
-        "10.96.0.1",
-        80,
-        &[("10.0.0.1", 80), ("10.0.0.2", 80)],
-    )]);
-    let t2 = table(vec![tcp("10.96.0.1", 80, &[("10.0.0.1", 80)])]);
-    let k = key(Protocol::Tcp, "10.96.0.1", 80);
-    sync(&mut s, &t1, now);
-    s.handle_mut().set_conns(&k, ip("10.0.0.2"), 80, 3, 0);
-    sync(&mut s, &t2, now);
-    assert!(s.is_draining(&k, ip("10.0.0.2"), 80));
-    s.handle_mut().reset_calls();
-
-    let r = sync(&mut s, &t1, now + Duration::from_secs(10));
-    assert_eq!(
-        sent(&mut s),
-        ["SET_DEST TCP 10.96.0.1:80 -> 10.0.0.2:80 weight 1"]
-    );
-    assert_eq!((r.dests_restored, r.draining), (1, 0));
-    assert!(!s.is_draining(&k, ip("10.0.0.2"), 80));
-    // Its connections survived (a delete and re-add would have reset them).
-    let d = s.handle().dests(&k).unwrap();
-    assert_eq!(d[1].active_conns, 3);
-    assert_eq!(s.handle().to_ipvsadm(), t1.to_ipvsadm_text());
-    // It is an ordinary destination again: its next removal drains it anew.
-    let r = sync(&mut s, &t2, now + Duration::from_secs(20));
-    assert_eq!(r.dests_drained, 1);
 }
 
 #[test]
@@ -580,42 +763,6 @@ fn a_restarted_syncer_adopts_the_kernels_draining_state() {
     );
     assert_eq!((r.dests_changed, r.dests_drained, r.draining), (1, 1, 1));
     assert!(s.is_draining(&key(Protocol::Tcp, "10.96.0.1", 80), ip("10.0.0.2"), 80));
-}
-
-#[test]
-fn a_draining_destination_deleted_behind_our_back_is_forgotten() {
-    let mut s = syncer();
-    let now = Instant::now();
-    let t1 = table(vec![tcp(
-        "10.96.0.1",
-        80,
-        &[("10.0.0.1", 80), ("10.0.0.2", 80)],
-    )]);
-    let t2 = table(vec![tcp("10.96.0.1", 80, &[("10.0.0.1", 80)])]);
-    let k = key(Protocol::Tcp, "10.96.0.1", 80);
-    sync(&mut s, &t1, now);
-    s.handle_mut().set_conns(&k, ip("10.0.0.2"), 80, 1, 0);
-    sync(&mut s, &t2, now);
-    // Someone else (ipvsadm -d) removes it.
-    let svc = s.handle().service(&k).unwrap();
-    s.handle_mut()
-        .del_dest(&svc, &IpvsDest::masq(ip("10.0.0.2"), 80, 0))
-        .unwrap();
-    s.handle_mut().reset_calls();
-    let r = s.drain(now).unwrap();
-    assert!(r.is_noop());
-    assert_eq!(s.draining(), 0);
-
-    // The same through a sync.
-    sync(&mut s, &t1, now);
-    s.handle_mut().set_conns(&k, ip("10.0.0.2"), 80, 1, 0);
-    sync(&mut s, &t2, now);
-    s.handle_mut()
-        .del_dest(&svc, &IpvsDest::masq(ip("10.0.0.2"), 80, 0))
-        .unwrap();
-    s.handle_mut().reset_calls();
-    assert!(sync(&mut s, &t2, now).is_noop());
-    assert_eq!(s.draining(), 0);
 }
 
 #[test]
