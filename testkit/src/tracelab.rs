@@ -47,6 +47,9 @@ use super::netns::Netns;
 
 /// How long a probe waits for a connection (or a UDP answer) before calling it dropped.
 pub const DROP_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a probe trace says is never dropped waits for its answer: a busy machine may take
+/// more than [`DROP_TIMEOUT`] to answer, and waiting costs nothing when the answer comes.
+pub const ANSWER_PATIENCE: Duration = Duration::from_secs(10);
 /// A REJECT answers at once; a refusal slower than this is not counted as one.
 pub const REFUSED_WITHIN: Duration = Duration::from_millis(500);
 /// Upper bound for the chance that a check misses a predicted destination it should reach.
@@ -1349,7 +1352,7 @@ impl fmt::Display for Obs {
                 )
             }
             Obs::Refused(t) => write!(f, "refused after {t:?}"),
-            Obs::Timeout => write!(f, "no answer within {DROP_TIMEOUT:?}"),
+            Obs::Timeout => f.write_str("no answer in time"),
             Obs::Error(e) => write!(f, "error: {e}"),
         }
     }
@@ -1394,10 +1397,10 @@ fn parse_reply(text: &str) -> Obs {
 }
 
 /// A TCP connection from `src` (address and port) to `dst` in the calling thread's namespace:
-/// connect within [`DROP_TIMEOUT`], then read the server's answer to the end.
-fn tcp_probe(src: SocketAddr, dst: SocketAddr) -> Obs {
+/// connect within `patience`, then read the server's answer to the end.
+fn tcp_probe(src: SocketAddr, dst: SocketAddr, patience: Duration) -> Obs {
     let start = Instant::now();
-    let mut stream = match super::sock::connect_bound(src, dst, DROP_TIMEOUT) {
+    let mut stream = match super::sock::connect_bound(src, dst, patience) {
         Ok(s) => s,
         Err(e) => return classify(e, start),
     };
@@ -1412,14 +1415,14 @@ fn tcp_probe(src: SocketAddr, dst: SocketAddr) -> Obs {
 }
 
 /// A UDP datagram from `src` to `dst` on a connected socket (so an ICMP error is reported), and
-/// the answer within [`DROP_TIMEOUT`].
-fn udp_probe(src: SocketAddr, dst: SocketAddr) -> Obs {
+/// the answer within `patience`.
+fn udp_probe(src: SocketAddr, dst: SocketAddr, patience: Duration) -> Obs {
     let start = Instant::now();
     let sock = match UdpSocket::bind(src) {
         Ok(s) => s,
         Err(e) => return Obs::Error(format!("bind {src}: {e}")),
     };
-    if let Err(e) = sock.set_read_timeout(Some(DROP_TIMEOUT)) {
+    if let Err(e) = sock.set_read_timeout(Some(patience)) {
         return Obs::Error(e.to_string());
     }
     if let Err(e) = sock.connect(dst) {
@@ -1678,6 +1681,7 @@ pub fn run_variant(variant: &Variant, model: CaseModel, opts: &Options) -> Repor
     let mut jobs: Vec<Job> = Vec::new();
     let mut affinity = Vec::new();
     let mut n_tries = vec![0usize; plan.probes.len()];
+    let mut patience = vec![DROP_TIMEOUT; plan.probes.len()];
     for (k, pred) in preds.iter().enumerate() {
         let new = pred.new_connections();
         let p_min = new.values().map(|(s, _)| *s).fold(1.0, f64::min);
@@ -1685,6 +1689,13 @@ pub fn run_variant(variant: &Variant, model: CaseModel, opts: &Options) -> Repor
             .keys()
             .all(|k| matches!(k, Key::Rejected | Key::Dropped));
         n_tries[k] = tries_for(p_min, only_refusals);
+        // Only a probe that may be dropped needs the short wait that decides "dropped".
+        let may_drop = pred.outcomes.iter().any(|o| o.key == Key::Dropped);
+        patience[k] = if may_drop {
+            DROP_TIMEOUT
+        } else {
+            ANSWER_PATIENCE
+        };
         if pred.outcomes.iter().any(|o| o.affinity) {
             affinity.push(k);
         } else {
@@ -1709,7 +1720,7 @@ pub fn run_variant(variant: &Variant, model: CaseModel, opts: &Options) -> Repor
                         Job::Try(k) => {
                             let p = &plan.probes[*k];
                             let src = next_src(p.src);
-                            let obs = send(lab.ns_of(p.origin), p, src);
+                            let obs = send(lab.ns_of(p.origin), p, src, patience[*k]);
                             results.lock().unwrap()[*k].new.push((src, obs));
                         }
                         Job::Affinity(ks) => {
@@ -1720,12 +1731,12 @@ pub fn run_variant(variant: &Variant, model: CaseModel, opts: &Options) -> Repor
                                         errors.lock().unwrap().push(e);
                                     }
                                     let src = next_src(p.src);
-                                    let obs = send(lab.ns_of(p.origin), p, src);
+                                    let obs = send(lab.ns_of(p.origin), p, src, patience[k]);
                                     results.lock().unwrap()[k].new.push((src, obs));
                                 }
                                 for _ in 0..STICKY_TRIES {
                                     let src = next_src(p.src);
-                                    let obs = send(lab.ns_of(p.origin), p, src);
+                                    let obs = send(lab.ns_of(p.origin), p, src, patience[k]);
                                     results.lock().unwrap()[k].sticky.push((src, obs));
                                 }
                             }
@@ -1819,12 +1830,12 @@ fn in_node(lab: &Lab, f: impl FnOnce() -> Result<(), String>) -> Result<(), Stri
 }
 
 /// One try: enter the client's namespace, send.
-fn send(ns: &Netns, p: &Probe, src: SocketAddr) -> Obs {
+fn send(ns: &Netns, p: &Probe, src: SocketAddr, patience: Duration) -> Obs {
     if let Err(e) = enter(&ns.path()) {
         return Obs::Error(e);
     }
     match p.proto {
-        Proto::Tcp => tcp_probe(src, p.dst),
-        Proto::Udp => udp_probe(src, p.dst),
+        Proto::Tcp => tcp_probe(src, p.dst, patience),
+        Proto::Udp => udp_probe(src, p.dst, patience),
     }
 }
