@@ -19,6 +19,8 @@ pub mod render;
 #[cfg(any(test, feature = "scenario"))]
 pub mod scenario;
 pub mod sync;
+#[cfg(test)]
+mod test_fixtures;
 pub mod untrusted;
 
 pub use config::{LocalDetector, RenderConfig};

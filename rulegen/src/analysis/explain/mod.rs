@@ -544,6 +544,7 @@ fn route(origin: Origin, chains: Vec<String>, masquerade: Option<Masquerade>, v:
 mod tests {
     use super::*;
     use crate::model::Hints;
+    use crate::test_fixtures::{ep, sp};
 
     fn cfg() -> RenderConfig {
         RenderConfig {
@@ -552,24 +553,6 @@ mod tests {
             local_detector: LocalDetector::Cidrs(vec!["10.244.0.0/16".parse().unwrap()]),
             ..RenderConfig::default()
         }
-    }
-
-    fn ep(last: u8, node: &str) -> Endpoint {
-        Endpoint {
-            node_name: Some(node.into()),
-            ..Endpoint::ready(format!("10.244.0.{last}").parse().unwrap(), 8080)
-        }
-    }
-
-    fn sp(eps: Vec<Endpoint>) -> ServicePort {
-        let mut sp = ServicePort::cluster_ip(
-            ServicePortName::new("ns", "web", "http"),
-            Protocol::Tcp,
-            "10.96.0.20".parse().unwrap(),
-            80,
-        );
-        sp.endpoints = eps;
-        sp
     }
 
     #[test]

@@ -2,6 +2,7 @@ use super::*;
 use crate::config::LocalDetector;
 use crate::model::{Model, SessionAffinity};
 use crate::render::ipvs::{IpvsConfig, render};
+use crate::test_fixtures::{ep, sp};
 
 fn cfg() -> RenderConfig {
     RenderConfig {
@@ -11,24 +12,6 @@ fn cfg() -> RenderConfig {
         local_detector: LocalDetector::Cidrs(vec!["10.244.0.0/16".parse().unwrap()]),
         ..RenderConfig::default()
     }
-}
-
-fn ep(last: u8, node: &str) -> Endpoint {
-    Endpoint {
-        node_name: Some(node.into()),
-        ..Endpoint::ready(format!("10.244.0.{last}").parse().unwrap(), 8080)
-    }
-}
-
-fn sp(eps: Vec<Endpoint>) -> ServicePort {
-    let mut sp = ServicePort::cluster_ip(
-        ServicePortName::new("ns", "web", "http"),
-        Protocol::Tcp,
-        "10.96.0.20".parse().unwrap(),
-        80,
-    );
-    sp.endpoints = eps;
-    sp
 }
 
 /// Explains the first port of `services` against their own IPVS render.
