@@ -178,7 +178,7 @@ fn agent_restores_a_flushed_nat_table_on_its_next_sync() {
     // The sync period is 1 s: the next sync must repair it.
     wait_until(
         "the flushed nat table restored",
-        Duration::from_secs(4),
+        Duration::from_secs(60),
         &agent,
         || node_tables(&lab.node) == expected,
     );

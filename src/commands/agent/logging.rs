@@ -70,7 +70,7 @@ mod tests {
     fn verbosity_raises_only_our_crates() {
         let subscriber = tracing_subscriber::registry().with(EnvFilter::new(filter_for(5)));
         tracing::subscriber::with_default(subscriber, || {
-            assert!(tracing::enabled!(target: "kube_proxy_rs::agent::run", Level::TRACE));
+            assert!(tracing::enabled!(target: "kube_proxy_rs::commands::agent::run", Level::TRACE));
             assert!(tracing::enabled!(target: "rulegen::render", Level::DEBUG));
             assert!(tracing::enabled!(target: "proxier::sync", Level::DEBUG));
             // A callsite's target is a constant, hence one line per crate.
